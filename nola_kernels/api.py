@@ -1,0 +1,129 @@
+"""The public API. Each function validates its arguments, resolves the backend, then calls the
+torch.library ops (nola_kernels/ops.py), which carry the autograd."""
+
+import math
+
+import torch
+
+from . import ops
+from .backends import resolve_backend
+from .basis import basis_block, iter_blocks
+from .lowrank import lowrank_delta, with_offset
+from .validation import (
+    check_basis_args,
+    check_coeffs,
+    check_distribution,
+    check_float_tensor,
+    check_int,
+    check_offset,
+    check_real,
+    check_same_device,
+    check_seed,
+    check_shape,
+)
+
+
+def nola_basis(seed, k, shape, *, stream=0, distribution="uniform", device=None):
+    """Materialize basis matrices 0..k-1 of family (seed, stream) as a (k, R, C) float32 tensor.
+    For tests, inspection and compatibility only: nothing else holds the whole basis."""
+    seed, k, (rows, cols), stream, distribution = check_basis_args(seed, k, shape, stream, distribution)
+    out = torch.empty(k, rows * cols, dtype=torch.float32, device=device)
+    for i0, i1, n0, n1 in iter_blocks(k, rows * cols, distribution):
+        out[i0:i1, n0:n1] = basis_block(seed, stream, i0, i1, n0, n1, distribution, device)
+    return out.view(k, rows, cols)
+
+
+def _mix_scale(scale, k):
+    return 1.0 / math.sqrt(k) if scale is None else check_real("scale", scale)
+
+
+def nola_mix(coeffs, seed, shape, *, scale=None, stream=0, distribution="uniform", backend="auto"):
+    """scale * sum_i coeffs[i] * U_i as an (R, C) tensor, scale defaulting to 1/sqrt(len(coeffs)).
+    float32 (float64 for float64 coeffs); differentiable in coeffs; never materializes the basis."""
+    check_coeffs("coeffs", coeffs)
+    rows, cols = check_shape("shape", shape)
+    scale = _mix_scale(scale, coeffs.numel())
+    backend = resolve_backend(backend, coeffs.device)
+    return ops.mix(
+        coeffs,
+        check_seed("seed", seed),
+        check_seed("stream", stream),
+        rows,
+        cols,
+        scale,
+        check_distribution(distribution),
+        backend,
+    )
+
+
+def nola_project(grad, seed, k, *, scale=None, stream=0, distribution="uniform", backend="auto"):
+    """The adjoint of nola_mix: out[i] = scale * <grad, U_i> for i < k, scale defaulting to
+    1/sqrt(k). A (k,) float32 tensor (float64 for float64 grad); differentiable in grad."""
+    check_float_tensor("grad", grad)
+    if grad.dim() != 2:
+        raise ValueError(f"grad must be 2-D (rows, cols), got shape {tuple(grad.shape)}")
+    check_shape("grad.shape", grad.shape)
+    k = check_int("k", k, 1, 2**32 + 1)
+    scale = _mix_scale(scale, k)
+    backend = resolve_backend(backend, grad.device)
+    return ops.project(
+        grad,
+        check_seed("seed", seed),
+        check_seed("stream", stream),
+        k,
+        scale,
+        check_distribution(distribution),
+        backend,
+    )
+
+
+def nola_matmul(
+    x,
+    alpha,
+    beta,
+    *,
+    seed_a,
+    seed_b,
+    rank,
+    out_features,
+    scaling=1.0,
+    a0=None,
+    b0=None,
+    distribution="uniform",
+    backend="auto",
+):
+    """delta(x) = scaling * (x A^T) B^T with A = a0 + mix(alpha) (rank x in) and
+    B = b0 + mix(beta) (out x rank); returns (..., out_features) in x.dtype.
+    Differentiable in x, alpha, beta, a0 and b0."""
+    check_float_tensor("x", x)
+    if x.dim() < 1:
+        raise ValueError("x must have at least one dimension (..., in_features)")
+    check_coeffs("alpha", alpha)
+    check_coeffs("beta", beta)
+    rank = check_int("rank", rank, 1)
+    out_features = check_int("out_features", out_features, 1)
+    in_features = a0.shape[-1] if isinstance(a0, torch.Tensor) and a0.dim() == 2 else x.shape[-1]
+    if x.shape[-1] != in_features:
+        raise ValueError(
+            f"x must have last dimension in_features = {in_features} (from a0), got {x.shape[-1]}"
+        )
+    a_shape = check_shape("(rank, in_features)", (rank, in_features))
+    b_shape = check_shape("(out_features, rank)", (out_features, rank))
+    check_offset("a0", a0, a_shape)
+    check_offset("b0", b0, b_shape)
+    check_same_device(x=x, alpha=alpha, beta=beta, a0=a0, b0=b0)
+    seed_a, seed_b = check_seed("seed_a", seed_a), check_seed("seed_b", seed_b)
+    scaling = check_real("scaling", scaling)
+    distribution = check_distribution(distribution)
+    backend = resolve_backend(backend, x.device)
+
+    a = _factor(alpha, seed_a, a_shape, a0, distribution, backend)
+    b = _factor(beta, seed_b, b_shape, b0, distribution, backend) * scaling
+    return lowrank_delta(x, a, b)
+
+
+def _factor(coeffs, seed, shape, offset, distribution, backend):
+    rows, cols = shape
+    return with_offset(
+        ops.mix(coeffs, seed, 0, rows, cols, _mix_scale(None, coeffs.numel()), distribution, backend), offset
+    )

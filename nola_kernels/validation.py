@@ -1,0 +1,108 @@
+"""Argument checks shared by the public API: every bad input raises a TypeError or ValueError
+that names the argument and what was expected, before any work is done."""
+
+import numbers
+import operator
+
+import torch
+
+from .basis import DISTRIBUTIONS
+
+SEED_LIMIT = 2**63  # seeds and streams are 64-bit counter/key words kept below int64's limit
+MAX_BASIS_INDEX = 2**32  # the basis index is one 32-bit counter word
+MAX_NUMEL = 2**34  # flat positions n fit counter word 0 after the shift by 2
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+COEFF_DTYPES = (torch.float32, torch.float64)
+
+
+def check_int(name, value, low, high=None):
+    """`value` as an int in [low, high); bools and non-integers are a TypeError."""
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, got bool {value!r}")
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}") from None
+    if value < low or (high is not None and value >= high):
+        bound = f"[{low}, {high})" if high is not None else f">= {low}"
+        raise ValueError(f"{name} must be an int in {bound}, got {value}")
+    return value
+
+
+def check_seed(name, value):
+    return check_int(name, value, 0, SEED_LIMIT)
+
+
+def check_distribution(value):
+    if value not in DISTRIBUTIONS:
+        raise ValueError(f"distribution must be one of {DISTRIBUTIONS}, got {value!r}")
+    return value
+
+
+def check_shape(name, shape):
+    """A basis matrix shape (R, C) of positive ints with R*C < 2^34."""
+    try:
+        rows, cols = shape
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a pair (rows, cols), got {shape!r}") from None
+    rows = check_int(f"{name}[0]", rows, 1)
+    cols = check_int(f"{name}[1]", cols, 1)
+    if rows * cols > MAX_NUMEL:
+        raise ValueError(f"{name} must have at most 2**34 entries, got {rows} x {cols}")
+    return rows, cols
+
+
+def check_real(name, value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
+    return float(value)
+
+
+def check_float_tensor(name, tensor, dtypes=FLOAT_DTYPES):
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
+    if tensor.dtype not in dtypes:
+        names = ", ".join(str(d).replace("torch.", "") for d in dtypes)
+        raise TypeError(f"{name} must have dtype {names}; got {str(tensor.dtype).replace('torch.', '')}")
+    return tensor
+
+
+def check_coeffs(name, coeffs):
+    """Coefficients: a non-empty 1-D float32 or float64 tensor of at most 2^32 values."""
+    check_float_tensor(name, coeffs, COEFF_DTYPES)
+    if coeffs.dim() != 1:
+        raise ValueError(
+            f"{name} must be 1-D (one coefficient per basis matrix), got shape {tuple(coeffs.shape)}"
+        )
+    if coeffs.numel() == 0:
+        raise ValueError(f"{name} must not be empty: NOLA needs at least one basis matrix")
+    if coeffs.numel() > MAX_BASIS_INDEX:
+        raise ValueError(f"{name} may hold at most 2**32 coefficients, got {coeffs.numel()}")
+    return coeffs
+
+
+def check_offset(name, offset, shape):
+    """An optional fixed offset (a0 or b0) of exactly `shape`."""
+    if offset is None:
+        return None
+    check_float_tensor(name, offset)
+    if tuple(offset.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(offset.shape)}")
+    return offset
+
+
+def check_same_device(**tensors):
+    devices = {name: t.device for name, t in tensors.items() if t is not None}
+    if len(set(devices.values())) > 1:
+        listed = ", ".join(f"{name} on {device}" for name, device in devices.items())
+        raise ValueError(f"all tensors must be on one device, got {listed}")
+
+
+def check_basis_args(seed, k, shape, stream, distribution):
+    return (
+        check_seed("seed", seed),
+        check_int("k", k, 1, MAX_BASIS_INDEX + 1),
+        check_shape("shape", shape),
+        check_seed("stream", stream),
+        check_distribution(distribution),
+    )

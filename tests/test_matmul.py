@@ -1,0 +1,167 @@
+"""nola_matmul forward and every gradient against the float64 naive reference (the whole basis
+materialized, then einsum), over a seeded sweep of shapes, dtypes and input layouts."""
+
+import random
+
+import pytest
+import torch
+from numerics import rel_err
+
+from nola_kernels import nola_matmul
+from nola_kernels.reference import naive_matmul
+
+
+def _random_case(rng):
+    """A random shape with rank 1..64, k and l 1..2048, in/out up to 4096, kept to at most ~1M
+    basis entries per factor so that the float64 reference stays quick."""
+    while True:
+        rank = rng.choice([1, 2, 3, 8, 16, 31, 64])
+        k_a, k_b = (int(2 ** rng.uniform(0, 11)) for _ in range(2))
+        in_f, out_f = (int(2 ** rng.uniform(0, 12)) for _ in range(2))
+        if k_a * rank * in_f <= 1 << 20 and k_b * rank * out_f <= 1 << 20:
+            return dict(rank=rank, k=k_a, l=k_b, in_features=in_f, out_features=out_f)
+
+
+EDGE_CASES = [
+    dict(rank=64, k=1, l=1, in_features=4096, out_features=3),
+    dict(rank=1, k=2048, l=2048, in_features=300, out_features=500),
+    dict(rank=16, k=7, l=512, in_features=1, out_features=1),
+]
+SWEEP = EDGE_CASES + [_random_case(random.Random(seed)) for seed in range(12)]
+
+
+def _inputs(case, dtype=torch.float32, lead=(5,), offsets=True, noncontiguous=False, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    rank, in_f, out_f = case["rank"], case["in_features"], case["out_features"]
+    if noncontiguous:
+        x = torch.randn(*lead, 2 * in_f, generator=gen)[..., ::2]
+    else:
+        x = torch.randn(*lead, in_f, generator=gen)
+    tensors = dict(
+        x=x.to(dtype),
+        alpha=torch.randn(case["k"], generator=gen),
+        beta=torch.randn(case["l"], generator=gen),
+        a0=torch.randn(rank, in_f, generator=gen) / in_f**0.5 if offsets else None,
+        b0=torch.randn(out_f, rank, generator=gen) if offsets else None,
+    )
+    kwargs = dict(seed_a=2**40 + 11, seed_b=12345, rank=rank, out_features=out_f, scaling=0.75)
+    return tensors, kwargs
+
+
+def _forward_backward(fn, tensors, kwargs, grad_out, **extra):
+    leaves = {
+        name: t.detach().clone().requires_grad_() if t is not None else None for name, t in tensors.items()
+    }
+    out = fn(**leaves, **kwargs, **extra)
+    out.backward(grad_out.to(out.dtype))
+    return out.detach(), {name: t.grad for name, t in leaves.items() if t is not None}
+
+
+def _float64(tensors):
+    return {name: t.double() if t is not None else None for name, t in tensors.items()}
+
+
+@pytest.mark.parametrize(
+    "case", SWEEP, ids=lambda c: "r{rank}-k{k}-l{l}-{in_features}x{out_features}".format(**c)
+)
+def test_forward_and_gradients_match_float64_reference(backend, case):
+    lead = (3, 4) if case["in_features"] % 2 else (6,)  # 2-D and 3-D x across the sweep
+    tensors, kwargs = _inputs(case, lead=lead, noncontiguous=case["rank"] % 2 == 1)
+    grad_out = torch.randn(*lead, case["out_features"], dtype=torch.float64)
+    out, grads = _forward_backward(nola_matmul, tensors, kwargs, grad_out, backend=backend)
+    ref_out, ref_grads = _forward_backward(naive_matmul, _float64(tensors), kwargs, grad_out)
+    assert out.dtype == torch.float32 and out.shape == ref_out.shape
+    assert rel_err(out, ref_out) <= 1e-5
+    for name, grad in grads.items():
+        assert grad.dtype == tensors[name].dtype, name
+        assert rel_err(grad, ref_grads[name]) <= 1e-5, name
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("distribution", ["uniform", "rademacher"])
+def test_low_precision_error_at_most_twice_naive(backend, dtype, distribution):
+    case = dict(rank=8, k=96, l=80, in_features=256, out_features=192)
+    tensors, kwargs = _inputs(case, dtype=dtype, lead=(4, 16), seed=1)
+    kwargs["distribution"] = distribution
+    grad_out = torch.randn(4, 16, case["out_features"], dtype=torch.float64)
+    out, grads = _forward_backward(nola_matmul, tensors, kwargs, grad_out, backend=backend)
+    naive_out, naive_grads = _forward_backward(naive_matmul, tensors, kwargs, grad_out)
+    ref_out, ref_grads = _forward_backward(naive_matmul, _float64(tensors), kwargs, grad_out)
+    assert out.dtype == dtype
+    assert rel_err(out, ref_out) <= 2 * rel_err(naive_out, ref_out)
+    for name, grad in grads.items():
+        assert grad.dtype == tensors[name].dtype, name
+        assert rel_err(grad, ref_grads[name]) <= 2 * rel_err(naive_grads[name], ref_grads[name]), name
+
+
+def test_gradcheck_float64(backend):
+    case = dict(rank=3, k=4, l=5, in_features=6, out_features=7)
+    tensors, kwargs = _inputs(case, lead=(2, 3))
+    leaves = [t.double().requires_grad_() for t in tensors.values()]
+
+    def fn(x, alpha, beta, a0, b0):
+        return nola_matmul(x, alpha, beta, a0=a0, b0=b0, **kwargs, backend=backend)
+
+    assert torch.autograd.gradcheck(fn, leaves)
+
+
+def test_zero_coefficients_give_zero_update_and_beta_moves_first(backend):
+    # NOLA's start: alpha = beta = 0 with b0 = 0 gives a zero update; with a0 set, beta moves first.
+    case = dict(rank=4, k=10, l=12, in_features=9, out_features=8)
+    tensors, kwargs = _inputs(case)
+    tensors.update(alpha=torch.zeros(10), beta=torch.zeros(12), b0=None)
+    out, grads = _forward_backward(nola_matmul, tensors, kwargs, torch.randn(5, 8), backend=backend)
+    assert torch.count_nonzero(out) == 0
+    assert torch.count_nonzero(grads["alpha"]) == 0 and torch.count_nonzero(grads["beta"]) == 12
+
+
+def test_one_dimensional_and_empty_inputs(backend):
+    case = dict(rank=2, k=3, l=4, in_features=5, out_features=6)
+    tensors, kwargs = _inputs(case)
+    single = tensors["x"][0]
+    expected = naive_matmul(**_float64({**tensors, "x": single}), **kwargs)
+    assert rel_err(nola_matmul(**{**tensors, "x": single}, **kwargs, backend=backend), expected) <= 1e-5
+    empty = nola_matmul(**{**tensors, "x": torch.randn(0, 3, 5)}, **kwargs, backend=backend)
+    assert empty.shape == (0, 3, 6)
+
+
+def test_nan_and_inf_propagate(backend):
+    case = dict(rank=2, k=3, l=4, in_features=5, out_features=6)
+    tensors, kwargs = _inputs(case)
+    tensors["x"][1, 2] = float("nan")
+    tensors["x"][3, 0] = float("inf")
+    out = nola_matmul(**tensors, **kwargs, backend=backend)
+    assert torch.isnan(out[1]).all() and not torch.isfinite(out[3]).any()
+    assert torch.isfinite(out[[0, 2, 4]]).all()
+    tensors["x"][1, 2], tensors["x"][3, 0] = 0.5, 0.5
+    tensors["alpha"][0] = float("nan")
+    assert torch.isnan(nola_matmul(**tensors, **kwargs, backend=backend)).all()
+
+
+def test_rademacher_matches_reference(backend):
+    case = dict(rank=5, k=33, l=40, in_features=130, out_features=70)
+    tensors, kwargs = _inputs(case)
+    kwargs["distribution"] = "rademacher"
+    grad_out = torch.randn(5, 70, dtype=torch.float64)
+    out, grads = _forward_backward(nola_matmul, tensors, kwargs, grad_out, backend=backend)
+    ref_out, ref_grads = _forward_backward(naive_matmul, _float64(tensors), kwargs, grad_out)
+    assert rel_err(out, ref_out) <= 1e-5
+    for name, grad in grads.items():
+        assert rel_err(grad, ref_grads[name]) <= 1e-5, name
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_matches_float64_reference(backend, dtype):
+    case = dict(rank=16, k=512, l=512, in_features=1024, out_features=1024)
+    tensors, kwargs = _inputs(case, dtype=dtype, lead=(2, 64))
+    grad_out = torch.randn(2, 64, 1024, dtype=torch.float64)
+    cuda = {name: t.cuda() for name, t in tensors.items()}
+    out, grads = _forward_backward(nola_matmul, cuda, kwargs, grad_out.cuda(), backend=backend)
+    naive_out, naive_grads = _forward_backward(naive_matmul, cuda, kwargs, grad_out.cuda())
+    ref_out, ref_grads = _forward_backward(naive_matmul, _float64(tensors), kwargs, grad_out)
+    assert rel_err(out.cpu(), ref_out) <= max(1e-5, 2 * rel_err(naive_out.cpu(), ref_out))
+    for name, grad in grads.items():
+        assert rel_err(grad.cpu(), ref_grads[name]) <= max(
+            1e-5, 2 * rel_err(naive_grads[name].cpu(), ref_grads[name])
+        )

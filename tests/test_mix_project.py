@@ -1,0 +1,110 @@
+"""nola_mix and nola_project against the materialized basis in float64, their adjointness, and
+their autograd (each is the other's backward)."""
+
+import math
+
+import pytest
+import torch
+from numerics import rel_err
+
+import nola_kernels
+from nola_kernels import nola_basis, nola_mix, nola_project
+
+CASES = [
+    # seed, k, shape, stream, distribution
+    (3, 1, (1, 1), 0, "uniform"),
+    (2**33 + 7, 7, (3, 5), 1, "uniform"),
+    (11, 512, (8, 96), 0, "uniform"),
+    (2**62, 65, (33, 17), 2**40, "rademacher"),
+    (5, 2048, (3, 4), 0, "rademacher"),
+]
+
+
+@pytest.mark.parametrize("seed, k, shape, stream, distribution", CASES)
+def test_mix_matches_materialized_basis(backend, seed, k, shape, stream, distribution):
+    coeffs = torch.randn(k)
+    basis = nola_basis(seed, k, shape, stream=stream, distribution=distribution).double()
+    expected = torch.einsum("k,krc->rc", coeffs.double(), basis) / math.sqrt(k)
+    mixed = nola_mix(coeffs, seed, shape, stream=stream, distribution=distribution, backend=backend)
+    assert mixed.shape == shape and mixed.dtype == torch.float32
+    assert rel_err(mixed, expected) <= 1e-5
+
+
+@pytest.mark.parametrize("seed, k, shape, stream, distribution", CASES)
+def test_project_matches_materialized_basis(backend, seed, k, shape, stream, distribution):
+    grad = torch.randn(shape)
+    basis = nola_basis(seed, k, shape, stream=stream, distribution=distribution).double()
+    expected = torch.einsum("krc,rc->k", basis, grad.double()) * 0.25
+    projected = nola_project(
+        grad, seed, k, scale=0.25, stream=stream, distribution=distribution, backend=backend
+    )
+    assert projected.shape == (k,) and projected.dtype == torch.float32
+    assert rel_err(projected, expected) <= 1e-5
+
+
+@pytest.mark.parametrize("distribution", ["uniform", "rademacher"])
+def test_mix_and_project_are_adjoint(backend, distribution):
+    k, shape = 37, (19, 23)
+    coeffs, grad = torch.randn(k, dtype=torch.float64), torch.randn(shape, dtype=torch.float64)
+    lhs = (nola_mix(coeffs, 9, shape, distribution=distribution, backend=backend) * grad).sum()
+    rhs = (coeffs * nola_project(grad, 9, k, distribution=distribution, backend=backend)).sum()
+    assert abs(lhs.item() - rhs.item()) <= 1e-12 * max(1.0, abs(lhs.item()))
+
+
+@pytest.mark.parametrize("budget", [64, 5000, 1 << 20])
+def test_chunking_does_not_change_results(backend, budget):
+    coeffs, grad = torch.randn(300), torch.randn(17, 45)
+    mixed, projected = (
+        nola_mix(coeffs, 4, (17, 45), backend=backend),
+        nola_project(grad, 4, 300, backend=backend),
+    )
+    previous = nola_kernels.set_chunk_budget(budget)
+    try:
+        assert rel_err(nola_mix(coeffs, 4, (17, 45), backend=backend), mixed) <= 1e-6
+        assert rel_err(nola_project(grad, 4, 300, backend=backend), projected) <= 1e-6
+    finally:
+        nola_kernels.set_chunk_budget(previous)
+
+
+def test_float64_inputs_compute_in_float64(backend):
+    coeffs = torch.randn(6, dtype=torch.float64)
+    basis = nola_basis(2, 6, (4, 5)).double()
+    mixed = nola_mix(coeffs, 2, (4, 5), backend=backend)
+    assert mixed.dtype == torch.float64
+    torch.testing.assert_close(
+        mixed, torch.einsum("k,krc->rc", coeffs, basis) / math.sqrt(6), rtol=1e-14, atol=0
+    )
+    projected = nola_project(torch.randn(4, 5, dtype=torch.float64), 2, 6, backend=backend)
+    assert projected.dtype == torch.float64
+
+
+def test_gradcheck_mix_and_project(backend):
+    coeffs = torch.randn(5, dtype=torch.float64, requires_grad=True)
+    grad = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda c: nola_mix(c, 7, (3, 4), stream=1, backend=backend), (coeffs,))
+    assert torch.autograd.gradcheck(lambda g: nola_project(g, 7, 5, scale=0.3, backend=backend), (grad,))
+
+
+def test_low_precision_grad_is_projected_in_float32(backend):
+    grad = torch.randn(9, 10)
+    projected = nola_project(grad.bfloat16(), 1, 8, backend=backend)
+    assert projected.dtype == torch.float32
+    assert rel_err(projected, nola_project(grad.bfloat16().float(), 1, 8, backend=backend)) <= 1e-6
+
+
+def test_nan_propagates(backend):
+    coeffs = torch.randn(4)
+    coeffs[2] = float("nan")
+    assert torch.isnan(nola_mix(coeffs, 1, (3, 3), backend=backend)).all()
+    grad = torch.randn(3, 3)
+    grad[1, 1] = float("inf")
+    assert not torch.isfinite(nola_project(grad, 1, 4, backend=backend)).any()
+
+
+@pytest.mark.gpu
+def test_mix_and_project_on_cuda_match_cpu(backend):
+    coeffs, grad = torch.randn(300), torch.randn(40, 33)
+    mixed = nola_mix(coeffs.cuda(), 3, (40, 33), backend=backend)
+    projected = nola_project(grad.cuda(), 3, 300, backend=backend)
+    assert rel_err(mixed.cpu(), nola_mix(coeffs, 3, (40, 33), backend="torch")) <= 1e-5
+    assert rel_err(projected.cpu(), nola_project(grad, 3, 300, backend="torch")) <= 1e-5

@@ -1,0 +1,108 @@
+"""Every bad input raises a clear TypeError/ValueError naming the argument, before any work."""
+
+import pytest
+import torch
+
+import nola_kernels
+from nola_kernels import BackendUnavailableError, nola_basis, nola_matmul, nola_mix, nola_project
+
+
+def _good():
+    tensors = dict(x=torch.randn(4, 6), alpha=torch.randn(5), beta=torch.randn(7),
+                   a0=torch.randn(3, 6), b0=torch.randn(8, 3))  # fmt: skip
+    kwargs = dict(seed_a=1, seed_b=2, rank=3, out_features=8)
+    return tensors, kwargs
+
+
+def test_good_arguments_pass():
+    tensors, kwargs = _good()
+    assert nola_matmul(**tensors, **kwargs).shape == (4, 8)
+
+
+@pytest.mark.parametrize(
+    "change, error, match",
+    [
+        (dict(x=torch.randint(0, 5, (4, 6))), TypeError, "x must have dtype"),
+        (dict(x=[[1.0] * 6]), TypeError, "x must be a torch.Tensor"),
+        (dict(x=torch.randn(4, 5)), ValueError, "in_features = 6"),
+        (dict(x=torch.tensor(1.0)), ValueError, "x must have at least one dimension"),
+        (dict(alpha=torch.randn(5, 1)), ValueError, "alpha must be 1-D"),
+        (dict(beta=torch.randn(0)), ValueError, "beta must not be empty"),
+        (dict(alpha=torch.randn(5).bfloat16()), TypeError, "alpha must have dtype float32, float64"),
+        (dict(beta=torch.arange(7)), TypeError, "beta must have dtype"),
+        (dict(a0=torch.randn(4, 6)), ValueError, r"a0 must have shape \(3, 6\)"),
+        (dict(b0=torch.randn(3, 8)), ValueError, r"b0 must have shape \(8, 3\)"),
+        (dict(a0=torch.randn(3, 6, dtype=torch.complex64)), TypeError, "a0 must have dtype"),
+        (dict(alpha=torch.randn(5, device="meta")), ValueError, "one device.*alpha on meta"),
+        (dict(rank=0), ValueError, "rank must be an int"),
+        (dict(rank=2.0), TypeError, "rank must be an int"),
+        (dict(out_features=-1), ValueError, "out_features must be an int"),
+        (dict(seed_a=-1), ValueError, r"seed_a must be an int in \[0, 9223372036854775808\)"),
+        (dict(seed_b=2**63), ValueError, "seed_b must be an int in"),
+        (dict(seed_a=1.5), TypeError, "seed_a must be an int"),
+        (dict(seed_b=True), TypeError, "seed_b must be an int, got bool"),
+        (dict(scaling="2"), TypeError, "scaling must be a real number"),
+        (dict(distribution="normal"), ValueError, "distribution must be one of"),
+        (dict(backend="tpu"), ValueError, "backend must be 'auto' or one of"),
+    ],
+)
+def test_nola_matmul_rejects(change, error, match):
+    tensors, kwargs = _good()
+    arguments = {**tensors, **kwargs}
+    arguments.update(change)
+    with pytest.raises(error, match=match):
+        nola_matmul(**arguments)
+
+
+@pytest.mark.parametrize("backend, missing", [("triton", "Triton kernels"), ("cuda", "CUDA extension")])
+def test_unavailable_backend_names_what_is_missing(backend, missing):
+    tensors, kwargs = _good()
+    with pytest.raises(BackendUnavailableError, match=f"backend '{backend}' is not available: .*{missing}"):
+        nola_matmul(**tensors, **kwargs, backend=backend)
+
+
+def test_huge_factor_is_rejected_before_any_allocation():
+    x = torch.randn(2, 2**20)
+    with pytest.raises(ValueError, match="at most 2\\*\\*34 entries"):
+        nola_matmul(x, torch.randn(3), torch.randn(3), seed_a=0, seed_b=0, rank=2**15, out_features=4)
+
+
+@pytest.mark.parametrize(
+    "args, kwargs, error, match",
+    [
+        ((-1, 2, (3, 3)), {}, ValueError, "seed must be"),
+        ((1, 0, (3, 3)), {}, ValueError, "k must be an int in"),
+        ((1, 2**32 + 1, (3, 3)), {}, ValueError, "k must be an int in"),
+        ((1, 2, (0, 3)), {}, ValueError, r"shape\[0\] must be an int"),
+        ((1, 2, (3,)), {}, ValueError, r"shape must be a pair"),
+        ((1, 2, (2**17, 2**18)), {}, ValueError, r"at most 2\*\*34 entries"),
+        ((1, 2, (3, 3)), dict(stream=-5), ValueError, "stream must be an int in"),
+        ((1, 2, (3, 3)), dict(stream=2**63), ValueError, "stream must be an int in"),
+        ((1, 2, (3, 3)), dict(distribution="gauss"), ValueError, "distribution must be one of"),
+    ],
+)
+def test_nola_basis_rejects(args, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        nola_basis(*args, **kwargs)
+
+
+def test_nola_mix_and_project_reject():
+    with pytest.raises(ValueError, match="coeffs must not be empty"):
+        nola_mix(torch.randn(0), 1, (2, 2))
+    with pytest.raises(TypeError, match="coeffs must have dtype"):
+        nola_mix(torch.randn(3).half(), 1, (2, 2))
+    with pytest.raises(TypeError, match="scale must be a real number"):
+        nola_mix(torch.randn(3), 1, (2, 2), scale="big")
+    with pytest.raises(ValueError, match="seed must be"):
+        nola_mix(torch.randn(3), 2**64, (2, 2))
+    with pytest.raises(ValueError, match="grad must be 2-D"):
+        nola_project(torch.randn(4), 1, 3)
+    with pytest.raises(ValueError, match="k must be an int in"):
+        nola_project(torch.randn(2, 2), 1, 0)
+    with pytest.raises(TypeError, match="grad must have dtype"):
+        nola_project(torch.ones(2, 2, dtype=torch.int32), 1, 3)
+
+
+def test_chunk_budget_rejects_non_positive():
+    with pytest.raises(ValueError, match="chunk budget"):
+        nola_kernels.set_chunk_budget(0)
