@@ -49,7 +49,8 @@ def _mix_materialized(coeffs, basis):
 
 class _OfficialMix(torch.autograd.Function):
     """The official NOLA generation: seed a torch generator, draw the whole (k, R, C) basis with
-    uniform_(-1, 1), scale by 1/sqrt(k), einsum; the backward draws it all again."""
+    uniform_(-1, 1), scale by 1/sqrt(k), einsum; the backward draws it all again (its einsum
+    also copies the basis once, as the official backward's permuted copy does)."""
 
     @staticmethod
     def forward(ctx, coeffs, seed, shape):

@@ -1,0 +1,126 @@
+"""The comparison tables printed after the benchmarks, and their JSON copy in bench/results/."""
+
+import datetime
+import json
+import platform
+import subprocess
+from pathlib import Path
+
+import torch
+
+BENCH_DIR = Path(__file__).resolve().parent
+RESULTS_DIR = BENCH_DIR / "results"
+SHAPE_KEYS = ("shape", "in_features", "out_features", "rank", "k", "tokens")
+
+# What nola is compared on: (the row's measure, the baselines nola's value is divided by).
+RATIOS = {
+    "time": ("median_ms", ("naive", "official", "lora")),
+    "peak": ("peak_mib", ("naive", "official")),
+}
+
+
+def build_tables(cases):
+    """One table per (device, shape, pass), in run order: a row per implementation, and nola's
+    ratios to the baselines (None where a side did not run, e.g. under -k)."""
+    groups = {}
+    for case in cases:
+        groups.setdefault((case["device"], case["shape"], case["pass"]), []).append(case)
+    tables = []
+    for (device, _, pass_name), group in groups.items():
+        rows = [_row(case) for case in group]
+        shape = {key: group[0][key] for key in SHAPE_KEYS}
+        tables.append({"device": device, **shape, "pass": pass_name, "rows": rows, "ratios": _ratios(rows)})
+    return tables
+
+
+def _row(case):
+    rate = case["entries_per_s"]
+    return {
+        "implementation": case["implementation"],
+        "median_ms": case["median_s"] * 1e3,
+        "peak_mib": case["peak_bytes"] / 2**20,
+        "m_entries_per_s": None if rate is None else rate / 1e6,
+    }
+
+
+def _ratios(rows):
+    by_name = {row["implementation"]: row for row in rows}
+    nola = by_name.get("nola")
+    ratios = {}
+    for kind, (measure, baselines) in RATIOS.items():
+        ratios[kind] = {}
+        for baseline in baselines:
+            other = by_name.get(baseline)
+            usable = nola is not None and other is not None and other[measure] > 0
+            ratios[kind][f"nola/{baseline}"] = nola[measure] / other[measure] if usable else None
+    return ratios
+
+
+def format_tables(tables):
+    """The tables as text lines."""
+    lines = []
+    for table in tables:
+        lines += [
+            "",
+            f"{table['device']} | {table['shape']} (in {table['in_features']}, out {table['out_features']}, "
+            f"rank {table['rank']}, k = l = {table['k']}, {table['tokens']} tokens) | {table['pass']}",
+            f"  {'implementation':<15}{'median ms':>11}{'peak MiB':>11}{'M entries/s':>13}",
+        ]
+        for row in table["rows"]:
+            lines.append(
+                f"  {row['implementation']:<15}{row['median_ms']:>11.2f}{row['peak_mib']:>11.2f}"
+                f"{_optional(row['m_entries_per_s'], '.1f'):>13}"
+            )
+        for kind, ratios in table["ratios"].items():
+            cells = [f"{label} {_optional(value, '.3g')}x" for label, value in ratios.items()]
+            lines.append(f"  {kind}: " + "   ".join(cells))
+    return lines
+
+
+def _optional(value, spec):
+    return "-" if value is None else format(value, spec)
+
+
+def write_json(tables):
+    """Write each device's tables, with where and when they were measured, to
+    results/latest-<device>.json; returns the paths written."""
+    RESULTS_DIR.mkdir(exist_ok=True)
+    paths = []
+    for device in dict.fromkeys(table["device"] for table in tables):
+        payload = {
+            "device": device,
+            "device_name": device_name(device),
+            "torch_version": torch.__version__,
+            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "git_commit": git_commit(),
+            "tables": [table for table in tables if table["device"] == device],
+        }
+        path = RESULTS_DIR / f"latest-{device}.json"
+        path.write_text(json.dumps(payload, indent=2) + "\n")
+        paths.append(path)
+    return paths
+
+
+def device_name(device):
+    """The GPU's name, or the CPU model from /proc/cpuinfo (Linux) or platform (elsewhere)."""
+    if device == "cuda":
+        return torch.cuda.get_device_name()
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def git_commit():
+    """The checkout's short commit hash, or None without git or without a commit."""
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=BENCH_DIR, capture_output=True, text=True, check=True
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return result.stdout.strip()
