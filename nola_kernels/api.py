@@ -7,7 +7,7 @@ import torch
 
 from . import ops
 from .backends import resolve_backend
-from .basis import basis_block, iter_blocks
+from .basis import basis_block, chunk_budget, iter_blocks
 from .lowrank import lowrank_delta, with_offset
 from .validation import (
     check_basis_args,
@@ -28,7 +28,7 @@ def nola_basis(seed, k, shape, *, stream=0, distribution="uniform", device=None)
     For tests, inspection and compatibility only: nothing else holds the whole basis."""
     seed, k, (rows, cols), stream, distribution = check_basis_args(seed, k, shape, stream, distribution)
     out = torch.empty(k, rows * cols, dtype=torch.float32, device=device)
-    for i0, i1, n0, n1 in iter_blocks(k, rows * cols, distribution):
+    for i0, i1, n0, n1 in iter_blocks(k, rows * cols, distribution, chunk_budget(out.device)):
         out[i0:i1, n0:n1] = basis_block(seed, stream, i0, i1, n0, n1, distribution, device)
     return out.view(k, rows, cols)
 

@@ -3,6 +3,7 @@ import zlib
 import pytest
 import torch
 
+import nola_kernels
 from nola_kernels import available_backends
 
 
@@ -26,3 +27,11 @@ def _seed_torch(request):
     """Random inputs, the same on every run of a test: a gradient that is a single dot product
     (k = 1) can cancel to near zero by chance, and its relative error then says nothing."""
     torch.manual_seed(zlib.crc32(request.node.nodeid.encode()))
+
+
+@pytest.fixture
+def set_budget():
+    """Set the PyTorch path's chunk budget for one test; the setting is restored after it."""
+    previous = nola_kernels.set_chunk_budget(None)
+    yield nola_kernels.set_chunk_budget
+    nola_kernels.set_chunk_budget(previous)

@@ -7,7 +7,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from philox_oracle import element
 
-import nola_kernels
 from nola_kernels import nola_basis
 from nola_kernels.basis import basis_block, iter_blocks
 
@@ -103,20 +102,17 @@ def test_blocked_generation_is_bit_identical_for_any_budget(distribution, budget
     k, shape = 5, (7, 93)
     reference = nola_basis(17, k, shape, stream=3, distribution=distribution).reshape(k, -1)
     covered = torch.zeros(k, shape[0] * shape[1], dtype=torch.int64)
-    for i0, i1, n0, n1 in iter_blocks(k, shape[0] * shape[1], distribution, budget=budget):
+    for i0, i1, n0, n1 in iter_blocks(k, shape[0] * shape[1], distribution, budget):
         block = basis_block(17, 3, i0, i1, n0, n1, distribution)
         assert torch.equal(block, reference[i0:i1, n0:n1])
         covered[i0:i1, n0:n1] += 1
     assert torch.all(covered == 1)
 
 
-def test_nola_basis_does_not_depend_on_the_chunk_budget():
+def test_nola_basis_does_not_depend_on_the_chunk_budget(set_budget):
     reference = nola_basis(8, 6, (11, 50))
-    previous = nola_kernels.set_chunk_budget(300)
-    try:
-        assert torch.equal(nola_basis(8, 6, (11, 50)), reference)
-    finally:
-        nola_kernels.set_chunk_budget(previous)
+    set_budget(300)
+    assert torch.equal(nola_basis(8, 6, (11, 50)), reference)
 
 
 def test_basis_does_not_depend_on_thread_count():

@@ -4,7 +4,6 @@ whatever k is, while the naive path's grows with k."""
 import pytest
 import torch
 
-import nola_kernels
 from nola_kernels import nola_matmul, nola_mix, nola_project
 from nola_kernels.memory import peak_memory
 from nola_kernels.reference import naive_matmul
@@ -16,10 +15,9 @@ SHAPE = dict(rank=8, out_features=512, seed_a=3, seed_b=4)
 
 
 @pytest.fixture
-def budget():
-    previous = nola_kernels.set_chunk_budget(BUDGET)
-    yield BUDGET
-    nola_kernels.set_chunk_budget(previous)
+def budget(set_budget):
+    set_budget(BUDGET)
+    return BUDGET
 
 
 def _forward_backward_peak(fn, k, **kwargs):

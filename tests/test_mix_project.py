@@ -7,7 +7,6 @@ import pytest
 import torch
 from numerics import rel_err
 
-import nola_kernels
 from nola_kernels import nola_basis, nola_mix, nola_project
 
 CASES = [
@@ -52,18 +51,15 @@ def test_mix_and_project_are_adjoint(backend, distribution):
 
 
 @pytest.mark.parametrize("budget", [64, 5000, 1 << 20])
-def test_chunking_does_not_change_results(backend, budget):
+def test_chunking_does_not_change_results(backend, set_budget, budget):
     coeffs, grad = torch.randn(300), torch.randn(17, 45)
     mixed, projected = (
         nola_mix(coeffs, 4, (17, 45), backend=backend),
         nola_project(grad, 4, 300, backend=backend),
     )
-    previous = nola_kernels.set_chunk_budget(budget)
-    try:
-        assert rel_err(nola_mix(coeffs, 4, (17, 45), backend=backend), mixed) <= 1e-6
-        assert rel_err(nola_project(grad, 4, 300, backend=backend), projected) <= 1e-6
-    finally:
-        nola_kernels.set_chunk_budget(previous)
+    set_budget(budget)
+    assert rel_err(nola_mix(coeffs, 4, (17, 45), backend=backend), mixed) <= 1e-6
+    assert rel_err(nola_project(grad, 4, 300, backend=backend), projected) <= 1e-6
 
 
 def test_float64_inputs_compute_in_float64(backend):

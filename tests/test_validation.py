@@ -1,5 +1,9 @@
 """Every bad input raises a clear TypeError/ValueError naming the argument, before any work."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -103,6 +107,26 @@ def test_nola_mix_and_project_reject():
         nola_project(torch.ones(2, 2, dtype=torch.int32), 1, 3)
 
 
-def test_chunk_budget_rejects_non_positive():
+@pytest.mark.parametrize("nbytes", [0, -5, 1.5, True])
+def test_chunk_budget_rejects_non_positive_ints(nbytes):
     with pytest.raises(ValueError, match="chunk budget"):
-        nola_kernels.set_chunk_budget(0)
+        nola_kernels.set_chunk_budget(nbytes)
+
+
+def test_chunk_budget_defaults_per_device(set_budget):
+    set_budget(None)
+    assert nola_kernels.chunk_budget("cpu") == 2 << 20
+    assert nola_kernels.chunk_budget("cuda") == 64 << 20
+    set_budget(12345)
+    assert nola_kernels.chunk_budget("cpu") == nola_kernels.chunk_budget("cuda") == 12345
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [("12345", "12345"), ("abc", "NOLA_CHUNK_BYTES must be"), ("0", "NOLA_CHUNK_BYTES must be")],
+)
+def test_chunk_budget_from_environment(value, expected):
+    probe = "import nola_kernels; print(nola_kernels.chunk_budget('cpu'))"
+    env = {**os.environ, "NOLA_CHUNK_BYTES": value}
+    result = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True)
+    assert expected in result.stdout + result.stderr

@@ -1,9 +1,9 @@
 """The pure-PyTorch backend: runs on any device PyTorch supports and never holds more of the basis
-than one block (nola_kernels.basis.chunk_budget() bytes of temporaries), whatever k is."""
+than one block (nola_kernels.chunk_budget(device) bytes of temporaries), whatever k is."""
 
 import torch
 
-from ..basis import basis_block, iter_blocks
+from ..basis import basis_block, chunk_budget, iter_blocks
 
 
 def _compute_dtype(tensor):
@@ -21,7 +21,9 @@ def mix(coeffs, seed, stream, rows, cols, scale, distribution):
     numel = rows * cols
     weights = coeffs.to(dtype) * scale
     out = torch.zeros(numel, dtype=dtype, device=coeffs.device)
-    for i0, i1, n0, n1 in iter_blocks(coeffs.numel(), numel, distribution, dtype):
+    for i0, i1, n0, n1 in iter_blocks(
+        coeffs.numel(), numel, distribution, chunk_budget(coeffs.device), dtype
+    ):
         out[n0:n1].addmv_(
             _block(seed, stream, i0, i1, n0, n1, distribution, coeffs.device, dtype).T, weights[i0:i1]
         )
@@ -33,6 +35,6 @@ def project(grad, seed, stream, k, scale, distribution):
     dtype = _compute_dtype(grad)
     flat = grad.reshape(-1).to(dtype)
     out = torch.zeros(k, dtype=dtype, device=grad.device)
-    for i0, i1, n0, n1 in iter_blocks(k, flat.numel(), distribution, dtype):
+    for i0, i1, n0, n1 in iter_blocks(k, flat.numel(), distribution, chunk_budget(grad.device), dtype):
         out[i0:i1].addmv_(_block(seed, stream, i0, i1, n0, n1, distribution, grad.device, dtype), flat[n0:n1])
     return out.mul_(scale)
