@@ -2,6 +2,7 @@
 torch.library ops (nola_kernels/ops.py), which carry the autograd."""
 
 import math
+from typing import NamedTuple
 
 import torch
 
@@ -10,6 +11,7 @@ from .backends import resolve_backend
 from .basis import basis_block, chunk_budget, iter_blocks
 from .lowrank import lowrank_delta, with_offset
 from .validation import (
+    MAX_BASIS_INDEX,
     check_basis_args,
     check_coeffs,
     check_distribution,
@@ -42,18 +44,10 @@ def nola_mix(coeffs, seed, shape, *, scale=None, stream=0, distribution="uniform
     float32 (float64 for float64 coeffs); differentiable in coeffs; never materializes the basis."""
     check_coeffs("coeffs", coeffs)
     rows, cols = check_shape("shape", shape)
+    family = _check_family(seed, stream, distribution)
     scale = _mix_scale(scale, coeffs.numel())
-    backend = resolve_backend(backend, coeffs.device)
-    return ops.mix(
-        coeffs,
-        check_seed("seed", seed),
-        check_seed("stream", stream),
-        rows,
-        cols,
-        scale,
-        check_distribution(distribution),
-        backend,
-    )
+    return ops.mix(coeffs, family.seed, family.stream, rows, cols, scale, family.distribution,
+                   resolve_backend(backend, coeffs.device))  # fmt: skip
 
 
 def nola_project(grad, seed, k, *, scale=None, stream=0, distribution="uniform", backend="auto"):
@@ -63,18 +57,21 @@ def nola_project(grad, seed, k, *, scale=None, stream=0, distribution="uniform",
     if grad.dim() != 2:
         raise ValueError(f"grad must be 2-D (rows, cols), got shape {tuple(grad.shape)}")
     check_shape("grad.shape", grad.shape)
-    k = check_int("k", k, 1, 2**32 + 1)
+    k = check_int("k", k, 1, MAX_BASIS_INDEX + 1)
+    family = _check_family(seed, stream, distribution)
     scale = _mix_scale(scale, k)
-    backend = resolve_backend(backend, grad.device)
-    return ops.project(
-        grad,
-        check_seed("seed", seed),
-        check_seed("stream", stream),
-        k,
-        scale,
-        check_distribution(distribution),
-        backend,
-    )
+    return ops.project(grad, family.seed, family.stream, k, scale, family.distribution,
+                       resolve_backend(backend, grad.device))  # fmt: skip
+
+
+class _Family(NamedTuple):
+    seed: int
+    stream: int
+    distribution: str
+
+
+def _check_family(seed, stream, distribution):
+    return _Family(check_seed("seed", seed), check_seed("stream", stream), check_distribution(distribution))
 
 
 def nola_matmul(

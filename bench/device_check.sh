@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# One call on a lent GPU machine: every test (the GPU ones included), then the CUDA benchmarks.
+# Logs and results go under $OUT (bench/results/device-run when run by hand); the comparison
+# table prints last. Needs only what the GPU image has: python3 with torch, pytest,
+# pytest-benchmark and hypothesis (PYTHON names another interpreter). Run from the repository
+# root:  bash bench/device_check.sh
+set -uo pipefail
+OUT=${OUT:-bench/results/device-run}
+mkdir -p "$OUT"
+export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
+PYTHON=${PYTHON:-python3}
+
+"$PYTHON" - <<'PY' 2>&1 | tee "$OUT/device.txt"
+import datetime, subprocess, torch
+name = torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA device"
+commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+print(f"{name} | torch {torch.__version__} | {datetime.date.today()} | commit {commit or 'unknown'}")
+PY
+
+"$PYTHON" -m pytest tests -q -p no:cacheprovider 2>&1 | tee "$OUT/tests.log"
+tests_status=${PIPESTATUS[0]}
+
+"$PYTHON" -m pytest bench --benchmark-only -k cuda -q -p no:cacheprovider 2>&1 | tee "$OUT/bench.log"
+bench_status=${PIPESTATUS[0]}
+cp bench/results/latest-cuda.json "$OUT/" 2>/dev/null
+
+echo "tests exit $tests_status, benchmarks exit $bench_status"
+exit $((tests_status || bench_status))
