@@ -22,7 +22,7 @@ tests_status=${PIPESTATUS[0]}
 
 "$PYTHON" -m pytest bench --benchmark-only -k cuda -q -p no:cacheprovider 2>&1 | tee "$OUT/bench.log"
 bench_status=${PIPESTATUS[0]}
-cp bench/results/latest-cuda.json "$OUT/" 2>/dev/null
+cp bench/results/latest-cuda.json "$OUT/" 2>/dev/null && "$PYTHON" bench/report.py "$OUT/latest-cuda.json"
 
 echo "tests exit $tests_status, benchmarks exit $bench_status"
 exit $((tests_status || bench_status))

@@ -4,6 +4,7 @@ import datetime
 import json
 import platform
 import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -124,3 +125,12 @@ def git_commit():
     except (OSError, subprocess.CalledProcessError):
         return None
     return result.stdout.strip()
+
+
+if __name__ == "__main__":
+    # python bench/report.py bench/results/latest-cpu.json: print a saved run's tables again.
+    saved = json.loads(Path(sys.argv[1]).read_text())
+    print(
+        f"{saved['device_name']} | torch {saved['torch_version']} | {saved['date']} | commit {saved['git_commit']}"
+    )
+    print("\n".join(format_tables(saved["tables"])))
