@@ -115,8 +115,10 @@ def iter_blocks(k, numel, distribution, budget, dtype=torch.float32):
     if dtype != torch.float32:  # the float32 block and its copy live together
         per_entry = max(per_entry, 4 + dtype.itemsize)
     entries = max(int(budget / (per_entry * _BUDGET_MARGIN)), 1)
-    if numel <= entries:
-        rows = entries // numel
+    call = 1 << COUNTER_SHIFT[distribution]
+    row_width = -(-numel // call) * call  # a row generates whole Philox calls, used or not
+    if row_width <= entries:
+        rows = entries // row_width
         for i in range(0, k, rows):
             yield i, min(i + rows, k), 0, numel
         return
