@@ -2,7 +2,6 @@
 torch.library ops (nola_kernels/ops.py), which carry the autograd."""
 
 import math
-from typing import NamedTuple
 
 import torch
 
@@ -12,9 +11,10 @@ from .basis import basis_block, chunk_budget, iter_blocks
 from .lowrank import lowrank_delta, with_offset
 from .validation import (
     MAX_BASIS_INDEX,
-    check_basis_args,
     check_coeffs,
+    check_device,
     check_distribution,
+    check_family,
     check_float_tensor,
     check_int,
     check_offset,
@@ -28,8 +28,10 @@ from .validation import (
 def nola_basis(seed, k, shape, *, stream=0, distribution="uniform", device=None):
     """Materialize basis matrices 0..k-1 of family (seed, stream) as a (k, R, C) float32 tensor.
     For tests, inspection and compatibility only: nothing else holds the whole basis."""
-    seed, k, (rows, cols), stream, distribution = check_basis_args(seed, k, shape, stream, distribution)
-    out = torch.empty(k, rows * cols, dtype=torch.float32, device=device)
+    seed, stream, distribution = check_family(seed, stream, distribution)
+    k = check_int("k", k, 1, MAX_BASIS_INDEX + 1)
+    rows, cols = check_shape("shape", shape)
+    out = torch.empty(k, rows * cols, dtype=torch.float32, device=check_device(device))
     for i0, i1, n0, n1 in iter_blocks(k, rows * cols, distribution, chunk_budget(out.device)):
         out[i0:i1, n0:n1] = basis_block(seed, stream, i0, i1, n0, n1, distribution, device)
     return out.view(k, rows, cols)
@@ -44,10 +46,10 @@ def nola_mix(coeffs, seed, shape, *, scale=None, stream=0, distribution="uniform
     float32 (float64 for float64 coeffs); differentiable in coeffs; never materializes the basis."""
     check_coeffs("coeffs", coeffs)
     rows, cols = check_shape("shape", shape)
-    family = _check_family(seed, stream, distribution)
+    seed, stream, distribution = check_family(seed, stream, distribution)
     scale = _mix_scale(scale, coeffs.numel())
-    return ops.mix(coeffs, family.seed, family.stream, rows, cols, scale, family.distribution,
-                   resolve_backend(backend, coeffs.device))  # fmt: skip
+    backend = resolve_backend(backend, coeffs.device)
+    return ops.mix(coeffs, seed, stream, rows, cols, scale, distribution, backend)
 
 
 def nola_project(grad, seed, k, *, scale=None, stream=0, distribution="uniform", backend="auto"):
@@ -58,20 +60,10 @@ def nola_project(grad, seed, k, *, scale=None, stream=0, distribution="uniform",
         raise ValueError(f"grad must be 2-D (rows, cols), got shape {tuple(grad.shape)}")
     check_shape("grad.shape", grad.shape)
     k = check_int("k", k, 1, MAX_BASIS_INDEX + 1)
-    family = _check_family(seed, stream, distribution)
+    seed, stream, distribution = check_family(seed, stream, distribution)
     scale = _mix_scale(scale, k)
-    return ops.project(grad, family.seed, family.stream, k, scale, family.distribution,
-                       resolve_backend(backend, grad.device))  # fmt: skip
-
-
-class _Family(NamedTuple):
-    seed: int
-    stream: int
-    distribution: str
-
-
-def _check_family(seed, stream, distribution):
-    return _Family(check_seed("seed", seed), check_seed("stream", stream), check_distribution(distribution))
+    backend = resolve_backend(backend, grad.device)
+    return ops.project(grad, seed, stream, k, scale, distribution, backend)
 
 
 def nola_matmul(
@@ -93,8 +85,8 @@ def nola_matmul(
     B = b0 + mix(beta) (out x rank); returns (..., out_features) in x.dtype.
     Differentiable in x, alpha, beta, a0 and b0."""
     check_float_tensor("x", x)
-    if x.dim() < 1:
-        raise ValueError("x must have at least one dimension (..., in_features)")
+    if x.dim() < 1 or x.shape[-1] == 0:
+        raise ValueError(f"x must have shape (..., in_features) with in_features >= 1, got {tuple(x.shape)}")
     check_coeffs("alpha", alpha)
     check_coeffs("beta", beta)
     rank = check_int("rank", rank, 1)

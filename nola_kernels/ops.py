@@ -8,10 +8,7 @@ it. Each op takes a resolved backend name and hands the work to that backend's m
 import torch
 
 from .backends import get_backend
-
-
-def _result_dtype(tensor):
-    return torch.float64 if tensor.dtype == torch.float64 else torch.float32
+from .dtypes import accumulation_dtype
 
 
 @torch.library.custom_op("nola_kernels::mix", mutates_args=())
@@ -30,7 +27,7 @@ def mix(
 
 @mix.register_fake
 def _(coeffs, seed, stream, rows, cols, scale, distribution, backend):
-    return coeffs.new_empty((rows, cols), dtype=_result_dtype(coeffs))
+    return coeffs.new_empty((rows, cols), dtype=accumulation_dtype(coeffs))
 
 
 @torch.library.custom_op("nola_kernels::project", mutates_args=())
@@ -42,7 +39,7 @@ def project(
 
 @project.register_fake
 def _(grad, seed, stream, k, scale, distribution, backend):
-    return grad.new_empty((k,), dtype=_result_dtype(grad))
+    return grad.new_empty((k,), dtype=accumulation_dtype(grad))
 
 
 def _setup_mix(ctx, inputs, output):

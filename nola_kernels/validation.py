@@ -7,12 +7,11 @@ import operator
 import torch
 
 from .basis import DISTRIBUTIONS
+from .dtypes import COEFF_DTYPES, FLOAT_DTYPES
 
 SEED_LIMIT = 2**63  # seeds and streams are 64-bit counter/key words kept below int64's limit
 MAX_BASIS_INDEX = 2**32  # the basis index is one 32-bit counter word
 MAX_NUMEL = 2**34  # flat positions n fit counter word 0 after the shift by 2
-FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-COEFF_DTYPES = (torch.float32, torch.float64)
 
 
 def check_int(name, value, low, high=None):
@@ -24,8 +23,8 @@ def check_int(name, value, low, high=None):
     except TypeError:
         raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}") from None
     if value < low or (high is not None and value >= high):
-        bound = f"[{low}, {high})" if high is not None else f">= {low}"
-        raise ValueError(f"{name} must be an int in {bound}, got {value}")
+        bound = f"in [{low}, {high})" if high is not None else f">= {low}"
+        raise ValueError(f"{name} must be an int {bound}, got {value}")
     return value
 
 
@@ -40,7 +39,7 @@ def check_distribution(value):
 
 
 def check_shape(name, shape):
-    """A basis matrix shape (R, C) of positive ints with R*C < 2^34."""
+    """A basis matrix shape (R, C) of positive ints with R*C <= 2^34."""
     try:
         rows, cols = shape
     except (TypeError, ValueError):
@@ -98,11 +97,18 @@ def check_same_device(**tensors):
         raise ValueError(f"all tensors must be on one device, got {listed}")
 
 
-def check_basis_args(seed, k, shape, stream, distribution):
-    return (
-        check_seed("seed", seed),
-        check_int("k", k, 1, MAX_BASIS_INDEX + 1),
-        check_shape("shape", shape),
-        check_seed("stream", stream),
-        check_distribution(distribution),
-    )
+def check_family(seed, stream, distribution):
+    """A basis family and its distribution: (seed, stream, distribution)."""
+    return check_seed("seed", seed), check_seed("stream", stream), check_distribution(distribution)
+
+
+def check_device(device):
+    """`device` as a torch.device (None: the default device)."""
+    if device is None:
+        return torch.empty(0).device
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(
+            f"device must be a torch.device or a device string such as 'cuda:0', got {device!r}"
+        ) from None

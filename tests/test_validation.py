@@ -9,6 +9,7 @@ import torch
 
 import nola_kernels
 from nola_kernels import BackendUnavailableError, nola_basis, nola_matmul, nola_mix, nola_project
+from nola_kernels.validation import check_shape
 
 
 def _good():
@@ -29,7 +30,8 @@ def test_good_arguments_pass():
         (dict(x=torch.randint(0, 5, (4, 6))), TypeError, "x must have dtype"),
         (dict(x=[[1.0] * 6]), TypeError, "x must be a torch.Tensor"),
         (dict(x=torch.randn(4, 5)), ValueError, "in_features = 6"),
-        (dict(x=torch.tensor(1.0)), ValueError, "x must have at least one dimension"),
+        (dict(x=torch.tensor(1.0)), ValueError, r"x must have shape \(..., in_features\)"),
+        (dict(x=torch.randn(4, 0), a0=None), ValueError, "in_features >= 1"),
         (dict(alpha=torch.randn(5, 1)), ValueError, "alpha must be 1-D"),
         (dict(beta=torch.randn(0)), ValueError, "beta must not be empty"),
         (dict(alpha=torch.randn(5).bfloat16()), TypeError, "alpha must have dtype float32, float64"),
@@ -38,7 +40,8 @@ def test_good_arguments_pass():
         (dict(b0=torch.randn(3, 8)), ValueError, r"b0 must have shape \(8, 3\)"),
         (dict(a0=torch.randn(3, 6, dtype=torch.complex64)), TypeError, "a0 must have dtype"),
         (dict(alpha=torch.randn(5, device="meta")), ValueError, "one device.*alpha on meta"),
-        (dict(rank=0), ValueError, "rank must be an int"),
+        (dict(b0=torch.randn(8, 3, device="meta")), ValueError, "one device.*b0 on meta"),
+        (dict(rank=0), ValueError, "rank must be an int >= 1, got 0"),
         (dict(rank=2.0), TypeError, "rank must be an int"),
         (dict(out_features=-1), ValueError, "out_features must be an int"),
         (dict(seed_a=-1), ValueError, r"seed_a must be an int in \[0, 9223372036854775808\)"),
@@ -90,6 +93,37 @@ def test_nola_basis_rejects(args, kwargs, error, match):
         nola_basis(*args, **kwargs)
 
 
+@pytest.mark.parametrize(
+    "call, error, match",
+    [
+        (lambda: nola_mix(torch.randn(3), 1, (2, 2), stream=-1), ValueError, "stream must be an int in"),
+        (lambda: nola_project(torch.randn(2, 2), 1, 3, stream=2**63), ValueError, "stream must be an int in"),
+        (
+            lambda: nola_mix(torch.randn(3), 1, (2, 2), distribution="gauss"),
+            ValueError,
+            "distribution must be",
+        ),
+        (lambda: nola_project(torch.randn(2, 2), 1, 3, backend="tpu"), ValueError, "backend must be 'auto'"),
+        (
+            lambda: nola_mix(torch.randn(3), 1, (2, 2), backend="cuda"),
+            BackendUnavailableError,
+            "CUDA extension",
+        ),
+        (lambda: nola_project(torch.randn(2, 2), 1, 3, backend="triton"), BackendUnavailableError, "Triton"),
+        (lambda: nola_basis(1, 2, (3, 3), device="nowhere"), ValueError, "device must be a torch.device"),
+    ],
+)
+def test_family_and_backend_arguments_rejected_everywhere(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
+
+
+def test_largest_basis_matrix_is_accepted():
+    assert check_shape("shape", (2**17, 2**17)) == (2**17, 2**17)
+    with pytest.raises(ValueError, match=r"at most 2\*\*34 entries"):
+        check_shape("shape", (2**17 + 1, 2**17))
+
+
 def test_nola_mix_and_project_reject():
     with pytest.raises(ValueError, match="coeffs must not be empty"):
         nola_mix(torch.randn(0), 1, (2, 2))
@@ -121,12 +155,13 @@ def test_chunk_budget_defaults_per_device(set_budget):
     assert nola_kernels.chunk_budget("cpu") == nola_kernels.chunk_budget("cuda") == 12345
 
 
-@pytest.mark.parametrize(
-    "value, expected",
-    [("12345", "12345"), ("abc", "NOLA_CHUNK_BYTES must be"), ("0", "NOLA_CHUNK_BYTES must be")],
-)
-def test_chunk_budget_from_environment(value, expected):
-    probe = "import nola_kernels; print(nola_kernels.chunk_budget('cpu'))"
-    env = {**os.environ, "NOLA_CHUNK_BYTES": value}
-    result = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True)
-    assert expected in result.stdout + result.stderr
+def test_chunk_budget_from_environment():
+    probe = "import nola_kernels; print(nola_kernels.chunk_budget('cpu'), nola_kernels.chunk_budget('cuda'))"
+    for value, accepted in [("12345", True), ("abc", False), ("0", False)]:
+        env = {**os.environ, "NOLA_CHUNK_BYTES": value}
+        result = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True)
+        if accepted:
+            assert result.returncode == 0 and result.stdout.split() == [value, value], result.stderr
+        else:
+            assert result.returncode != 0
+            assert f"NOLA_CHUNK_BYTES must be a positive int of bytes, got '{value}'" in result.stderr

@@ -20,7 +20,8 @@ class BackendUnavailableError(RuntimeError):
 
 
 def available_backends(device):
-    """Names of the backends that can run on `device`, in the order "auto" prefers them."""
+    """Names of the backends that can run on `device`, in the order "auto" prefers them. Today
+    only "torch" exists and it runs on every device; the kernel backends will depend on it."""
     return [name for name in ("cuda", "triton", "torch") if name in _MODULES]
 
 

@@ -4,10 +4,7 @@ than one block (nola_kernels.chunk_budget(device) bytes of temporaries), whateve
 import torch
 
 from ..basis import basis_block, chunk_budget, iter_blocks
-
-
-def _compute_dtype(tensor):
-    return torch.float64 if tensor.dtype == torch.float64 else torch.float32
+from ..dtypes import accumulation_dtype
 
 
 def _block(seed, stream, i0, i1, n0, n1, distribution, device, dtype):
@@ -17,7 +14,7 @@ def _block(seed, stream, i0, i1, n0, n1, distribution, device, dtype):
 
 def mix(coeffs, seed, stream, rows, cols, scale, distribution):
     """scale * sum_i coeffs[i] * U_i as a (rows, cols) tensor in float32 (float64 for float64 coeffs)."""
-    dtype = _compute_dtype(coeffs)
+    dtype = accumulation_dtype(coeffs)
     numel = rows * cols
     weights = coeffs.to(dtype) * scale
     out = torch.zeros(numel, dtype=dtype, device=coeffs.device)
@@ -32,7 +29,7 @@ def mix(coeffs, seed, stream, rows, cols, scale, distribution):
 
 def project(grad, seed, stream, k, scale, distribution):
     """scale * <grad, U_i> for i < k: a (k,) tensor in float32 (float64 for float64 grad)."""
-    dtype = _compute_dtype(grad)
+    dtype = accumulation_dtype(grad)
     flat = grad.reshape(-1).to(dtype)
     out = torch.zeros(k, dtype=dtype, device=grad.device)
     for i0, i1, n0, n1 in iter_blocks(k, flat.numel(), distribution, chunk_budget(grad.device), dtype):
