@@ -33,7 +33,7 @@ def nola_basis(seed, k, shape, *, stream=0, distribution="uniform", device=None)
     rows, cols = check_shape("shape", shape)
     out = torch.empty(k, rows * cols, dtype=torch.float32, device=check_device(device))
     for i0, i1, n0, n1 in iter_blocks(k, rows * cols, distribution, chunk_budget(out.device)):
-        out[i0:i1, n0:n1] = basis_block(seed, stream, i0, i1, n0, n1, distribution, device)
+        out[i0:i1, n0:n1] = basis_block(seed, stream, i0, i1, n0, n1, distribution, out.device)
     return out.view(k, rows, cols)
 
 
