@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench lint clean
+.PHONY: demo test bench clean
 
 $(STAMP): requirements-dev.txt setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -15,9 +15,9 @@ $(STAMP): requirements-dev.txt setup.py
 demo: $(STAMP)
 	$(PY) examples/demo.py
 
+# Lint, the tests, and every benchmark case once untimed, so the suite cannot rot.
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
-	# every benchmark case runs once, untimed, so the suite cannot rot between benchmark runs
 	$(PY) -m pytest tests bench --benchmark-disable
 
 bench: $(STAMP)
