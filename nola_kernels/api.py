@@ -10,7 +10,7 @@ from .backends import resolve_backend
 from .basis import basis_block, chunk_budget, iter_blocks
 from .lowrank import lowrank_delta, with_offset
 from .validation import (
-    MAX_BASIS_INDEX,
+    check_basis_count,
     check_coeffs,
     check_device,
     check_distribution,
@@ -29,7 +29,7 @@ def nola_basis(seed, k, shape, *, stream=0, distribution="uniform", device=None)
     """Materialize basis matrices 0..k-1 of family (seed, stream) as a (k, R, C) float32 tensor.
     For tests, inspection and compatibility only: nothing else holds the whole basis."""
     seed, stream, distribution = check_family(seed, stream, distribution)
-    k = check_int("k", k, 1, MAX_BASIS_INDEX + 1)
+    k = check_basis_count(k)
     rows, cols = check_shape("shape", shape)
     out = torch.empty(k, rows * cols, dtype=torch.float32, device=check_device(device))
     for i0, i1, n0, n1 in iter_blocks(k, rows * cols, distribution, chunk_budget(out.device)):
@@ -59,7 +59,7 @@ def nola_project(grad, seed, k, *, scale=None, stream=0, distribution="uniform",
     if grad.dim() != 2:
         raise ValueError(f"grad must be 2-D (rows, cols), got shape {tuple(grad.shape)}")
     check_shape("grad.shape", grad.shape)
-    k = check_int("k", k, 1, MAX_BASIS_INDEX + 1)
+    k = check_basis_count(k)
     seed, stream, distribution = check_family(seed, stream, distribution)
     scale = _mix_scale(scale, k)
     backend = resolve_backend(backend, grad.device)

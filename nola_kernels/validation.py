@@ -32,6 +32,11 @@ def check_seed(name, value):
     return check_int(name, value, 0, SEED_LIMIT)
 
 
+def check_basis_count(k):
+    """k, the number of basis matrices: 1 <= k <= 2^32 (the basis index is one counter word)."""
+    return check_int("k", k, 1, MAX_BASIS_INDEX + 1)
+
+
 def check_distribution(value):
     if value not in DISTRIBUTIONS:
         raise ValueError(f"distribution must be one of {DISTRIBUTIONS}, got {value!r}")
