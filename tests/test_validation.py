@@ -61,10 +61,10 @@ def test_nola_matmul_rejects(change, error, match):
         nola_matmul(**arguments)
 
 
-@pytest.mark.parametrize("backend, missing", [("triton", "Triton kernels"), ("cuda", "CUDA extension")])
-def test_unavailable_backend_names_what_is_missing(backend, missing):
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_unavailable_backend_says_why(backend):
     tensors, kwargs = _good()
-    with pytest.raises(BackendUnavailableError, match=f"backend '{backend}' is not available: .*{missing}"):
+    with pytest.raises(BackendUnavailableError, match=f"backend '{backend}' cannot run on cpu: .+"):
         nola_matmul(**tensors, **kwargs, backend=backend)
 
 
@@ -107,9 +107,9 @@ def test_nola_basis_rejects(args, kwargs, error, match):
         (
             lambda: nola_mix(torch.randn(3), 1, (2, 2), backend="cuda"),
             BackendUnavailableError,
-            "CUDA extension",
+            "backend 'cuda' cannot run on cpu",
         ),
-        (lambda: nola_project(torch.randn(2, 2), 1, 3, backend="triton"), BackendUnavailableError, "Triton"),
+        (lambda: nola_project(torch.randn(2, 2), 1, 3, backend="triton"), BackendUnavailableError, "'triton' cannot run"),
         (lambda: nola_basis(1, 2, (3, 3), device="nowhere"), ValueError, "device must be a torch.device"),
     ],
 )

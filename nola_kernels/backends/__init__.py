@@ -1,28 +1,56 @@
-"""Backends: each implements the same ops (`mix`, `project`) of the NOLA-Philox v1 contract.
+"""Backends: each implements the same ops of the NOLA-Philox v1 contract.
 
 - "torch": pure PyTorch, any device (backends/torch_backend.py).
-- "triton": Triton kernels (triton/), not in this build yet.
-- "cuda": the compiled CUDA extension (csrc/), not in this build yet.
+- "triton": the Triton kernels (triton/), on CUDA tensors, or on CPU tensors under
+  TRITON_INTERPRET=1 (backends/triton_backend.py).
+- "cuda": the compiled CUDA extension (csrc/), on CUDA tensors (backends/cuda_backend.py).
+
+A backend module provides:
+
+    unavailable_reason(device) -> str | None      why it cannot run on `device`, None if it can
+    mix(coeffs, seed, stream, rows, cols, scale, distribution) -> (rows, cols) tensor
+    project(grad, seed, stream, k, scale, distribution) -> (k,) tensor
+
+and, where it has fused low-rank kernels (see nola_kernels/ops.py for their contract):
+
+    prefers_fused(tokens, in_features, out_features, rank, k, l, dtype) -> bool
+    lowrank_forward(...), lowrank_backward(...)
 """
 
-from . import torch_backend
+import importlib
 
 BACKEND_NAMES = ("torch", "triton", "cuda")
-_MODULES = {"torch": torch_backend}
-_MISSING = {
-    "triton": "the Triton kernels are not part of this build of nola_kernels yet",
-    "cuda": "the compiled CUDA extension is not part of this build of nola_kernels yet",
-}
+AUTO_ORDER = ("cuda", "triton", "torch")
+_MODULE_NAMES = {name: f"{__name__}.{name}_backend" for name in BACKEND_NAMES}
+_modules = {}
+_import_errors = {}
 
 
 class BackendUnavailableError(RuntimeError):
     """A backend was asked for by name but cannot run here."""
 
 
+def _load(name):
+    """The backend's module, or None when it cannot be imported (the error is kept for messages)."""
+    if name not in _modules and name not in _import_errors:
+        try:
+            _modules[name] = importlib.import_module(_MODULE_NAMES[name])
+        except ImportError as error:
+            _import_errors[name] = f"{type(error).__name__}: {error}"
+    return _modules.get(name)
+
+
+def unavailable_reason(name, device):
+    """Why backend `name` cannot run on `device`, or None when it can."""
+    module = _load(name)
+    if module is None:
+        return f"its module could not be imported ({_import_errors[name]})"
+    return module.unavailable_reason(device)
+
+
 def available_backends(device):
-    """Names of the backends that can run on `device`, in the order "auto" prefers them. Today
-    only "torch" exists and it runs on every device; the kernel backends will depend on it."""
-    return [name for name in ("cuda", "triton", "torch") if name in _MODULES]
+    """Names of the backends that can run on `device`, in the order "auto" prefers them."""
+    return [name for name in AUTO_ORDER if unavailable_reason(name, device) is None]
 
 
 def resolve_backend(name, device):
@@ -31,11 +59,12 @@ def resolve_backend(name, device):
         return available_backends(device)[0]
     if name not in BACKEND_NAMES:
         raise ValueError(f"backend must be 'auto' or one of {BACKEND_NAMES}, got {name!r}")
-    if name not in _MODULES:
-        raise BackendUnavailableError(f"backend {name!r} is not available: {_MISSING[name]}")
+    reason = unavailable_reason(name, device)
+    if reason is not None:
+        raise BackendUnavailableError(f"backend {name!r} cannot run on {device}: {reason}")
     return name
 
 
 def get_backend(name):
     """The module implementing backend `name` (already resolved)."""
-    return _MODULES[name]
+    return _modules[name]

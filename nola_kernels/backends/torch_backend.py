@@ -7,6 +7,11 @@ from ..basis import basis_block, chunk_budget, iter_blocks
 from ..dtypes import accumulation_dtype
 
 
+def unavailable_reason(device):
+    """The PyTorch path runs wherever PyTorch does."""
+    return None
+
+
 def _block(seed, stream, i0, i1, n0, n1, distribution, device, dtype):
     # Passed straight to addmv_, so no block outlives its use while the next one is generated.
     return basis_block(seed, stream, i0, i1, n0, n1, distribution, device).to(dtype)
