@@ -7,7 +7,8 @@ setup(
     name="nola_kernels",
     version="0.1.0",
     description="Fused NOLA kernels: LoRA factors as coefficients of on-the-fly Philox random bases",
-    packages=["nola_kernels", "nola_kernels.backends"],
+    packages=["nola_kernels", "nola_kernels.adapters", "nola_kernels.backends"],
     python_requires=">=3.10",
-    install_requires=["torch>=2.4"],
+    install_requires=["torch>=2.4", "safetensors>=0.4"],
+    extras_require={"peft": ["peft>=0.13", "transformers>=4.45"], "demo": ["scikit-learn", "matplotlib"]},
 )

@@ -1,6 +1,7 @@
 """nola_kernels: NOLA adapters whose random bases are generated on the fly (NOLA-Philox v1).
 
 from nola_kernels import nola_basis, nola_mix, nola_project, nola_matmul
+from nola_kernels import inject, save_adapter, load_adapter, merge_and_unload   # adapters
 """
 
 from .api import nola_basis, nola_matmul, nola_mix, nola_project
@@ -10,14 +11,46 @@ from .basis import chunk_budget, set_chunk_budget
 SPEC_VERSION = "NOLA-Philox v1"
 __version__ = "0.1.0"
 
+# After SPEC_VERSION: checkpoints record it.
+from .adapters import (  # noqa: E402
+    AdapterConfig,
+    AdapterMismatchError,
+    NOLALinear,
+    NotMergeableError,
+    adapted_modules,
+    delete_adapter,
+    inject,
+    load_adapter,
+    merge_adapter,
+    merge_and_unload,
+    save_adapter,
+    set_active_adapter,
+    unload,
+    unmerge_adapter,
+)
+
 __all__ = [
     "SPEC_VERSION",
+    "AdapterConfig",
+    "AdapterMismatchError",
     "BackendUnavailableError",
+    "NOLALinear",
+    "NotMergeableError",
+    "adapted_modules",
     "available_backends",
     "chunk_budget",
+    "delete_adapter",
+    "inject",
+    "load_adapter",
+    "merge_adapter",
+    "merge_and_unload",
     "nola_basis",
     "nola_matmul",
     "nola_mix",
     "nola_project",
+    "save_adapter",
+    "set_active_adapter",
     "set_chunk_budget",
+    "unload",
+    "unmerge_adapter",
 ]

@@ -1,0 +1,56 @@
+"""The settings one named adapter shares across every module it adapts; saved in its checkpoint."""
+
+import dataclasses
+
+from ..validation import check_basis_count, check_distribution, check_int, check_real, check_seed
+
+
+@dataclasses.dataclass(frozen=True)
+class AdapterConfig:
+    """rank r, num_basis k (for A), num_basis_b l (for B, default k), scaling = lora_alpha / rank
+    (lora_alpha defaults to rank, i.e. scaling 1). `seed` is the master seed the per-module seeds
+    derive from (None for a layer built with explicit seeds); `target_modules` is what inject
+    was asked for, kept so that a checkpoint can rebuild the adapter on a fresh model."""
+
+    rank: int
+    num_basis: int
+    num_basis_b: int | None = None
+    lora_alpha: float | None = None
+    dropout: float = 0.0
+    distribution: str = "uniform"
+    seed: int | None = None
+    share_basis: bool = False
+    target_modules: str | tuple[str, ...] | None = None
+
+    def __post_init__(self):
+        check_int("rank", self.rank, 1)
+        check_basis_count(self.num_basis)
+        if self.num_basis_b is not None:
+            check_basis_count(self.num_basis_b)
+        check_distribution(self.distribution)
+        if not 0.0 <= check_real("dropout", self.dropout) < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.lora_alpha is not None:
+            check_real("lora_alpha", self.lora_alpha)
+        if self.seed is not None:
+            check_seed("seed", self.seed)
+        if isinstance(self.target_modules, list):
+            object.__setattr__(self, "target_modules", tuple(self.target_modules))
+
+    @property
+    def k(self):
+        return self.num_basis
+
+    @property
+    def l(self):  # noqa: E743 -- the paper's name for B's basis count
+        return self.num_basis if self.num_basis_b is None else self.num_basis_b
+
+    @property
+    def scaling(self):
+        return (self.rank if self.lora_alpha is None else self.lora_alpha) / self.rank
+
+    def to_dict(self):
+        fields = dataclasses.asdict(self)
+        if isinstance(self.target_modules, tuple):
+            fields["target_modules"] = list(self.target_modules)
+        return fields
