@@ -133,7 +133,7 @@ def fit(model, x, y, steps=40, lr=0.05):
 def test_loss_falls_on_a_small_task_and_only_coefficients_change():
     model = TinyViT()
     frozen = {k: v.clone() for k, v in model.state_dict().items()}
-    inject(model, VIT_TARGETS + ["head"], rank=2, num_basis=16, seed=0)
+    inject(model, [*VIT_TARGETS, "head"], rank=2, num_basis=16, seed=0)
     x, y = torch.randn(32, 5, 12), torch.randint(0, 3, (32,))
     losses = fit(model, x, y, steps=20, lr=0.1)
     assert losses[-1] < 0.7 * losses[0]

@@ -73,7 +73,7 @@ def read_adapter(path):
 def load_adapter(model, path, adapter_name="default"):
     """Load the adapter saved at `path` into `model` as `adapter_name`: into the layers that have
     it, or, if the model has none, into layers injected from the saved config (the master seed
-    rebuilds the same bases). Every mismatch is named in one AdapterMismatchError, and then
+    rebuilds the same bases; the saved module list is then checked). Every mismatch is named in one AdapterMismatchError, and then
     nothing is loaded (and nothing injected). Returns the loaded module names."""
     header, tensors = read_adapter(path)
     config = AdapterConfig(**header["config"])
@@ -84,9 +84,7 @@ def load_adapter(model, path, adapter_name="default"):
                 f"{path} was saved from layers with explicit seeds (no master seed): "
                 f"add adapter {adapter_name!r} to the model first"
             )
-        names = list(header["modules"])
-        options = {k: v for k, v in header["config"].items() if k != "target_modules"}
-        inject(model, names, adapter_name=adapter_name, **options)
+        inject(model, adapter_name=adapter_name, **header["config"])
     adapters = _adapters(model, adapter_name)
     problems = _mismatches(header, tensors, config, adapters)
     if problems:

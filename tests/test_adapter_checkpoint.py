@@ -1,0 +1,156 @@
+"""save_adapter / load_adapter: bit-exact round trip, file size, atomic writes, clear mismatches."""
+
+import json
+import os
+import struct
+
+import pytest
+import torch
+from adapter_models import TinyViT
+
+import nola_kernels
+from nola_kernels import AdapterMismatchError, adapted_modules, inject, load_adapter, save_adapter
+from nola_kernels.adapters import atomic
+from nola_kernels.adapters.checkpoint import read_adapter
+
+TARGETS = ["query", "value", "mlp.0", "mlp.2"]
+K, L = 24, 10
+
+
+def trained_model(seed=3, **options):
+    model = TinyViT().eval()
+    inject(model, TARGETS, rank=2, num_basis=K, num_basis_b=L, seed=seed, **options)
+    with torch.no_grad():
+        for layer in adapted_modules(model).values():
+            layer.adapters["default"].alpha.normal_()
+            layer.adapters["default"].beta.normal_()
+    return model
+
+
+def coefficients(model, adapter_name="default"):
+    return {
+        f"{n}.{role}": getattr(m.adapters[adapter_name], role).detach().clone()
+        for n, m in adapted_modules(model).items()
+        for role in ("alpha", "beta")
+    }
+
+
+def test_round_trip_into_a_fresh_model_is_bit_exact(tmp_path):
+    model = trained_model(lora_alpha=4.0, distribution="rademacher")
+    path = tmp_path / "adapter.safetensors"
+    save_adapter(model, path)
+    fresh = TinyViT().eval()
+    fresh.load_state_dict({k: v for k, v in model.state_dict().items() if ".adapters." not in k}, strict=False)
+    fresh.load_state_dict(
+        {k.replace(".base.", "."): v for k, v in model.state_dict().items() if ".base." in k}, strict=False
+    )
+    assert load_adapter(fresh, path) == list(adapted_modules(model))
+    saved, loaded = coefficients(model), coefficients(fresh)
+    assert all(torch.equal(saved[k], loaded[k]) for k in saved)
+    x = torch.randn(2, 5, 12)
+    assert torch.equal(fresh(x), model(x))
+    assert adapted_modules(fresh)["blocks.1.value"].adapters["default"].config == (
+        adapted_modules(model)["blocks.1.value"].adapters["default"].config
+    )
+
+
+def test_round_trip_into_existing_adapter_and_a_second_name(tmp_path):
+    model = trained_model()
+    path = tmp_path / "adapter.safetensors"
+    save_adapter(model, path)
+    other = trained_model()  # same layers, other coefficients
+    load_adapter(other, path)
+    saved, loaded = coefficients(model), coefficients(other)
+    assert all(torch.equal(saved[k], loaded[k]) for k in saved)
+    load_adapter(other, path, adapter_name="copy")
+    copied = coefficients(other, "copy")
+    assert all(torch.equal(saved[k], copied[k]) for k in saved)
+
+
+def test_file_holds_only_the_coefficients(tmp_path):
+    model = trained_model()
+    path = tmp_path / "adapter.safetensors"
+    size = save_adapter(model, path)
+    modules = len(adapted_modules(model))
+    assert size == path.stat().st_size
+    data = path.read_bytes()
+    (header_bytes,) = struct.unpack("<Q", data[:8])
+    assert size - 8 - header_bytes == 4 * (K + L) * modules  # the payload: float32 alpha and beta
+    header = json.loads(data[8 : 8 + header_bytes])
+    assert {v["dtype"] for k, v in header.items() if k != "__metadata__"} == {"F32"}
+    assert header_bytes < 400 + 350 * modules  # the config, then per module its record and 2 entries
+    config, tensors = read_adapter(path)
+    assert config["spec_version"] == nola_kernels.SPEC_VERSION and config["config"]["seed"] == 3
+    assert len(tensors) == 2 * modules
+
+
+def test_a_crash_mid_write_leaves_the_old_file(tmp_path, monkeypatch):
+    path = tmp_path / "adapter.safetensors"
+    save_adapter(trained_model(), path)
+    old = path.read_bytes()
+
+    def crash(*args):
+        raise KeyboardInterrupt("simulated crash before the data reaches the disk")
+
+    monkeypatch.setattr(atomic.os, "fsync", crash)
+    with pytest.raises(KeyboardInterrupt):
+        save_adapter(trained_model(seed=4), path)
+    assert path.read_bytes() == old
+    assert os.listdir(tmp_path) == ["adapter.safetensors"]  # no temporary file left behind
+
+
+def test_every_mismatch_is_named_and_nothing_is_loaded(tmp_path):
+    path = tmp_path / "adapter.safetensors"
+    save_adapter(trained_model(), path)
+    header, tensors = read_adapter(path)
+    header["spec_version"] = "NOLA-Philox v0"
+    header["modules"]["blocks.9.query"] = header["modules"].pop("blocks.1.query")
+    header["modules"]["blocks.0.value"]["out_features"] = 7
+    tensors["blocks.0.query.beta"] = tensors["blocks.0.query.beta"][:-1]
+    tensors["blocks.9.query.alpha"], tensors["blocks.9.query.beta"] = (
+        tensors.pop("blocks.1.query.alpha"),
+        tensors.pop("blocks.1.query.beta"),
+    )
+    from safetensors.torch import save_file
+
+    save_file(tensors, path, metadata={"nola_config": json.dumps(header)})
+
+    target = trained_model(seed=3)
+    target_coefficients = coefficients(target)
+    with pytest.raises(AdapterMismatchError) as error:
+        load_adapter(target, path)
+    message = str(error.value)
+    for expected in (
+        "spec version 'NOLA-Philox v0'",
+        "module blocks.9.query: in the checkpoint, not adapted in the model",
+        "module blocks.1.query: adapted in the model, not in the checkpoint",
+        "module blocks.0.value: out_features 7 in the checkpoint, 24 in the model",
+        "module blocks.0.query: tensor beta is (9,) torch.float32, expected (10,) float32",
+    ):
+        assert expected in message
+    assert all(torch.equal(v, coefficients(target)[k]) for k, v in target_coefficients.items())
+
+    fresh = TinyViT()
+    with pytest.raises(AdapterMismatchError):
+        load_adapter(fresh, path)
+    assert not adapted_modules(fresh)  # what load injected is gone again
+
+
+def test_other_settings_are_mismatches(tmp_path):
+    path = tmp_path / "adapter.safetensors"
+    save_adapter(trained_model(), path)
+    other = TinyViT()
+    inject(other, TARGETS, rank=3, num_basis=K, num_basis_b=L, seed=4)
+    with pytest.raises(AdapterMismatchError) as error:
+        load_adapter(other, path)
+    assert "module blocks.0.query: rank 2 in the checkpoint, 3 in the model" in str(error.value)
+    assert "seed_a" in str(error.value)
+
+
+def test_not_an_adapter_file(tmp_path):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "plain.safetensors"
+    save_file({"w": torch.zeros(2)}, path)
+    with pytest.raises(AdapterMismatchError, match="not a nola_kernels adapter"):
+        load_adapter(TinyViT(), path)
