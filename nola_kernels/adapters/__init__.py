@@ -7,6 +7,7 @@ from .config import AdapterConfig
 from .inject import adapted_modules, delete_adapter, inject, set_active_adapter, unload
 from .layer import NOLALinear
 from .merge import merge_adapter, merge_and_unload, unmerge_adapter
+from .peft_export import export_peft_lora
 from .seeds import derive_seed
 
 __all__ = [
@@ -17,6 +18,7 @@ __all__ = [
     "adapted_modules",
     "delete_adapter",
     "derive_seed",
+    "export_peft_lora",
     "inject",
     "load_adapter",
     "merge_adapter",

@@ -66,7 +66,9 @@ def read_adapter(path):
     with safe_open(path, framework="pt") as file:
         metadata = file.metadata() or {}
         if CONFIG_KEY not in metadata:
-            raise AdapterMismatchError(f"{path} is not a nola_kernels adapter (no {CONFIG_KEY!r} in its header)")
+            raise AdapterMismatchError(
+                f"{path} is not a nola_kernels adapter (no {CONFIG_KEY!r} in its header)"
+            )
         return json.loads(metadata[CONFIG_KEY]), {key: file.get_tensor(key) for key in file.keys()}
 
 
@@ -103,7 +105,9 @@ def _mismatches(header, tensors, config, adapters):
     if header.get("format") != FORMAT:
         problems.append(f"format {header.get('format')!r}, expected {FORMAT!r}")
     if header.get("spec_version") != SPEC_VERSION:
-        problems.append(f"spec version {header.get('spec_version')!r}, this library implements {SPEC_VERSION!r}")
+        problems.append(
+            f"spec version {header.get('spec_version')!r}, this library implements {SPEC_VERSION!r}"
+        )
     saved = header["modules"]
     for name in sorted(saved.keys() - adapters.keys()):
         problems.append(f"module {name}: in the checkpoint, not adapted in the model")

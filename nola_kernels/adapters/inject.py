@@ -52,7 +52,9 @@ def inject(
     `seed` and its name (from its shape with share_basis=True): see docs/adapters.md.
     Returns the adapted module names."""
     if not target_modules or not isinstance(target_modules, str | list | tuple):
-        raise ValueError(f"target_modules must be a regex or a non-empty list of names, got {target_modules!r}")
+        raise ValueError(
+            f"target_modules must be a regex or a non-empty list of names, got {target_modules!r}"
+        )
     config = AdapterConfig(
         rank=rank,
         num_basis=num_basis,
@@ -76,7 +78,12 @@ def inject(
         else:
             seed_a, seed_b = module_seeds(seed, name, *features(module, name), share_basis)
             layer = NOLALinear(
-                module, seed_a=seed_a, seed_b=seed_b, adapter_name=adapter_name, backend=backend, **config.to_dict()
+                module,
+                seed_a=seed_a,
+                seed_b=seed_b,
+                adapter_name=adapter_name,
+                backend=backend,
+                **config.to_dict(),
             )
             replace_module(model, name, layer)
     set_active_adapter(model, adapter_name)

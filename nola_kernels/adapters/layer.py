@@ -61,7 +61,9 @@ class NOLAAdapter(nn.Module):
             a = self.a0.float() + nola_mix(
                 _as_coeffs(self.alpha).float(), self.seed_a, (self.config.rank, self.in_features), **mix
             )
-            b = nola_mix(_as_coeffs(self.beta).float(), self.seed_b, (self.out_features, self.config.rank), **mix)
+            b = nola_mix(
+                _as_coeffs(self.beta).float(), self.seed_b, (self.out_features, self.config.rank), **mix
+            )
         return a, b
 
     def dense_delta(self, backend="auto"):
