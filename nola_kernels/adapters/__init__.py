@@ -7,24 +7,39 @@ from .config import AdapterConfig
 from .inject import adapted_modules, delete_adapter, inject, set_active_adapter, unload
 from .layer import NOLALinear
 from .merge import merge_adapter, merge_and_unload, unmerge_adapter
-from .peft_export import export_peft_lora
+from .official import (
+    GPU_LAYOUTS,
+    CudaLayout,
+    gpt2_fused_qv,
+    merge_factors,
+    official_factors,
+    strip_peft_prefix,
+)
+from .peft_export import export_peft_lora, write_peft_lora
 from .seeds import derive_seed
 
 __all__ = [
+    "GPU_LAYOUTS",
     "AdapterConfig",
     "AdapterMismatchError",
+    "CudaLayout",
     "NOLALinear",
     "NotMergeableError",
     "adapted_modules",
     "delete_adapter",
     "derive_seed",
     "export_peft_lora",
+    "gpt2_fused_qv",
     "inject",
     "load_adapter",
     "merge_adapter",
     "merge_and_unload",
+    "merge_factors",
+    "official_factors",
     "save_adapter",
     "set_active_adapter",
+    "strip_peft_prefix",
     "unload",
     "unmerge_adapter",
+    "write_peft_lora",
 ]
