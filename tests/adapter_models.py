@@ -5,6 +5,8 @@ import pytest
 import torch
 from torch import nn
 
+from nola_kernels import adapted_modules
+
 
 class Block(nn.Module):
     def __init__(self, width, heads=2):
@@ -41,3 +43,21 @@ def tiny_gpt2(seed=0):
     )
     torch.manual_seed(seed)
     return transformers.GPT2LMHeadModel(config).eval()
+
+
+def randomize_coefficients(model, adapter_name="default"):
+    """Random non-zero coefficients for `adapter_name` wherever `model` (or a layer) has it."""
+    with torch.no_grad():
+        for layer in adapted_modules(model).values():
+            if adapter_name in layer.adapters:
+                layer.adapters[adapter_name].alpha.normal_()
+                layer.adapters[adapter_name].beta.normal_()
+
+
+def coefficients(model, adapter_name="default"):
+    """{"<module>.alpha" / "<module>.beta": a copy of the coefficients}."""
+    return {
+        f"{n}.{role}": getattr(m.adapters[adapter_name], role).detach().clone()
+        for n, m in adapted_modules(model).items()
+        for role in ("alpha", "beta")
+    }

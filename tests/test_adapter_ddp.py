@@ -4,7 +4,7 @@ on two halves of a batch gives the coefficients single-process training on the w
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from adapter_models import TinyViT
+from adapter_models import TinyViT, coefficients
 from torch.nn.parallel import DistributedDataParallel
 
 from nola_kernels import adapted_modules, inject
@@ -36,12 +36,7 @@ def train(model, x, y):
 def seeds_and_coefficients(model):
     layers = adapted_modules(model)
     seeds = {n: (m.adapters["default"].seed_a, m.adapters["default"].seed_b) for n, m in layers.items()}
-    coefficients = {
-        f"{n}.{role}": getattr(m.adapters["default"], role).detach().clone()
-        for n, m in layers.items()
-        for role in ("alpha", "beta")
-    }
-    return seeds, coefficients
+    return seeds, coefficients(model)
 
 
 def worker(rank, init_file, results):
@@ -50,8 +45,8 @@ def worker(rank, init_file, results):
     try:
         model = adapted_model()
         x, y = batch()
-        half = BATCH // WORLD
-        train(DistributedDataParallel(model), x[rank * half : (rank + 1) * half], y[rank * half : (rank + 1) * half])
+        local = slice(rank * BATCH // WORLD, (rank + 1) * BATCH // WORLD)
+        train(DistributedDataParallel(model), x[local], y[local])
         torch.save(seeds_and_coefficients(model), f"{results}.{rank}")
     finally:
         dist.destroy_process_group()
@@ -64,9 +59,9 @@ def test_ddp_matches_single_process_training(tmp_path):
 
     single = adapted_model()
     train(single, *batch())
-    seeds, coefficients = seeds_and_coefficients(single)
+    seeds, trained = seeds_and_coefficients(single)
     for rank_seeds, rank_coefficients in ranks:
         assert rank_seeds == seeds
-        for name, value in coefficients.items():
+        for name, value in trained.items():
             assert value.abs().max() > 0
             torch.testing.assert_close(rank_coefficients[name], value, rtol=1e-5, atol=1e-6)

@@ -4,7 +4,7 @@ import copy
 
 import pytest
 import torch
-from adapter_models import TinyViT, tiny_gpt2
+from adapter_models import TinyViT, randomize_coefficients, tiny_gpt2
 
 from nola_kernels import NOLALinear, adapted_modules, delete_adapter, inject, set_active_adapter, unload
 from nola_kernels.adapters.seeds import derive_seed
@@ -14,14 +14,6 @@ VIT_TARGETS = ["query", "value", "mlp.0", "mlp.2"]
 
 def trainable(model):
     return sorted(name for name, p in model.named_parameters() if p.requires_grad)
-
-
-def randomize_all(model, adapter_name="default"):
-    with torch.no_grad():
-        for layer in adapted_modules(model).values():
-            if adapter_name in layer.adapters:
-                layer.adapters[adapter_name].alpha.normal_()
-                layer.adapters[adapter_name].beta.normal_()
 
 
 def test_names_and_regex_pick_the_same_modules():
@@ -89,8 +81,8 @@ def test_named_adapters_switch_and_unload_restores_exactly():
     expected = original(x)
     inject(model, VIT_TARGETS, rank=2, num_basis=8, seed=1, adapter_name="first")
     inject(model, ["query"], rank=3, num_basis=4, seed=2, adapter_name="second")
-    randomize_all(model, "first")
-    randomize_all(model, "second")
+    randomize_coefficients(model, "first")
+    randomize_coefficients(model, "second")
 
     set_active_adapter(model, "first")
     out_first = model(x)

@@ -4,15 +4,10 @@ import math
 
 import pytest
 import torch
+from adapter_models import randomize_coefficients
 from torch import nn
 
 from nola_kernels import NOLALinear, nola_basis
-
-
-def randomize(adapter):
-    with torch.no_grad():
-        adapter.alpha.normal_()
-        adapter.beta.normal_()
 
 
 def reference_output(layer, x):
@@ -47,7 +42,7 @@ def test_output_matches_float64_reference(backend, distribution):
         distribution=distribution,
         backend=backend,
     )
-    randomize(layer.adapters["default"])
+    randomize_coefficients(layer)
     x = torch.randn(4, 5, 20)
     expected = reference_output(layer, x)
     out = layer(x)
@@ -79,7 +74,7 @@ def test_coefficients_are_float32_zeros_and_a0_is_not_saved():
 def test_dropout_applies_to_the_adapter_input_only():
     base = nn.Linear(16, 8)
     layer = NOLALinear(base, rank=2, num_basis=4, seed_a=1, seed_b=2, dropout=0.5).train()
-    randomize(layer.adapters["default"])
+    randomize_coefficients(layer)
     x = torch.randn(64, 16)
     train_out = layer(x)
     eval_out = layer.eval()(x)
@@ -89,7 +84,7 @@ def test_dropout_applies_to_the_adapter_input_only():
 
 def test_half_precision_model_runs():
     layer = NOLALinear(nn.Linear(16, 8), rank=2, num_basis=4, seed_a=1, seed_b=2).to(torch.bfloat16)
-    randomize(layer.adapters["default"])
+    randomize_coefficients(layer)
     out = layer(torch.randn(3, 16, dtype=torch.bfloat16))
     assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
 

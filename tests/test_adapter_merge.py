@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from adapter_models import TinyViT, tiny_gpt2
+from adapter_models import TinyViT, randomize_coefficients, tiny_gpt2
 
 from nola_kernels import (
     NOLALinear,
@@ -16,13 +16,6 @@ from nola_kernels import (
     nola_basis,
     unmerge_adapter,
 )
-
-
-def randomize(model):
-    with torch.no_grad():
-        for layer in adapted_modules(model).values():
-            layer.adapters["default"].alpha.normal_()
-            layer.adapters["default"].beta.normal_()
 
 
 def reference_delta(layer):
@@ -39,7 +32,7 @@ def reference_delta(layer):
 
 def test_merged_weight_is_the_float64_update_rounded_once():
     layer = NOLALinear(torch.nn.Linear(40, 24), rank=4, num_basis=32, lora_alpha=8.0, seed_a=5, seed_b=6)
-    randomize(layer)
+    randomize_coefficients(layer)
     weight = layer.base.weight.detach().clone()
     expected = (weight.double() + reference_delta(layer)).float()
     x = torch.randn(7, 40)
@@ -57,7 +50,7 @@ def test_merged_weight_is_the_float64_update_rounded_once():
 def test_merge_and_unload_gives_a_plain_model_with_the_same_outputs():
     model = TinyViT().eval()
     inject(model, ["query", "value", "mlp.0"], rank=2, num_basis=16, seed=1)
-    randomize(model)
+    randomize_coefficients(model)
     x = torch.randn(3, 5, 12)
     adapted_out = model(x)
     merge_adapter(model)
@@ -72,7 +65,7 @@ def test_merge_and_unload_gives_a_plain_model_with_the_same_outputs():
 def test_gpt2_conv1d_merge():
     model = tiny_gpt2()
     inject(model, ["c_attn", "c_fc"], rank=2, num_basis=16, seed=1)
-    randomize(model)
+    randomize_coefficients(model)
     tokens = torch.randint(0, 64, (2, 12))
     adapted = model(tokens).logits
     layer = adapted_modules(model)["transformer.h.0.attn.c_attn"]
@@ -97,7 +90,7 @@ class Quantized(torch.nn.Module):
 
 def test_quantized_base_runs_but_refuses_to_merge():
     layer = NOLALinear(Quantized(), rank=2, num_basis=4, seed_a=1, seed_b=2)
-    randomize(layer)
+    randomize_coefficients(layer)
     assert layer(torch.randn(3, 8)).shape == (3, 4)
     with pytest.raises(NotMergeableError, match="quantized"):
         layer.merge()

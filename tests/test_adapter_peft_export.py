@@ -4,24 +4,17 @@ import json
 
 import pytest
 import torch
-from adapter_models import TinyViT, tiny_gpt2
+from adapter_models import TinyViT, randomize_coefficients, tiny_gpt2
 
-from nola_kernels import adapted_modules, export_peft_lora, inject, unload
+from nola_kernels import export_peft_lora, inject, unload
 
 peft = pytest.importorskip("peft")
-
-
-def randomize(model):
-    with torch.no_grad():
-        for layer in adapted_modules(model).values():
-            layer.adapters["default"].alpha.normal_()
-            layer.adapters["default"].beta.normal_()
 
 
 def test_peft_model_on_gpt2_matches_ours(tmp_path):
     model = tiny_gpt2()
     inject(model, ["c_attn", "mlp.c_proj"], rank=4, num_basis=32, num_basis_b=16, lora_alpha=8.0, seed=9)
-    randomize(model)
+    randomize_coefficients(model)
     tokens = torch.randint(0, 64, (3, 16))
     with torch.no_grad():
         ours = model(tokens).logits
@@ -42,7 +35,7 @@ def test_peft_model_on_gpt2_matches_ours(tmp_path):
 def test_peft_model_on_linear_layers_matches_ours(tmp_path):
     model = TinyViT().eval()
     inject(model, ["query", "value"], rank=2, num_basis=16, seed=1)
-    randomize(model)
+    randomize_coefficients(model)
     x = torch.randn(2, 5, 12)
     with torch.no_grad():
         ours = model(x)

@@ -21,4 +21,7 @@ def test_gpt2_example_runs_end_to_end(tmp_path):
     merged = float(re.search(r"merged model vs adapted model: max \|difference\| ([0-9.e+-]+)", out).group(1))
     assert merged < 1e-4
     assert (tmp_path / "nola_adapter.safetensors").stat().st_size < 2500
-    assert {p.name for p in (tmp_path / "peft_lora").iterdir()} == {"adapter_model.safetensors", "adapter_config.json"}
+    assert {p.name for p in (tmp_path / "peft_lora").iterdir()} == {
+        "adapter_model.safetensors",
+        "adapter_config.json",
+    }
