@@ -166,6 +166,10 @@ def main():
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--plot", type=Path, default=Path("demo-output/fewshot_digits.png"))
     args = parser.parse_args()
+    if DEVICE.type == "cpu":
+        # These tensors are tiny: a second thread costs more in synchronization than it saves
+        # (10x more on a busy 2-core machine).
+        torch.set_num_threads(1)
     print(f"nola_kernels demo ({SPEC_VERSION}), torch {torch.__version__} on {DEVICE}")
     start = time.perf_counter()
     source, target = split_digits()
