@@ -140,3 +140,13 @@ def test_not_an_adapter_file(tmp_path):
     save_file({"w": torch.zeros(2)}, path)
     with pytest.raises(AdapterMismatchError, match="not a nola_kernels adapter"):
         load_adapter(TinyViT(), path)
+
+
+def test_unreadable_config_is_a_mismatch(tmp_path):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "adapter.safetensors"
+    header = {"format": "nola_kernels adapter 1", "config": {"rank": 0, "num_basis": 4}, "modules": {}}
+    save_file({"w": torch.zeros(2)}, path, metadata={"nola_config": json.dumps(header)})
+    with pytest.raises(AdapterMismatchError, match="unreadable adapter config: rank must be"):
+        load_adapter(TinyViT(), path)

@@ -78,7 +78,10 @@ def load_adapter(model, path, adapter_name="default"):
     rebuilds the same bases; the saved module list is then checked). Every mismatch is named in one AdapterMismatchError, and then
     nothing is loaded (and nothing injected). Returns the loaded module names."""
     header, tensors = read_adapter(path)
-    config = AdapterConfig(**header["config"])
+    try:
+        config = AdapterConfig(**header["config"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise AdapterMismatchError(f"{path} has an unreadable adapter config: {error}") from None
     injected = not _adapters(model, adapter_name)
     if injected:
         if config.seed is None:
