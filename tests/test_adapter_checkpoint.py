@@ -8,6 +8,7 @@ import struct
 import pytest
 import torch
 from adapter_models import TinyViT, coefficients, randomize_coefficients
+from safetensors.torch import save_file
 
 import nola_kernels
 from nola_kernels import AdapterMismatchError, adapted_modules, inject, load_adapter, save_adapter, unload
@@ -97,8 +98,6 @@ def test_every_mismatch_is_named_and_nothing_is_loaded(tmp_path):
         tensors.pop("blocks.1.query.alpha"),
         tensors.pop("blocks.1.query.beta"),
     )
-    from safetensors.torch import save_file
-
     save_file(tensors, path, metadata={"nola_config": json.dumps(header)})
 
     target = trained_model(seed=3)
@@ -134,8 +133,6 @@ def test_other_settings_are_mismatches(tmp_path):
 
 
 def test_not_an_adapter_file(tmp_path):
-    from safetensors.torch import save_file
-
     path = tmp_path / "plain.safetensors"
     save_file({"w": torch.zeros(2)}, path)
     with pytest.raises(AdapterMismatchError, match="not a nola_kernels adapter"):
@@ -143,8 +140,6 @@ def test_not_an_adapter_file(tmp_path):
 
 
 def test_unreadable_config_is_a_mismatch(tmp_path):
-    from safetensors.torch import save_file
-
     path = tmp_path / "adapter.safetensors"
     header = {"format": "nola_kernels adapter 1", "config": {"rank": 0, "num_basis": 4}, "modules": {}}
     save_file({"w": torch.zeros(2)}, path, metadata={"nola_config": json.dumps(header)})

@@ -75,8 +75,9 @@ def read_adapter(path):
 def load_adapter(model, path, adapter_name="default"):
     """Load the adapter saved at `path` into `model` as `adapter_name`: into the layers that have
     it, or, if the model has none, into layers injected from the saved config (the master seed
-    rebuilds the same bases; the saved module list is then checked). Every mismatch is named in one AdapterMismatchError, and then
-    nothing is loaded (and nothing injected). Returns the loaded module names."""
+    rebuilds the same bases; the saved module list is then checked). Every mismatch is named in
+    one AdapterMismatchError, and then nothing is loaded (and nothing injected). Returns the
+    loaded module names."""
     header, tensors = read_adapter(path)
     try:
         config = AdapterConfig(**header["config"])
@@ -111,7 +112,7 @@ def _mismatches(header, tensors, config, adapters):
         problems.append(
             f"spec version {header.get('spec_version')!r}, this library implements {SPEC_VERSION!r}"
         )
-    saved = header["modules"]
+    saved = header.get("modules", {})
     for name in sorted(saved.keys() - adapters.keys()):
         problems.append(f"module {name}: in the checkpoint, not adapted in the model")
     for name in sorted(adapters.keys() - saved.keys()):

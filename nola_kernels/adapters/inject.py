@@ -1,5 +1,5 @@
 """Put NOLA adapters into a model, PEFT style: pick target modules by name or regex, wrap each in
-a NOLALinear, train only the coefficients; switch, remove or fold adapters model-wide."""
+a NOLALinear, train only the coefficients; switch or remove adapters model-wide."""
 
 import re
 
