@@ -59,7 +59,7 @@ def test_starts_as_the_base_layer_and_beta_learns_first():
     adapter = layer.adapters["default"]
     assert adapter.alpha.grad.abs().max() == 0  # B = 0 blocks alpha's gradient at the start
     assert adapter.beta.grad.abs().max() > 0
-    a0 = adapter.a0
+    a0 = adapter.offset(torch.device("cpu"))
     assert a0.abs().max() < 1 / math.sqrt(16) and a0.std() > 0.5 / math.sqrt(3 * 16)
 
 
@@ -68,7 +68,12 @@ def test_coefficients_are_float32_zeros_and_a0_is_not_saved():
     adapter = layer.adapters["default"]
     assert adapter.alpha.dtype == torch.float32 and adapter.alpha.shape == (5,)
     assert adapter.beta.shape == (5,) and not adapter.alpha.any()
-    assert "adapters.default.a0" not in layer.state_dict()
+    assert list(layer.state_dict()) == [
+        "base.weight",
+        "base.bias",
+        "adapters.default.alpha",
+        "adapters.default.beta",
+    ]
 
 
 def test_dropout_applies_to_the_adapter_input_only():
@@ -87,6 +92,7 @@ def test_half_precision_model_runs():
     randomize_coefficients(layer)
     out = layer(torch.randn(3, 16, dtype=torch.bfloat16))
     assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
+    assert layer.adapters["default"].offset(torch.device("cpu")).dtype == torch.float32  # a0 stays exact
 
 
 def test_rejects_a_module_without_feature_sizes():

@@ -25,7 +25,7 @@ def reference_delta(layer):
     n_in, n_out = layer.in_features, layer.out_features
     basis_a = nola_basis(adapter.seed_a, c.k, (c.rank, n_in)).double()
     basis_b = nola_basis(adapter.seed_b, c.l, (n_out, c.rank)).double()
-    a = adapter.a0.double() + torch.einsum("k,krc->rc", adapter.alpha.double(), basis_a) / math.sqrt(c.k)
+    a = adapter.offset(torch.device("cpu")).double() + torch.einsum("k,krc->rc", adapter.alpha.double(), basis_a) / math.sqrt(c.k)
     b = torch.einsum("k,krc->rc", adapter.beta.double(), basis_b) / math.sqrt(c.l)
     return c.scaling * b @ a
 

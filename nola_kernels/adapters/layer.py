@@ -30,14 +30,22 @@ class NOLAAdapter(nn.Module):
     """One adapter of one layer: coefficients alpha (k) and beta (l), the seeds naming its bases,
     and a0 (regenerated from seed_a, never saved)."""
 
+    _a0 = None
+
     def __init__(self, in_features, out_features, config, seed_a, seed_b):
         super().__init__()
         self.config, self.seed_a, self.seed_b = config, seed_a, seed_b
         self.in_features, self.out_features = in_features, out_features
         self.alpha = nn.Parameter(torch.zeros(config.k))
         self.beta = nn.Parameter(torch.zeros(config.l))
-        self.register_buffer("a0", generated_offset(seed_a, config.rank, in_features), persistent=False)
         self.dropout = nn.Dropout(config.dropout) if config.dropout else nn.Identity()
+
+    def offset(self, device):
+        """a0 on `device`, float32 whatever dtype the model is cast to: the contract's a0 exactly.
+        Generated once per device (not a buffer, which a cast to half precision would round)."""
+        if self._a0 is None or self._a0.device != device:
+            self._a0 = generated_offset(self.seed_a, self.config.rank, self.in_features, device)
+        return self._a0
 
     def delta(self, x, backend):
         return nola_matmul(
@@ -49,7 +57,7 @@ class NOLAAdapter(nn.Module):
             rank=self.config.rank,
             out_features=self.out_features,
             scaling=self.config.scaling,
-            a0=self.a0,
+            a0=self.offset(x.device),
             distribution=self.config.distribution,
             backend=backend,
         )
@@ -58,7 +66,7 @@ class NOLAAdapter(nn.Module):
         """The mixed LoRA factors (A (rank, in), B (out, rank)) in float32, scaling not applied."""
         with torch.no_grad():
             mix = dict(distribution=self.config.distribution, backend=backend)
-            a = self.a0.float() + nola_mix(
+            a = self.offset(self.alpha.device) + nola_mix(
                 _as_coeffs(self.alpha).float(), self.seed_a, (self.config.rank, self.in_features), **mix
             )
             b = nola_mix(
@@ -130,7 +138,7 @@ class NOLALinear(nn.Module):
         adapter = NOLAAdapter(self.in_features, self.out_features, config, seed_a, seed_b)
         weight = getattr(self.base, "weight", None)
         if isinstance(weight, torch.Tensor):
-            adapter.to(weight.device)
+            adapter.to(weight.device)  # the coefficients live beside the base weight
         self.adapters[name] = adapter
         self.set_active(name)
 
