@@ -10,5 +10,7 @@ setup(
     packages=["nola_kernels", "nola_kernels.adapters", "nola_kernels.backends"],
     python_requires=">=3.10",
     install_requires=["torch>=2.4", "safetensors>=0.4"],
-    extras_require={"peft": ["peft>=0.13", "transformers>=4.45"], "demo": ["scikit-learn", "matplotlib"]},
+    # Optional: the library itself writes PEFT files without peft; these run the demo, the GPT-2
+    # example and the PeftModel checks.
+    extras_require={"demo": ["scikit-learn", "matplotlib"], "hf": ["transformers", "peft"]},
 )
