@@ -4,6 +4,8 @@ import copy
 import json
 import os
 import struct
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -145,3 +147,16 @@ def test_unreadable_config_is_a_mismatch(tmp_path):
     save_file({"w": torch.zeros(2)}, path, metadata={"nola_config": json.dumps(header)})
     with pytest.raises(AdapterMismatchError, match="unreadable adapter config: rank must be"):
         load_adapter(TinyViT(), path)
+
+
+def test_the_library_imports_without_safetensors():
+    # Machines that run only the kernels (a lent GPU) may lack it: it is imported when used.
+    code = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] == 'safetensors': raise ImportError(name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import nola_kernels\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

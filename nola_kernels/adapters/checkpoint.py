@@ -5,8 +5,6 @@ the seeds, so a module costs 4 * (k + l) bytes plus its header entries. See docs
 import json
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save
 
 from .. import SPEC_VERSION
 from .atomic import atomic_write_bytes
@@ -56,6 +54,8 @@ def save_adapter(model, path, adapter_name="default"):
     for name, adapter in adapters.items():
         tensors[f"{name}.alpha"] = adapter.alpha.detach().float().cpu().contiguous()
         tensors[f"{name}.beta"] = adapter.beta.detach().float().cpu().contiguous()
+    from safetensors.torch import save  # imported when used: the kernels import without it
+
     data = save(tensors, metadata={CONFIG_KEY: json.dumps(header, sort_keys=True)})
     atomic_write_bytes(path, data)
     return len(data)
@@ -63,6 +63,8 @@ def save_adapter(model, path, adapter_name="default"):
 
 def read_adapter(path):
     """(header dict, {key: tensor}) of a checkpoint file."""
+    from safetensors import safe_open
+
     with safe_open(path, framework="pt") as file:
         metadata = file.metadata() or {}
         if CONFIG_KEY not in metadata:

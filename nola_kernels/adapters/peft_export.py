@@ -5,7 +5,6 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import save
 
 from .atomic import atomic_write_bytes
 from .base_layer import is_transposed
@@ -26,6 +25,8 @@ def write_peft_lora(
 ):
     """Write {module name: (A (rank, in), B (out, rank))} as a PEFT LoRA adapter with scaling
     lora_alpha / rank. fan_in_fan_out: the base layers store (in, out) weights (GPT-2's Conv1D)."""
+    from safetensors.torch import save  # imported when used: the kernels import without it
+
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {}
