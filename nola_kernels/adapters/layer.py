@@ -89,28 +89,11 @@ class NOLALinear(nn.Module):
     out_features, such as bitsandbytes' Linear4bit) and adds the active adapter's update.
 
     NOLALinear(base, rank=8, num_basis=256, seed_a=1, seed_b=2) holds one adapter named
-    "default" (options as in AdapterConfig; seed, share_basis and target_modules only record how
-    inject derived the seeds). add_adapter adds more; set_active picks the one in use (None: the
-    base alone)."""
+    "default"; `options` are AdapterConfig's fields (rank, num_basis, num_basis_b, lora_alpha,
+    dropout, distribution; seed, share_basis and target_modules only record how inject derived
+    the seeds). add_adapter adds more; set_active picks the one in use (None: the base alone)."""
 
-    def __init__(
-        self,
-        base,
-        *,
-        rank,
-        num_basis,
-        seed_a,
-        seed_b,
-        num_basis_b=None,
-        lora_alpha=None,
-        dropout=0.0,
-        distribution="uniform",
-        backend="auto",
-        adapter_name="default",
-        seed=None,
-        share_basis=False,
-        target_modules=None,
-    ):
+    def __init__(self, base, *, seed_a, seed_b, adapter_name="default", backend="auto", **options):
         super().__init__()
         self.base = base
         self.in_features, self.out_features = features(base)
@@ -118,18 +101,7 @@ class NOLALinear(nn.Module):
         self.backend = backend
         self.active_adapter = None
         self.merged_adapter = None
-        config = AdapterConfig(
-            rank=rank,
-            num_basis=num_basis,
-            num_basis_b=num_basis_b,
-            lora_alpha=lora_alpha,
-            dropout=dropout,
-            distribution=distribution,
-            seed=seed,
-            share_basis=share_basis,
-            target_modules=target_modules,
-        )
-        self.add_adapter(adapter_name, config, seed_a, seed_b)
+        self.add_adapter(adapter_name, AdapterConfig(**options), seed_a, seed_b)
 
     def add_adapter(self, name, config, seed_a, seed_b):
         """Add adapter `name` and make it the active one."""
