@@ -7,7 +7,10 @@ setup(
     name="nola_kernels",
     version="0.1.0",
     description="Fused NOLA kernels: LoRA factors as coefficients of on-the-fly Philox random bases",
-    packages=["nola_kernels", "nola_kernels.backends"],
+    packages=["nola_kernels", "nola_kernels.backends", "nola_kernels.triton_kernels"],
+    # The Triton kernels live in triton/kernels/ (triton/ itself has no __init__.py, so that
+    # `import triton` from the repository root still finds the real Triton).
+    package_dir={"nola_kernels.triton_kernels": "triton/kernels"},
     python_requires=">=3.10",
     install_requires=["torch>=2.4"],
 )
