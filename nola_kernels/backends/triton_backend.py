@@ -6,11 +6,12 @@ float64 is only for checks such as gradcheck."""
 import torch
 
 from ..dtypes import accumulation_dtype
-from . import torch_backend
 
 # Without Triton this raises ImportError, which the backend registry reports as the reason.
+from ..triton_kernels import lowrank as _lowrank
 from ..triton_kernels import mix_project as _mix_project
 from ..triton_kernels.launch import INTERPRETED
+from . import torch_backend
 
 ROUNDS = 10  # Philox4x32-10, the contract's generator
 
@@ -44,3 +45,26 @@ def project(grad, seed, stream, k, scale, distribution):
     if accumulation_dtype(grad) == torch.float64:
         return torch_backend.project(grad, seed, stream, k, scale, distribution)
     return _mix_project.project(grad, seed, stream, k, scale, distribution, ROUNDS)
+
+
+def prefers_fused(tokens, in_features, out_features, rank, k, l, dtype):  # noqa: E741 (NOLA's name)
+    """Whether nola_matmul should run the fused kernels rather than mix + two matmuls.
+
+    Not measured yet: no GPU was at hand when this was written. Both paths do the same Philox
+    work; the fused one also saves two launches and the factors' round trip through memory,
+    but its generation spreads over only in/128 and out/64 programs, fewer than a GPU's SMs
+    for layers narrower than ~8k. Until bench/ (its "fused vs composed" cases) measures the
+    crossover on a GPU, the fused path runs whenever there are tokens to stream."""
+    return tokens > 0
+
+
+def lowrank_forward(x, alpha, beta, a0, b0, seed_a, seed_b, rank, out_features, scaling, distribution):
+    return _lowrank.forward(
+        x, alpha, beta, a0, b0, seed_a, seed_b, rank, out_features, scaling, distribution, ROUNDS
+    )
+
+
+def lowrank_backward(grad, x, h, alpha, beta, a0, b0, seed_a, seed_b, rank, out_features, scaling, distribution):
+    return _lowrank.backward(
+        grad, x, h, alpha, beta, a0, b0, seed_a, seed_b, rank, out_features, scaling, distribution, ROUNDS
+    )

@@ -11,7 +11,7 @@ INTERPRETED = bool(triton.knobs.runtime.interpret)
 # so that the split code paths still run in CPU tests.
 SPLIT_TARGET_PROGRAMS = 4 if INTERPRETED else 528
 # Flat blocks are whole rademacher Philox calls (128 entries), so every call is made once.
-_FLAT_BLOCK_MIN, _FLAT_BLOCK_MAX = 128, 256 if INTERPRETED else 1024
+_FLAT_BLOCK_MIN, _FLAT_BLOCK_MAX = 128, 1024
 # Basis matrices generated together per loop step: one on a GPU (registers hold the tile), many
 # in the interpreter, whose cost is per operation rather than per entry.
 BLOCK_I = 32 if INTERPRETED else 1

@@ -69,7 +69,7 @@ def mix(coeffs, seed, stream, rows, cols, scale, distribution, rounds):
         coeffs.contiguous(), partial, numel, k, per_split, scale, *seed_words(seed, stream),
         BLOCK=block, BLOCK_I=BLOCK_I, RADEMACHER=distribution == "rademacher", ROUNDS=rounds,
     )  # fmt: skip
-    return partial.sum(0).view(rows, cols)
+    return (partial[0] if splits == 1 else partial.sum(0)).view(rows, cols)
 
 
 def project(grad, seed, stream, k, scale, distribution, rounds):
