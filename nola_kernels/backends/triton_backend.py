@@ -47,15 +47,21 @@ def project(grad, seed, stream, k, scale, distribution):
     return _mix_project.project(grad, seed, stream, k, scale, distribution, ROUNDS)
 
 
-def prefers_fused(tokens, in_features, out_features, rank, k, l, dtype):  # noqa: E741 (NOLA's name)
-    """Whether nola_matmul should run the fused kernels rather than mix + two matmuls.
+# Largest basis (entries of both factors) that nola_matmul runs fused; larger ones run composed.
+# Not measured yet (no GPU when this was written); the reasoning: both paths generate every
+# entry twice per training step (the fused backward regenerates A and B while projecting, the
+# composed one projects the gradients), so they differ in how the generation spreads over the
+# GPU. The fused grid has in/128 + out/64 programs, each walking all k (or l) basis matrices of
+# its slice, while the composed mix and project kernels spread the same work over ~500 programs;
+# the fused path saves launches and the factors' round trip through memory, which matters only
+# while the generation is small. bench/ times both (nola-triton-fused, nola-triton-composed) at
+# GPT-2 M and LLaMA-2-7B shapes; set this from those numbers.
+FUSED_MAX_ENTRIES = 1 << 22
 
-    Not measured yet: no GPU was at hand when this was written. Both paths do the same Philox
-    work; the fused one also saves two launches and the factors' round trip through memory,
-    but its generation spreads over only in/128 and out/64 programs, fewer than a GPU's SMs
-    for layers narrower than ~8k. Until bench/ (its "fused vs composed" cases) measures the
-    crossover on a GPU, the fused path runs whenever there are tokens to stream."""
-    return tokens > 0
+
+def prefers_fused(tokens, in_features, out_features, rank, k, l, dtype):  # noqa: E741 (NOLA's name)
+    """Whether nola_matmul should run the fused kernels rather than mix + two matmuls."""
+    return tokens > 0 and k * rank * in_features + l * out_features * rank <= FUSED_MAX_ENTRIES
 
 
 def lowrank_forward(x, alpha, beta, a0, b0, seed_a, seed_b, rank, out_features, scaling, distribution):

@@ -61,11 +61,11 @@ def _factor_tile(
 
 
 @triton.jit
-def _operand(value, like_ptr, EMULATE_BF16: tl.constexpr):
-    """value rounded to like_ptr's dtype, the products' operand dtype. EMULATE_BF16 (Triton's
-    interpreter on bfloat16, whose dots misread bfloat16 operands and whose conversion truncates):
-    rounded to nearest even bfloat16 by hand, kept in float32."""
-    if EMULATE_BF16:
+def _rounded(value, like_ptr, EMULATE_BF16: tl.constexpr):
+    """value rounded to like_ptr's dtype. EMULATE_BF16 (Triton's interpreter on bfloat16, whose
+    dots misread bfloat16 operands and whose conversion truncates): rounded to nearest even
+    bfloat16 by hand and kept in float32."""
+    if EMULATE_BF16 and like_ptr.dtype.element_ty == tl.bfloat16:
         bits = value.to(tl.float32).to(tl.uint32, bitcast=True)
         bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
         return bits.to(tl.float32, bitcast=True)
@@ -73,16 +73,46 @@ def _operand(value, like_ptr, EMULATE_BF16: tl.constexpr):
 
 
 @triton.jit
-def _load_rows(ptr, tokens, t, cols, n_cols):
-    """A (tokens-block, cols) tile of a row-major (tokens, n_cols) matrix, 0 outside it."""
+def _load_rows(ptr, tokens, t, cols, n_cols, like_ptr, EMULATE_BF16: tl.constexpr):
+    """Rows t, columns cols of a row-major (tokens, n_cols) matrix as product operands in
+    like_ptr's dtype; 0 outside the matrix."""
     mask = (t[:, None] < tokens) & (cols[None, :] < n_cols)
-    return tl.load(ptr + t[:, None].to(tl.int64) * n_cols + cols[None, :], mask=mask, other=0.0)
+    tile = tl.load(ptr + t[:, None].to(tl.int64) * n_cols + cols[None, :], mask=mask, other=0.0)
+    return _rounded(tile, like_ptr, EMULATE_BF16)
 
 
 @triton.jit
-def _store_rows(ptr, value, tokens, t, cols, n_cols):
+def _store_rows(ptr, value, tokens, t, cols, n_cols, EMULATE_BF16: tl.constexpr):
     mask = (t[:, None] < tokens) & (cols[None, :] < n_cols)
-    tl.store(ptr + t[:, None].to(tl.int64) * n_cols + cols[None, :], value.to(ptr.dtype.element_ty), mask=mask)
+    tl.store(ptr + t[:, None].to(tl.int64) * n_cols + cols[None, :], _rounded(value, ptr, EMULATE_BF16), mask=mask)
+
+
+@triton.jit
+def _stream_products(
+    src_ptr, src_cols, n_src, factor, dst_ptr, dst_cols, n_dst, tokens, like_ptr,
+    BLOCK_T: tl.constexpr, PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
+):  # fmt: skip
+    """dst[t, dst_cols] = src[t, src_cols] @ factor for every token t, operands in like_ptr's dtype."""
+    for t0 in range(0, tokens, BLOCK_T):
+        t = t0 + tl.arange(0, BLOCK_T)
+        src = _load_rows(src_ptr, tokens, t, src_cols, n_src, like_ptr, EMULATE_BF16)
+        product = tl.dot(src, factor, input_precision=PRECISION)
+        _store_rows(dst_ptr, product, tokens, t, dst_cols, n_dst, EMULATE_BF16)
+
+
+@triton.jit
+def _sum_over_tokens(
+    left_ptr, left_cols, n_left, right_ptr, right_cols, n_right, tokens, like_ptr,
+    BLOCK_T: tl.constexpr, PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
+):  # fmt: skip
+    """sum over tokens t of left[t, left_cols]^T right[t, right_cols], in float32."""
+    acc = tl.zeros((left_cols.shape[0], right_cols.shape[0]), tl.float32)
+    for t0 in range(0, tokens, BLOCK_T):
+        t = t0 + tl.arange(0, BLOCK_T)
+        left = _load_rows(left_ptr, tokens, t, left_cols, n_left, like_ptr, EMULATE_BF16)
+        right = _load_rows(right_ptr, tokens, t, right_cols, n_right, like_ptr, EMULATE_BF16)
+        acc += tl.dot(tl.trans(left), right, input_precision=PRECISION)
+    return acc
 
 
 @triton.autotune(configs=_CONFIGS, key=_A_KEY)
@@ -94,19 +124,16 @@ def _a_forward(
     PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
 ):  # fmt: skip
     part = tl.program_id(0)
-    col0 = part * SLICE
+    cols = part * SLICE + tl.arange(0, SLICE)
     a = _factor_tile(
-        alpha_ptr, k, scale, seed, a0_ptr, 0, rank, col0, in_features, 0.0, alpha_ptr,
+        alpha_ptr, k, scale, seed, a0_ptr, 0, rank, part * SLICE, in_features, 0.0, alpha_ptr,
         RANK_BLOCK, SLICE, HAS_OFFSET, BLOCK_I, RADEMACHER, ALIGNED, ROUNDS, False,
     )  # fmt: skip
-    a = _operand(a, x_ptr, EMULATE_BF16)
-    cols = col0 + tl.arange(0, SLICE)
-    ranks = tl.arange(0, RANK_BLOCK)
-    for t0 in range(0, tokens, BLOCK_T):
-        t = t0 + tl.arange(0, BLOCK_T)
-        x = _operand(_load_rows(x_ptr, tokens, t, cols, in_features), x_ptr, EMULATE_BF16)
-        h = tl.dot(x, tl.trans(a), input_precision=PRECISION)
-        _store_rows(h_partial_ptr + part.to(tl.int64) * tokens * rank, h, tokens, t, ranks, rank)
+    h_partial_ptr += part.to(tl.int64) * tokens * rank
+    _stream_products(
+        x_ptr, cols, in_features, tl.trans(_rounded(a, x_ptr, EMULATE_BF16)), h_partial_ptr,
+        tl.arange(0, RANK_BLOCK), rank, tokens, x_ptr, BLOCK_T, PRECISION, EMULATE_BF16,
+    )  # fmt: skip
 
 
 @triton.autotune(configs=_CONFIGS, key=_B_KEY)
@@ -122,14 +149,11 @@ def _b_forward(
         beta_ptr, k, scale, seed, b0_ptr, row0, out_features, 0, rank, 0.0, beta_ptr,
         SLICE, RANK_BLOCK, HAS_OFFSET, BLOCK_I, RADEMACHER, ALIGNED, ROUNDS, False,
     )  # fmt: skip
-    b = _operand(b * scaling, delta_ptr, EMULATE_BF16)
-    outs = row0 + tl.arange(0, SLICE)
-    ranks = tl.arange(0, RANK_BLOCK)
-    for t0 in range(0, tokens, BLOCK_T):
-        t = t0 + tl.arange(0, BLOCK_T)
-        h = _operand(_load_rows(h_ptr, tokens, t, ranks, rank), delta_ptr, EMULATE_BF16)
-        delta = tl.dot(h, tl.trans(b), input_precision=PRECISION)
-        _store_rows(delta_ptr, _operand(delta, delta_ptr, EMULATE_BF16), tokens, t, outs, out_features)
+    _stream_products(
+        h_ptr, tl.arange(0, RANK_BLOCK), rank, tl.trans(_rounded(b * scaling, delta_ptr, EMULATE_BF16)),
+        delta_ptr, row0 + tl.arange(0, SLICE), out_features, tokens, delta_ptr, BLOCK_T, PRECISION,
+        EMULATE_BF16,
+    )  # fmt: skip
 
 
 @triton.autotune(configs=_CONFIGS, key=_B_KEY)
@@ -142,27 +166,21 @@ def _b_backward(
     PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
 ):  # fmt: skip
     part = tl.program_id(0)
-    row0 = part * SLICE
-    outs = row0 + tl.arange(0, SLICE)
+    outs = part * SLICE + tl.arange(0, SLICE)
     ranks = tl.arange(0, RANK_BLOCK)
-    grad_b = tl.zeros((SLICE, RANK_BLOCK), tl.float32)
-    for t0 in range(0, tokens, BLOCK_T):
-        t = t0 + tl.arange(0, BLOCK_T)
-        grad = _operand(_load_rows(grad_ptr, tokens, t, outs, out_features), grad_ptr, EMULATE_BF16)
-        h = _operand(_load_rows(h_ptr, tokens, t, ranks, rank), grad_ptr, EMULATE_BF16)
-        grad_b += tl.dot(tl.trans(grad), h, input_precision=PRECISION)
-    grad_b *= scaling
-    _store_rows(grad_b_ptr, grad_b, out_features, outs, ranks, rank)
+    grad_b = scaling * _sum_over_tokens(
+        grad_ptr, outs, out_features, h_ptr, ranks, rank, tokens, grad_ptr, BLOCK_T, PRECISION, EMULATE_BF16
+    )
+    _store_rows(grad_b_ptr, grad_b, out_features, outs, ranks, rank, False)
     b = _factor_tile(
-        beta_ptr, k, scale, seed, b0_ptr, row0, out_features, 0, rank, grad_b, beta_partial_ptr + part * k,
-        SLICE, RANK_BLOCK, HAS_OFFSET, BLOCK_I, RADEMACHER, ALIGNED, ROUNDS, True,
+        beta_ptr, k, scale, seed, b0_ptr, part * SLICE, out_features, 0, rank, grad_b,
+        beta_partial_ptr + part * k, SLICE, RANK_BLOCK, HAS_OFFSET, BLOCK_I, RADEMACHER, ALIGNED, ROUNDS, True,
     )  # fmt: skip
-    b = _operand(b * scaling, grad_ptr, EMULATE_BF16)
-    for t0 in range(0, tokens, BLOCK_T):
-        t = t0 + tl.arange(0, BLOCK_T)
-        grad = _operand(_load_rows(grad_ptr, tokens, t, outs, out_features), grad_ptr, EMULATE_BF16)
-        grad_h = tl.dot(grad, b, input_precision=PRECISION)
-        _store_rows(grad_h_partial_ptr + part.to(tl.int64) * tokens * rank, grad_h, tokens, t, ranks, rank)
+    grad_h_partial_ptr += part.to(tl.int64) * tokens * rank
+    _stream_products(
+        grad_ptr, outs, out_features, _rounded(b * scaling, grad_ptr, EMULATE_BF16), grad_h_partial_ptr,
+        ranks, rank, tokens, grad_ptr, BLOCK_T, PRECISION, EMULATE_BF16,
+    )  # fmt: skip
 
 
 @triton.autotune(configs=_CONFIGS, key=_A_KEY)
@@ -175,26 +193,20 @@ def _a_backward(
     PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
 ):  # fmt: skip
     part = tl.program_id(0)
-    col0 = part * SLICE
-    cols = col0 + tl.arange(0, SLICE)
+    cols = part * SLICE + tl.arange(0, SLICE)
     ranks = tl.arange(0, RANK_BLOCK)
-    grad_a = tl.zeros((RANK_BLOCK, SLICE), tl.float32)
-    for t0 in range(0, tokens, BLOCK_T):
-        t = t0 + tl.arange(0, BLOCK_T)
-        grad_h = _operand(_load_rows(grad_h_ptr, tokens, t, ranks, rank), x_ptr, EMULATE_BF16)
-        x = _operand(_load_rows(x_ptr, tokens, t, cols, in_features), x_ptr, EMULATE_BF16)
-        grad_a += tl.dot(tl.trans(grad_h), x, input_precision=PRECISION)
-    _store_rows(grad_a_ptr, grad_a, rank, ranks, cols, in_features)
+    grad_a = _sum_over_tokens(
+        grad_h_ptr, ranks, rank, x_ptr, cols, in_features, tokens, x_ptr, BLOCK_T, PRECISION, EMULATE_BF16
+    )
+    _store_rows(grad_a_ptr, grad_a, rank, ranks, cols, in_features, False)
     a = _factor_tile(
-        alpha_ptr, k, scale, seed, a0_ptr, 0, rank, col0, in_features, grad_a, alpha_partial_ptr + part * k,
-        RANK_BLOCK, SLICE, HAS_OFFSET, BLOCK_I, RADEMACHER, ALIGNED, ROUNDS, True,
+        alpha_ptr, k, scale, seed, a0_ptr, 0, rank, part * SLICE, in_features, grad_a,
+        alpha_partial_ptr + part * k, RANK_BLOCK, SLICE, HAS_OFFSET, BLOCK_I, RADEMACHER, ALIGNED, ROUNDS, True,
     )  # fmt: skip
-    a = _operand(a, x_ptr, EMULATE_BF16)
-    for t0 in range(0, tokens, BLOCK_T):
-        t = t0 + tl.arange(0, BLOCK_T)
-        grad_h = _operand(_load_rows(grad_h_ptr, tokens, t, ranks, rank), x_ptr, EMULATE_BF16)
-        grad_x = tl.dot(grad_h, a, input_precision=PRECISION)
-        _store_rows(grad_x_ptr, _operand(grad_x, x_ptr, EMULATE_BF16), tokens, t, cols, in_features)
+    _stream_products(
+        grad_h_ptr, ranks, rank, _rounded(a, x_ptr, EMULATE_BF16), grad_x_ptr, cols, in_features,
+        tokens, x_ptr, BLOCK_T, PRECISION, EMULATE_BF16,
+    )  # fmt: skip
 
 
 class _Plan:
@@ -235,7 +247,8 @@ def _poisoned(*shape, dtype=torch.float32, device):
 
 
 def forward(x, alpha, beta, a0, b0, seed_a, seed_b, rank, out_features, scaling, distribution, rounds):
-    """(delta, h) for x (tokens, in) contiguous in float16/bfloat16/float32; see nola_kernels.ops."""
+    """(delta, h) for x (tokens, in) in float16/bfloat16/float32; see nola_kernels.ops."""
+    x, alpha, beta = x.contiguous(), alpha.contiguous(), beta.contiguous()
     tokens, in_features = x.shape
     k_a, k_b = alpha.numel(), beta.numel()
     plan = _Plan(x, rank, out_features, distribution, rounds)
@@ -257,6 +270,7 @@ def forward(x, alpha, beta, a0, b0, seed_a, seed_b, rank, out_features, scaling,
 
 def backward(grad, x, h, alpha, beta, a0, b0, seed_a, seed_b, rank, out_features, scaling, distribution, rounds):
     """(grad_x, grad_alpha, grad_beta, grad_a, grad_b); see nola_kernels.ops."""
+    x, h, alpha, beta = x.contiguous(), h.contiguous(), alpha.contiguous(), beta.contiguous()
     tokens, in_features = x.shape
     k_a, k_b = alpha.numel(), beta.numel()
     plan = _Plan(x, rank, out_features, distribution, rounds)

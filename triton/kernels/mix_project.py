@@ -27,7 +27,7 @@ def _mix_kernel(
         coeffs_ptr, i_start, i_stop, scale, seed, stream_lo, stream_hi, row_start, valid, 0.0, out_ptr,
         BLOCK, BLOCK_I, RADEMACHER, True, ROUNDS, False,
     )  # fmt: skip
-    tl.store(out_ptr + split * numel + positions, mixed, mask=valid)
+    tl.store(out_ptr + split.to(tl.int64) * numel + positions, mixed, mask=valid)
 
 
 @triton.jit
@@ -47,7 +47,7 @@ def _project_kernel(
         indices = first + tl.arange(0, BLOCK_I)
         u = basis_block(seed, stream_lo, stream_hi, indices, row_start, BLOCK, RADEMACHER, True, ROUNDS)
         projected = tl.sum(tl.sum(u * grad[None, :, :], axis=2), axis=1)
-        tl.store(partial_ptr + block * k + indices, projected, mask=indices < i_stop)
+        tl.store(partial_ptr + block.to(tl.int64) * k + indices, projected, mask=indices < i_stop)
 
 
 def _splits(blocks, k):
