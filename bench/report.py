@@ -14,8 +14,8 @@ RESULTS_DIR = BENCH_DIR / "results"
 SHAPE_KEYS = ("shape", "in_features", "out_features", "rank", "k", "tokens", "dtype")
 
 # What each nola row is compared on: the row's measure per kind of ratio. Its baselines are
-# every row that is not nola, and its own composed path ("nola-triton-composed" for
-# "nola-triton"), so one table says fused against composed.
+# every row that is not nola, and for a fused row its backend's composed row, so one table says
+# fused against composed.
 RATIOS = {"time": "median_ms", "peak": "peak_mib"}
 
 
@@ -48,7 +48,8 @@ def _ratios(rows):
     by_name = dict(zip(names, rows, strict=True))
     ratios = {kind: {} for kind in RATIOS}
     for subject in (name for name in names if name.startswith("nola")):
-        baselines = [name for name in names if not name.startswith("nola") or name == f"{subject}-composed"]
+        composed = subject.removesuffix("-fused") + "-composed" if subject.endswith("-fused") else None
+        baselines = [name for name in names if not name.startswith("nola") or name == composed]
         for kind, measure in RATIOS.items():
             for baseline in baselines:
                 other = by_name[baseline][measure]

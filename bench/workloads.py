@@ -56,13 +56,14 @@ SEED_A, SEED_B = 1, 2
 SCALING = 2.0
 
 
-def _composed(backend):
-    """nola_matmul on `backend` with its fused kernels switched off: mix, then two matmuls."""
+def _forced(backend, fused):
+    """nola_matmul on `backend` with its dispatcher overridden: always fused, or always composed
+    (mix, then two matmuls), so that both are timed at every shape."""
     module = get_backend(backend)
 
     def delta(*args, **kwargs):
         prefers_fused = module.prefers_fused
-        module.prefers_fused = lambda *shape: False
+        module.prefers_fused = lambda *shape: fused
         try:
             return nola_matmul(*args, **kwargs, backend=backend)
         finally:
@@ -73,16 +74,18 @@ def _composed(backend):
 
 def basis_implementations(device):
     """Each NOLA implementation's delta on `device`, by name: nola_matmul on every backend that
-    runs there natively (and, for backends with fused kernels, the composed path beside it), the
-    naive baselines, and on CUDA a stored bfloat16 basis. "lora" is built in Workload.delta."""
+    runs there natively (fused and composed for backends with fused kernels), the naive
+    baselines, and on CUDA a stored bfloat16 basis. "lora" is built in Workload.delta."""
     if device == "cpu":
         nola = {"nola": functools.partial(nola_matmul, backend="torch")}
     else:
         nola = {}
         for backend in available_backends(torch.device(device)):
-            nola[f"nola-{backend}"] = functools.partial(nola_matmul, backend=backend)
             if hasattr(get_backend(backend), "prefers_fused"):
-                nola[f"nola-{backend}-composed"] = _composed(backend)
+                nola[f"nola-{backend}-fused"] = _forced(backend, True)
+                nola[f"nola-{backend}-composed"] = _forced(backend, False)
+            else:
+                nola[f"nola-{backend}"] = functools.partial(nola_matmul, backend=backend)
         nola["stored-bf16"] = None  # needs its basis: Workload builds it
     return {**nola, "naive": naive_matmul, "official": official_matmul}
 
