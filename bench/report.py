@@ -81,6 +81,25 @@ def format_tables(tables):
     return lines
 
 
+SUMMARY = (("time", "official"), ("time", "lora"), ("peak", "official"), ("peak", "lora"))
+
+
+def format_summary(tables):
+    """The short table: per table and nola row, its time and peak over official's and lora's
+    (the ratios the GPU targets are stated in)."""
+    header = "".join(f"{kind + '/' + baseline:>15}" for kind, baseline in SUMMARY)
+    lines = ["", f"{'shape':<18}{'pass':<18}{'implementation':<22}{header}"]
+    for table in tables:
+        for row in table["rows"]:
+            subject = row["implementation"]
+            if not subject.startswith("nola"):
+                continue
+            cells = [table["ratios"][kind].get(f"{subject}/{baseline}") for kind, baseline in SUMMARY]
+            values = "".join(f"{_optional(value, '.3g'):>15}" for value in cells)
+            lines.append(f"{table['shape']:<18}{table['pass']:<18}{subject:<22}{values}")
+    return lines
+
+
 def _optional(value, spec):
     return "-" if value is None else format(value, spec)
 
@@ -136,4 +155,4 @@ if __name__ == "__main__":
     print(
         f"{saved['device_name']} | torch {saved['torch_version']} | {saved['date']} | commit {saved['git_commit']}"
     )
-    print("\n".join(format_tables(saved["tables"])))
+    print("\n".join(format_tables(saved["tables"]) + format_summary(saved["tables"])))
