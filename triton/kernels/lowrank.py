@@ -61,6 +61,24 @@ def _factor_tile(
 
 
 @triton.jit
+def _pad_rows(tile, ROWS: tl.constexpr):
+    """tile (R, C), R dividing ROWS, as (ROWS, C) with 0 past row R: products need >= 16 rows, while
+    only next_power_of_2(rank) rows of a factor are generated."""
+    R: tl.constexpr = tile.shape[0]
+    C: tl.constexpr = tile.shape[1]
+    repeated = tl.reshape(tl.broadcast_to(tile[None, :, :], (ROWS // R, R, C)), (ROWS, C))
+    return tl.where(tl.arange(0, ROWS)[:, None] < R, repeated, 0.0)
+
+
+@triton.jit
+def _fold_rows(tile, ROWS: tl.constexpr):
+    """The first ROWS rows of tile (R, C), a multiple of ROWS rows that are 0 past row ROWS."""
+    R: tl.constexpr = tile.shape[0]
+    C: tl.constexpr = tile.shape[1]
+    return tl.sum(tl.reshape(tile, (R // ROWS, ROWS, C)), axis=0)
+
+
+@triton.jit
 def _rounded(value, like_ptr, EMULATE_BF16: tl.constexpr):
     """value rounded to like_ptr's dtype. EMULATE_BF16 (Triton's interpreter on bfloat16, whose
     dots misread bfloat16 operands and whose conversion truncates): rounded to nearest even
@@ -121,14 +139,15 @@ def _a_forward(
     x_ptr, alpha_ptr, a0_ptr, h_partial_ptr, tokens, in_features, rank, k, scale, seed,
     HAS_OFFSET: tl.constexpr, RANK_BLOCK: tl.constexpr, SLICE: tl.constexpr, BLOCK_T: tl.constexpr,
     BLOCK_I: tl.constexpr, RADEMACHER: tl.constexpr, ALIGNED: tl.constexpr, ROUNDS: tl.constexpr,
-    PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
+    RANK_GEN: tl.constexpr, PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
 ):  # fmt: skip
     part = tl.program_id(0)
     cols = part * SLICE + tl.arange(0, SLICE)
     a = _factor_tile(
         alpha_ptr, k, scale, seed, a0_ptr, 0, rank, part * SLICE, in_features, 0.0, alpha_ptr,
-        RANK_BLOCK, SLICE, HAS_OFFSET, BLOCK_I, RADEMACHER, ALIGNED, ROUNDS, False,
+        RANK_GEN, SLICE, HAS_OFFSET, BLOCK_I, RADEMACHER, ALIGNED, ROUNDS, False,
     )  # fmt: skip
+    a = _pad_rows(a, RANK_BLOCK)
     h_partial_ptr += part.to(tl.int64) * tokens * rank
     _stream_products(
         x_ptr, cols, in_features, tl.trans(_rounded(a, x_ptr, EMULATE_BF16)), h_partial_ptr,
@@ -142,13 +161,14 @@ def _b_forward(
     h_ptr, beta_ptr, b0_ptr, delta_ptr, tokens, out_features, rank, k, scale, seed, scaling,
     HAS_OFFSET: tl.constexpr, RANK_BLOCK: tl.constexpr, SLICE: tl.constexpr, BLOCK_T: tl.constexpr,
     BLOCK_I: tl.constexpr, RADEMACHER: tl.constexpr, ALIGNED: tl.constexpr, ROUNDS: tl.constexpr,
-    PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
+    RANK_GEN: tl.constexpr, PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
 ):  # fmt: skip
     row0 = tl.program_id(0) * SLICE
     b = _factor_tile(
         beta_ptr, k, scale, seed, b0_ptr, row0, out_features, 0, rank, 0.0, beta_ptr,
-        SLICE, RANK_BLOCK, HAS_OFFSET, BLOCK_I, RADEMACHER, ALIGNED, ROUNDS, False,
+        SLICE, RANK_GEN, HAS_OFFSET, BLOCK_I, RADEMACHER, ALIGNED, ROUNDS, False,
     )  # fmt: skip
+    b = tl.trans(_pad_rows(tl.trans(b), RANK_BLOCK))
     _stream_products(
         h_ptr, tl.arange(0, RANK_BLOCK), rank, tl.trans(_rounded(b * scaling, delta_ptr, EMULATE_BF16)),
         delta_ptr, row0 + tl.arange(0, SLICE), out_features, tokens, delta_ptr, BLOCK_T, PRECISION,
@@ -163,7 +183,7 @@ def _b_backward(
     tokens, out_features, rank, k, scale, seed, scaling,
     HAS_OFFSET: tl.constexpr, RANK_BLOCK: tl.constexpr, SLICE: tl.constexpr, BLOCK_T: tl.constexpr,
     BLOCK_I: tl.constexpr, RADEMACHER: tl.constexpr, ALIGNED: tl.constexpr, ROUNDS: tl.constexpr,
-    PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
+    RANK_GEN: tl.constexpr, PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
 ):  # fmt: skip
     part = tl.program_id(0)
     outs = part * SLICE + tl.arange(0, SLICE)
@@ -173,9 +193,11 @@ def _b_backward(
     )
     _store_rows(grad_b_ptr, grad_b, out_features, outs, ranks, rank, False)
     b = _factor_tile(
-        beta_ptr, k, scale, seed, b0_ptr, part * SLICE, out_features, 0, rank, grad_b,
-        beta_partial_ptr + part * k, SLICE, RANK_BLOCK, HAS_OFFSET, BLOCK_I, RADEMACHER, ALIGNED, ROUNDS, True,
+        beta_ptr, k, scale, seed, b0_ptr, part * SLICE, out_features, 0, rank,
+        tl.trans(_fold_rows(tl.trans(grad_b), RANK_GEN)), beta_partial_ptr + part * k,
+        SLICE, RANK_GEN, HAS_OFFSET, BLOCK_I, RADEMACHER, ALIGNED, ROUNDS, True,
     )  # fmt: skip
+    b = tl.trans(_pad_rows(tl.trans(b), RANK_BLOCK))
     grad_h_partial_ptr += part.to(tl.int64) * tokens * rank
     _stream_products(
         grad_ptr, outs, out_features, _rounded(b * scaling, grad_ptr, EMULATE_BF16), grad_h_partial_ptr,
@@ -190,7 +212,7 @@ def _a_backward(
     tokens, in_features, rank, k, scale, seed,
     HAS_OFFSET: tl.constexpr, RANK_BLOCK: tl.constexpr, SLICE: tl.constexpr, BLOCK_T: tl.constexpr,
     BLOCK_I: tl.constexpr, RADEMACHER: tl.constexpr, ALIGNED: tl.constexpr, ROUNDS: tl.constexpr,
-    PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
+    RANK_GEN: tl.constexpr, PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
 ):  # fmt: skip
     part = tl.program_id(0)
     cols = part * SLICE + tl.arange(0, SLICE)
@@ -200,9 +222,10 @@ def _a_backward(
     )
     _store_rows(grad_a_ptr, grad_a, rank, ranks, cols, in_features, False)
     a = _factor_tile(
-        alpha_ptr, k, scale, seed, a0_ptr, 0, rank, part * SLICE, in_features, grad_a,
-        alpha_partial_ptr + part * k, RANK_BLOCK, SLICE, HAS_OFFSET, BLOCK_I, RADEMACHER, ALIGNED, ROUNDS, True,
+        alpha_ptr, k, scale, seed, a0_ptr, 0, rank, part * SLICE, in_features, _fold_rows(grad_a, RANK_GEN),
+        alpha_partial_ptr + part * k, RANK_GEN, SLICE, HAS_OFFSET, BLOCK_I, RADEMACHER, ALIGNED, ROUNDS, True,
     )  # fmt: skip
+    a = _pad_rows(a, RANK_BLOCK)
     _stream_products(
         grad_h_ptr, ranks, rank, _rounded(a, x_ptr, EMULATE_BF16), grad_x_ptr, cols, in_features,
         tokens, x_ptr, BLOCK_T, PRECISION, EMULATE_BF16,
@@ -215,7 +238,8 @@ class _Plan:
 
     def __init__(self, x, rank, out_features, distribution, rounds):
         in_features = x.shape[1]
-        self.rank_block = max(16, triton.next_power_of_2(rank))  # tl.dot needs >= 16
+        rank_generated = triton.next_power_of_2(rank)  # factor rows (A) or columns (B) generated
+        self.rank_block = max(16, rank_generated)  # tl.dot needs >= 16
         # A's slice is a (rank_block, a_slice) tile in registers, B's a (b_slice, rank_block) one.
         self.a_slice = min(128 if self.rank_block <= 32 else 64, max(16, triton.next_power_of_2(in_features)))
         self.b_slice = min(64, max(16, triton.next_power_of_2(out_features)))
@@ -226,10 +250,10 @@ class _Plan:
         # Tile rows start on Philox call boundaries when a factor row and the tile width are whole
         # calls; every call then feeds a run of adjacent entries.
         a_aligned = in_features % call == 0 and self.a_slice % call == 0
-        b_aligned = rank % call == 0 and self.rank_block % call == 0
+        b_aligned = rank % call == 0 and rank_generated % call == 0
         allow_tf32 = x.dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32
         common = dict(
-            RANK_BLOCK=self.rank_block, BLOCK_I=BLOCK_I, RADEMACHER=rademacher, ROUNDS=rounds,
+            RANK_BLOCK=self.rank_block, RANK_GEN=rank_generated, BLOCK_I=BLOCK_I, RADEMACHER=rademacher, ROUNDS=rounds,
             PRECISION="tf32" if allow_tf32 else "ieee", EMULATE_BF16=INTERPRETED and x.dtype == torch.bfloat16,
         )  # fmt: skip
         self.a_kwargs = dict(common, SLICE=self.a_slice, ALIGNED=a_aligned)
