@@ -1,5 +1,5 @@
-"""Build and install nola_kernels. Today the package is pure Python; the CUDA extension (csrc/)
-and the Triton kernels (triton/) join it in later releases."""
+"""Build and install nola_kernels: pure Python, with the Triton kernels (triton/kernels/, compiled
+by Triton at run time); the CUDA extension (csrc/) joins it in a later release."""
 
 from setuptools import setup
 

@@ -3,8 +3,9 @@ block sizes and grid targets, and the Philox key and counter words of a basis fa
 
 import triton
 
-# The kernels are compiled or interpreted as their @triton.jit decorators run (at import); the
-# interpreter runs each program one after another in NumPy, so it gets small blocks and grids.
+# The kernels are compiled or interpreted as their @triton.jit decorators run (at import). The
+# interpreter runs each program one after another in NumPy, at a cost per operation more than
+# per entry, so it gets few programs and wide tiles.
 INTERPRETED = bool(triton.knobs.runtime.interpret)
 
 # Enough programs to fill a Hopper GPU (132 SMs) several times over; a few in the interpreter,
@@ -13,7 +14,7 @@ SPLIT_TARGET_PROGRAMS = 4 if INTERPRETED else 528
 # Flat blocks are whole rademacher Philox calls (128 entries), so every call is made once.
 _FLAT_BLOCK_MIN, _FLAT_BLOCK_MAX = 128, 1024
 # Basis matrices generated together per loop step: one on a GPU (registers hold the tile), many
-# in the interpreter, whose cost is per operation rather than per entry.
+# in the interpreter.
 BLOCK_I = 32 if INTERPRETED else 1
 MASK32 = 0xFFFFFFFF
 

@@ -81,13 +81,15 @@ def _fold_rows(tile, ROWS: tl.constexpr):
 @triton.jit
 def _rounded(value, like_ptr, EMULATE_BF16: tl.constexpr):
     """value rounded to like_ptr's dtype. EMULATE_BF16 (Triton's interpreter on bfloat16, whose
-    dots misread bfloat16 operands and whose conversion truncates): rounded to nearest even
-    bfloat16 by hand and kept in float32."""
-    if EMULATE_BF16 and like_ptr.dtype.element_ty == tl.bfloat16:
-        bits = value.to(tl.float32).to(tl.uint32, bitcast=True)
-        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
-        return bits.to(tl.float32, bitcast=True)
-    return value.to(like_ptr.dtype.element_ty)
+    dots misread bfloat16 operands and whose conversion truncates): a bfloat16 value is rounded
+    to nearest even by hand and kept in float32."""
+    rounded = value.to(like_ptr.dtype.element_ty)
+    if EMULATE_BF16:
+        if like_ptr.dtype.element_ty == tl.bfloat16:
+            bits = value.to(tl.float32).to(tl.uint32, bitcast=True)
+            bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+            rounded = bits.to(tl.float32, bitcast=True)
+    return rounded
 
 
 @triton.jit
