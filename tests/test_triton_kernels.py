@@ -17,6 +17,7 @@ if "triton" not in available_backends("cpu") + (available_backends("cuda") if to
 
 import triton
 import triton.language as tl
+
 from nola_kernels.triton_kernels.philox_tiles import basis_tile
 
 DEVICES = [
