@@ -18,7 +18,7 @@ def pytest_terminal_summary(terminalreporter, config):
         return
     tables = report.build_tables(cases)
     terminalreporter.section("nola_matmul against the baselines")
-    for line in report.format_tables(tables):
+    for line in report.format_tables(tables) + report.format_summary(tables):
         terminalreporter.write_line(line)
     for path in report.write_json(tables):
         terminalreporter.write_line(f"\nwrote {path.relative_to(report.BENCH_DIR.parent)}")

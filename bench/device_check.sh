@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# One call on a lent GPU machine: every test (the GPU ones included), then the CUDA benchmarks.
+# One call on a lent GPU machine, at most 8 minutes: the GPU tests, then the CUDA benchmarks.
 # Logs and results go under $OUT (bench/results/device-run when run by hand); the comparison
-# table prints last. Needs only what the GPU image has: python3 with torch, pytest,
+# table prints last. Needs only what the GPU image has: python3 with torch, triton, pytest,
 # pytest-benchmark and hypothesis (PYTHON names another interpreter). Run from the repository
 # root:  bash bench/device_check.sh
 set -uo pipefail
@@ -9,6 +9,9 @@ OUT=${OUT:-bench/results/device-run}
 mkdir -p "$OUT"
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 PYTHON=${PYTHON:-python3}
+# Each step gets a share of the 8 minutes; SIGINT lets pytest still print its summary.
+TESTS_SECONDS=${TESTS_SECONDS:-200}
+BENCH_SECONDS=${BENCH_SECONDS:-250}
 
 "$PYTHON" - <<'PY' 2>&1 | tee "$OUT/device.txt"
 import datetime, subprocess, torch
@@ -17,10 +20,13 @@ commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=
 print(f"{name} | torch {torch.__version__} | {datetime.date.today()} | commit {commit or 'unknown'}")
 PY
 
-"$PYTHON" -m pytest tests -q -p no:cacheprovider 2>&1 | tee "$OUT/tests.log"
+# The tests check numbers, not speed: one Triton launch configuration, no tuning.
+NOLA_TRITON_AUTOTUNE=0 timeout -s INT "$TESTS_SECONDS" \
+    "$PYTHON" -m pytest tests -m gpu -q -p no:cacheprovider 2>&1 | tee "$OUT/tests.log"
 tests_status=${PIPESTATUS[0]}
 
-"$PYTHON" -m pytest bench --benchmark-only -k cuda -q -p no:cacheprovider 2>&1 | tee "$OUT/bench.log"
+timeout -s INT "$BENCH_SECONDS" \
+    "$PYTHON" -m pytest bench --benchmark-only -k cuda -q -p no:cacheprovider 2>&1 | tee "$OUT/bench.log"
 bench_status=${PIPESTATUS[0]}
 cp bench/results/latest-cuda.json "$OUT/" 2>/dev/null && "$PYTHON" bench/report.py "$OUT/latest-cuda.json"
 

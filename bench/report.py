@@ -11,13 +11,12 @@ import torch
 
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
-SHAPE_KEYS = ("shape", "in_features", "out_features", "rank", "k", "tokens")
+SHAPE_KEYS = ("shape", "in_features", "out_features", "rank", "k", "tokens", "dtype")
 
-# What nola is compared on: (the row's measure, the baselines nola's value is divided by).
-RATIOS = {
-    "time": ("median_ms", ("naive", "official", "lora")),
-    "peak": ("peak_mib", ("naive", "official")),
-}
+# What each nola row is compared on: the row's measure per kind of ratio. Its baselines are
+# every row that is not nola, and for a fused row its backend's composed row, so one table says
+# fused against composed.
+RATIOS = {"time": "median_ms", "peak": "peak_mib"}
 
 
 def build_tables(cases):
@@ -45,15 +44,17 @@ def _row(case):
 
 
 def _ratios(rows):
-    by_name = {row["implementation"]: row for row in rows}
-    nola = by_name.get("nola")
-    ratios = {}
-    for kind, (measure, baselines) in RATIOS.items():
-        ratios[kind] = {}
-        for baseline in baselines:
-            other = by_name.get(baseline)
-            usable = nola is not None and other is not None and other[measure] > 0
-            ratios[kind][f"nola/{baseline}"] = nola[measure] / other[measure] if usable else None
+    names = [row["implementation"] for row in rows]
+    by_name = dict(zip(names, rows, strict=True))
+    ratios = {kind: {} for kind in RATIOS}
+    for subject in (name for name in names if name.startswith("nola")):
+        composed = subject.removesuffix("-fused") + "-composed" if subject.endswith("-fused") else None
+        baselines = [name for name in names if not name.startswith("nola") or name == composed]
+        for kind, measure in RATIOS.items():
+            for baseline in baselines:
+                other = by_name[baseline][measure]
+                value = by_name[subject][measure] / other if other > 0 else None
+                ratios[kind][f"{subject}/{baseline}"] = value
     return ratios
 
 
@@ -64,17 +65,38 @@ def format_tables(tables):
         lines += [
             "",
             f"{table['device']} | {table['shape']} (in {table['in_features']}, out {table['out_features']}, "
-            f"rank {table['rank']}, k = l = {table['k']}, {table['tokens']} tokens) | {table['pass']}",
-            f"  {'implementation':<15}{'median ms':>11}{'peak MiB':>11}{'M entries/s':>13}",
+            f"rank {table['rank']}, k = l = {table['k']}, {table['tokens']} tokens, "
+            f"{table.get('dtype', 'float32')}) | {table['pass']}",
+            f"  {'implementation':<22}{'median ms':>11}{'peak MiB':>11}{'M entries/s':>13}",
         ]
         for row in table["rows"]:
             lines.append(
-                f"  {row['implementation']:<15}{row['median_ms']:>11.2f}{row['peak_mib']:>11.2f}"
+                f"  {row['implementation']:<22}{row['median_ms']:>11.2f}{row['peak_mib']:>11.2f}"
                 f"{_optional(row['m_entries_per_s'], '.1f'):>13}"
             )
         for kind, ratios in table["ratios"].items():
             cells = [f"{label} {_optional(value, '.3g')}x" for label, value in ratios.items()]
-            lines.append(f"  {kind}: " + "   ".join(cells))
+            for start in range(0, len(cells), 4):  # four ratios a line keeps the table readable
+                lines.append(f"  {kind}: " + "   ".join(cells[start : start + 4]))
+    return lines
+
+
+SUMMARY = (("time", "official"), ("time", "lora"), ("peak", "official"), ("peak", "lora"))
+
+
+def format_summary(tables):
+    """The short table: per table and nola row, its time and peak over official's and lora's
+    (the ratios the GPU targets are stated in)."""
+    header = "".join(f"{kind + '/' + baseline:>15}" for kind, baseline in SUMMARY)
+    lines = ["", f"{'shape':<18}{'pass':<18}{'implementation':<22}{header}"]
+    for table in tables:
+        for row in table["rows"]:
+            subject = row["implementation"]
+            if not subject.startswith("nola"):
+                continue
+            cells = [table["ratios"][kind].get(f"{subject}/{baseline}") for kind, baseline in SUMMARY]
+            values = "".join(f"{_optional(value, '.3g'):>15}" for value in cells)
+            lines.append(f"{table['shape']:<18}{table['pass']:<18}{subject:<22}{values}")
     return lines
 
 
@@ -133,4 +155,4 @@ if __name__ == "__main__":
     print(
         f"{saved['device_name']} | torch {saved['torch_version']} | {saved['date']} | commit {saved['git_commit']}"
     )
-    print("\n".join(format_tables(saved["tables"])))
+    print("\n".join(format_tables(saved["tables"]) + format_summary(saved["tables"])))

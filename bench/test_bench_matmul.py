@@ -1,52 +1,47 @@
-"""Time and peak memory of nola_matmul against the naive, official and LoRA baselines.
+"""Time and peak memory of nola_matmul against the naive, official, stored-basis and LoRA
+baselines, per device, shape and pass.
 
 Run with `python -m pytest bench/ --benchmark-only`; conftest.py prints the comparison tables.
 """
 
 import pytest
 import torch
-from workloads import (
-    IMPLEMENTATIONS,
-    PASSES,
-    SHAPES,
-    Workload,
-    assert_computed,
-    generated_entries,
-    synchronized,
-)
+from workloads import SHAPES, Workload, assert_computed, generated_entries, implementations, synchronized
 
 from nola_kernels.memory import peak_memory
 
 ROUNDS = 5  # few rounds, so the whole suite takes minutes on a 2-core CPU
 
-DEVICES = [
-    "cpu",
-    pytest.param(
-        "cuda",
-        marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")],
-    ),
-]
+_GPU_MARKS = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("shape_name", list(SHAPES))
-@pytest.mark.parametrize("pass_name", PASSES)
-@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
-def test_matmul(benchmark, record_case, implementation, pass_name, shape_name, device):
-    shape = SHAPES[shape_name]
+def _cases():
+    for device, shapes in SHAPES.items():
+        for shape in shapes:
+            for pass_name in shape.passes:
+                for implementation in implementations(device):
+                    yield pytest.param(
+                        device, shape, pass_name, implementation,
+                        marks=_GPU_MARKS if device == "cuda" else [],
+                        id=f"{device}-{shape.name}-{pass_name}-{implementation}",
+                    )  # fmt: skip
+
+
+@pytest.mark.parametrize("device, shape, pass_name, implementation", list(_cases()))
+def test_matmul(benchmark, record_case, device, shape, pass_name, implementation):
     workload = Workload(implementation, pass_name, shape, device)
-    benchmark.group = f"{device} {shape_name} {pass_name}"
+    benchmark.group = f"{device} {shape.name} {pass_name}"
     computed = benchmark.pedantic(
         synchronized(workload.run, device),
-        setup=workload.clear_grads,
+        setup=workload.prepare,
         rounds=ROUNDS,
         warmup_rounds=1,
         iterations=1,
     )
     assert_computed(computed)
 
-    workload.clear_grads()
-    _, peak_bytes = peak_memory(workload.run, device)
+    args, _ = workload.prepare()
+    _, peak_bytes = peak_memory(lambda: workload.run(*args), device)
     entries = generated_entries(implementation, pass_name, shape)
     info = {"device": device, "implementation": implementation, "pass": pass_name, **shape.fields()}
     info.update(peak_bytes=peak_bytes, generated_entries=entries)

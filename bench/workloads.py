@@ -1,11 +1,13 @@
-"""The benchmark cases: shapes, the four implementations of a LoRA-style delta, and their inputs."""
+"""The benchmark cases: shapes, the implementations of a LoRA-style delta, and their inputs."""
 
 import functools
-from dataclasses import asdict, dataclass
+import math
+from dataclasses import asdict, dataclass, field
 
 import torch
 
-from nola_kernels import nola_matmul
+from nola_kernels import available_backends, nola_basis, nola_matmul
+from nola_kernels.backends import get_backend
 from nola_kernels.lowrank import lowrank_delta
 from nola_kernels.reference import naive_matmul, official_matmul
 
@@ -18,46 +20,96 @@ class Shape:
     rank: int
     k: int  # basis size of each factor (NOLA's k for A and l for B, equal here)
     tokens: int
+    dtype: torch.dtype = torch.float32
+    passes: tuple = field(default=("forward", "forward_backward"))
 
     def fields(self):
         """The shape as a flat dict, for reports."""
-        return {("shape" if key == "name" else key): value for key, value in asdict(self).items()}
+        values = {("shape" if key == "name" else key): value for key, value in asdict(self).items()}
+        values["dtype"] = str(self.dtype).replace("torch.", "")
+        del values["passes"]
+        return values
 
 
+GPU_PASSES = ("forward", "backward", "forward_backward", "layer")
 SHAPES = {
-    shape.name: shape
-    for shape in (
+    "cpu": [
         Shape("gpt2-medium", in_features=1024, out_features=1024, rank=8, k=512, tokens=512),
         # Wider layers but a smaller k, so each basis is as big as gpt2-medium's x2 and the suite
         # stays fast on a 2-core CPU.
         Shape("wide-4096", in_features=4096, out_features=4096, rank=16, k=128, tokens=256),
-    )
+    ],
+    "cuda": [
+        # GPT-2 medium q/v (the official NOLA GPT-2 setting) and LLaMA-2-7B q_proj, each at
+        # k = l = 512 with every pass and at k = l = 128 for forward + backward.
+        Shape("gpt2-medium", 1024, 1024, rank=8, k=512, tokens=512, passes=GPU_PASSES),
+        Shape("gpt2-medium-k128", 1024, 1024, rank=8, k=128, tokens=512, passes=("forward_backward",)),
+        Shape("llama2-7b-q", 4096, 4096, rank=16, k=512, tokens=4096, dtype=torch.bfloat16, passes=GPU_PASSES),
+        Shape(
+            "llama2-7b-q-k128", 4096, 4096, rank=16, k=128, tokens=4096, dtype=torch.bfloat16,
+            passes=("forward_backward",),
+        ),
+    ],
 }
 
 SEED_A, SEED_B = 1, 2
 SCALING = 2.0
 
-# Each NOLA implementation's delta; "lora" has no basis and is built in Workload.delta.
-BASIS_IMPLEMENTATIONS = {
-    "nola": functools.partial(nola_matmul, backend="torch"),
-    "naive": naive_matmul,
-    "official": official_matmul,
-}
-IMPLEMENTATIONS = (*BASIS_IMPLEMENTATIONS, "lora")
-PASSES = ("forward", "forward_backward")
+
+def _forced(backend, fused):
+    """nola_matmul on `backend` with its dispatcher overridden: always fused, or always composed
+    (mix, then two matmuls), so that both are timed at every shape."""
+    module = get_backend(backend)
+
+    def delta(*args, **kwargs):
+        prefers_fused = module.prefers_fused
+        module.prefers_fused = lambda *shape: fused
+        try:
+            return nola_matmul(*args, **kwargs, backend=backend)
+        finally:
+            module.prefers_fused = prefers_fused
+
+    return delta
+
+
+def basis_implementations(device):
+    """Each NOLA implementation's delta on `device`, by name: nola_matmul on every backend that
+    runs there natively (fused and composed for backends with fused kernels), the naive
+    baselines, and on CUDA a stored bfloat16 basis. "lora" is built in Workload.delta."""
+    if device == "cpu":
+        nola = {"nola": functools.partial(nola_matmul, backend="torch")}
+    else:
+        nola = {}
+        for backend in available_backends(torch.device(device)):
+            if hasattr(get_backend(backend), "prefers_fused"):
+                nola[f"nola-{backend}-fused"] = _forced(backend, True)
+                nola[f"nola-{backend}-composed"] = _forced(backend, False)
+            else:
+                nola[f"nola-{backend}"] = functools.partial(nola_matmul, backend=backend)
+        nola["stored-bf16"] = None  # needs its basis: Workload builds it
+    return {**nola, "naive": naive_matmul, "official": official_matmul}
+
+
+def implementations(device):
+    return (*basis_implementations(device), "lora")
+
 
 # How many times a pass generates the whole basis: nola regenerates it for the backward
-# projection, official redraws it, naive keeps the forward's copy alive instead.
+# projection, official redraws it, naive keeps the forward's copy alive, stored-bf16 made it
+# before the benchmark.
 BASIS_DRAWS = {
     "forward": {"nola": 1, "naive": 1, "official": 1},
+    "backward": {"nola": 1, "naive": 0, "official": 1},
     "forward_backward": {"nola": 2, "naive": 1, "official": 2},
+    "layer": {"nola": 2, "naive": 1, "official": 2},
 }
 
 
 def generated_entries(implementation, pass_name, shape):
-    """Basis entries one call generates, or None for an implementation without a basis."""
-    draws = BASIS_DRAWS[pass_name].get(implementation)
-    if draws is None:
+    """Basis entries one call generates, or None for an implementation that generates none."""
+    family = "nola" if implementation.startswith("nola") else implementation
+    draws = BASIS_DRAWS[pass_name].get(family)
+    if not draws:
         return None
     basis_a = shape.k * shape.rank * shape.in_features
     basis_b = shape.k * shape.out_features * shape.rank
@@ -69,20 +121,35 @@ class Workload:
 
     def __init__(self, implementation, pass_name, shape, device):
         self.implementation, self.pass_name, self.shape = implementation, pass_name, shape
-        self.x = torch.randn(shape.tokens, shape.in_features, device=device)
+        self.x = torch.randn(shape.tokens, shape.in_features, device=device, dtype=shape.dtype)
         if implementation == "lora":
             sizes = [(shape.rank, shape.in_features), (shape.out_features, shape.rank)]
         else:
             sizes = [(shape.k,), (shape.k,)]
         # Random, never zero: zero coefficients or a zero LoRA factor would make a trivial delta.
         self.params = [torch.randn(size, device=device, requires_grad=True) for size in sizes]
-        self.grad_out = torch.randn(shape.tokens, shape.out_features, device=device)
+        self.grad_out = torch.randn(shape.tokens, shape.out_features, device=device, dtype=shape.dtype)
+        if pass_name == "layer":  # the frozen base weight, and x takes a gradient as in a network
+            self.weight = torch.randn(shape.out_features, shape.in_features, device=device, dtype=shape.dtype)
+            self.x.requires_grad_()
+        if implementation == "stored-bf16":
+            self.stored = [
+                nola_basis(SEED_A, shape.k, (shape.rank, shape.in_features), device=device).bfloat16(),
+                nola_basis(SEED_B, shape.k, (shape.out_features, shape.rank), device=device).bfloat16(),
+            ]
+        self.delta_fn = basis_implementations(device).get(implementation)
 
     def delta(self):
         first, second = self.params
         if self.implementation == "lora":
             return lowrank_delta(self.x, first, second * SCALING)
-        return BASIS_IMPLEMENTATIONS[self.implementation](
+        if self.implementation == "stored-bf16":
+            a, b = (
+                torch.einsum("k,krc->rc", coeffs.bfloat16(), basis) / math.sqrt(self.shape.k)
+                for coeffs, basis in zip(self.params, self.stored, strict=True)
+            )
+            return lowrank_delta(self.x, a, b * SCALING)
+        return self.delta_fn(
             self.x,
             first,
             second,
@@ -93,17 +160,28 @@ class Workload:
             scaling=SCALING,
         )
 
-    def run(self):
+    def output(self):
+        if self.pass_name == "layer":
+            return self.x @ self.weight.T + self.delta()
+        return self.delta()
+
+    def prepare(self):
+        """Untimed set-up before each timed call: drop the last gradients, and for the backward
+        pass run the forward. Returns pytest-benchmark's (args, kwargs) for run()."""
+        self.clear_grads()
+        return ((self.output(),) if self.pass_name == "backward" else ()), {}
+
+    def run(self, output=None):
         """One pass; returns the tensors it computed: the delta, or the parameters' gradients."""
         if self.pass_name == "forward":
             with torch.no_grad():
                 return [self.delta()]
-        self.delta().backward(self.grad_out)
+        (self.output() if output is None else output).backward(self.grad_out)
         return [param.grad for param in self.params]
 
     def clear_grads(self):
         """Drop the last pass's gradients, so they neither accumulate nor count in the next peak."""
-        for param in self.params:
+        for param in (*self.params, self.x):
             param.grad = None
 
 
@@ -113,9 +191,9 @@ def synchronized(fn, device):
     if torch.device(device).type != "cuda":
         return fn
 
-    def call():
+    def call(*args):
         torch.cuda.synchronize(device)
-        result = fn()
+        result = fn(*args)
         torch.cuda.synchronize(device)
         return result
 

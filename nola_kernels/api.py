@@ -6,7 +6,7 @@ import math
 import torch
 
 from . import ops
-from .backends import resolve_backend
+from .backends import get_backend, resolve_backend
 from .basis import basis_block, chunk_budget, iter_blocks
 from .lowrank import lowrank_delta, with_offset
 from .validation import (
@@ -106,9 +106,26 @@ def nola_matmul(
     distribution = check_distribution(distribution)
     backend = resolve_backend(backend, x.device)
 
+    if _runs_fused(backend, x, alpha, beta, rank, out_features):
+        flat = x.reshape(-1, in_features).contiguous()
+        delta, _ = ops.lowrank_forward(
+            flat, alpha, beta, a0, b0, seed_a, seed_b, rank, out_features, scaling, distribution, backend
+        )
+        return delta.view(*x.shape[:-1], out_features)
     a = _factor(alpha, seed_a, a_shape, a0, distribution, backend)
     b = _factor(beta, seed_b, b_shape, b0, distribution, backend) * scaling
     return lowrank_delta(x, a, b)
+
+
+def _runs_fused(backend, x, alpha, beta, rank, out_features):
+    """Whether the backend's fused kernels take this product. float64 (and float64 coefficients)
+    always takes the composed path: the fused kernels accumulate in float32."""
+    prefers_fused = getattr(get_backend(backend), "prefers_fused", None)
+    if prefers_fused is None or torch.float64 in (x.dtype, alpha.dtype, beta.dtype):
+        return False
+    in_features = x.shape[-1]
+    tokens = x.numel() // in_features
+    return prefers_fused(tokens, in_features, out_features, rank, alpha.numel(), beta.numel(), x.dtype)
 
 
 def _factor(coeffs, seed, shape, offset, distribution, backend):

@@ -65,3 +65,94 @@ def _project_backward(ctx, grad):
 
 torch.library.register_autograd("nola_kernels::mix", _mix_backward, setup_context=_setup_mix)
 torch.library.register_autograd("nola_kernels::project", _project_backward, setup_context=_setup_project)
+
+
+# The fused low-rank product, for backends with fused kernels. x: (tokens, in) contiguous,
+# float16/bfloat16/float32 (float64 takes the composed path); alpha (k,), beta (l,) float32.
+# A = a0 + mix(alpha, seed_a) (rank x in), B = b0 + mix(beta, seed_b) (out x rank), both stream 0
+# with scales 1/sqrt(k) and 1/sqrt(l). Returns delta = scaling * h B^T in x's dtype and
+# h = x A^T in float32, which the backward reuses.
+@torch.library.custom_op("nola_kernels::lowrank_forward", mutates_args=())
+def lowrank_forward(
+    x: torch.Tensor,
+    alpha: torch.Tensor,
+    beta: torch.Tensor,
+    a0: torch.Tensor | None,
+    b0: torch.Tensor | None,
+    seed_a: int,
+    seed_b: int,
+    rank: int,
+    out_features: int,
+    scaling: float,
+    distribution: str,
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return get_backend(backend).lowrank_forward(
+        x, alpha, beta, a0, b0, seed_a, seed_b, rank, out_features, scaling, distribution
+    )
+
+
+@lowrank_forward.register_fake
+def _(x, alpha, beta, a0, b0, seed_a, seed_b, rank, out_features, scaling, distribution, backend):
+    tokens = x.shape[0]
+    return x.new_empty((tokens, out_features)), x.new_empty((tokens, rank), dtype=torch.float32)
+
+
+# grad_b = scaling * grad^T h, grad_beta = project(grad_b), grad_h = scaling * grad B,
+# grad_a = grad_h^T x, grad_alpha = project(grad_a), grad_x = grad_h A (x's dtype); the factor
+# gradients (float32) are also those of the offsets a0 and b0.
+@torch.library.custom_op("nola_kernels::lowrank_backward", mutates_args=())
+def lowrank_backward(
+    grad: torch.Tensor,
+    x: torch.Tensor,
+    h: torch.Tensor,
+    alpha: torch.Tensor,
+    beta: torch.Tensor,
+    a0: torch.Tensor | None,
+    b0: torch.Tensor | None,
+    seed_a: int,
+    seed_b: int,
+    rank: int,
+    out_features: int,
+    scaling: float,
+    distribution: str,
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return get_backend(backend).lowrank_backward(
+        grad, x, h, alpha, beta, a0, b0, seed_a, seed_b, rank, out_features, scaling, distribution
+    )
+
+
+@lowrank_backward.register_fake
+def _(grad, x, h, alpha, beta, a0, b0, seed_a, seed_b, rank, out_features, scaling, distribution, backend):
+    def float32(*shape):
+        return x.new_empty(shape, dtype=torch.float32)
+
+    return (
+        torch.empty_like(x),
+        float32(alpha.numel()),
+        float32(beta.numel()),
+        float32(rank, x.shape[1]),
+        float32(out_features, rank),
+    )
+
+
+def _setup_lowrank(ctx, inputs, output):
+    x, alpha, beta, a0, b0, *ctx.constants = inputs
+    ctx.save_for_backward(x, output[1], alpha, beta, a0, b0)
+    ctx.mark_non_differentiable(output[1])
+
+
+def _lowrank_backward(ctx, grad_delta, _grad_h):
+    x, h, alpha, beta, a0, b0 = ctx.saved_tensors
+    grad_x, grad_alpha, grad_beta, grad_a, grad_b = lowrank_backward(
+        grad_delta.contiguous(), x, h, alpha, beta, a0, b0, *ctx.constants
+    )
+    grad_a0 = None if a0 is None else grad_a.to(a0.dtype)
+    grad_b0 = None if b0 is None else grad_b.to(b0.dtype)
+    return (grad_x, grad_alpha, grad_beta, grad_a0, grad_b0, *[None] * len(ctx.constants))
+
+
+torch.library.register_autograd(
+    "nola_kernels::lowrank_forward", _lowrank_backward, setup_context=_setup_lowrank
+)

@@ -22,6 +22,12 @@ def backend(request):
     return request.param
 
 
+@pytest.fixture(params=available_backends(torch.device("cuda")) if torch.cuda.is_available() else ["torch"])
+def gpu_backend(request):
+    """Every backend that runs on CUDA tensors here (GPU tests skip without a GPU)."""
+    return request.param
+
+
 @pytest.fixture(autouse=True)
 def _seed_torch(request):
     """Random inputs, the same on every run of a test: a gradient that is a single dot product

@@ -152,12 +152,12 @@ def test_rademacher_matches_reference(backend):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-def test_cuda_matches_float64_reference(backend, dtype):
+def test_cuda_matches_float64_reference(gpu_backend, dtype):
     case = dict(rank=16, k=512, l=512, in_features=1024, out_features=1024)
     tensors, kwargs = _inputs(case, dtype=dtype, lead=(2, 64))
     grad_out = torch.randn(2, 64, 1024, dtype=torch.float64)
     cuda = {name: t.cuda() for name, t in tensors.items()}
-    out, grads = _forward_backward(nola_matmul, cuda, kwargs, grad_out.cuda(), backend=backend)
+    out, grads = _forward_backward(nola_matmul, cuda, kwargs, grad_out.cuda(), backend=gpu_backend)
     naive_out, naive_grads = _forward_backward(naive_matmul, cuda, kwargs, grad_out.cuda())
     ref_out, ref_grads = _forward_backward(naive_matmul, _float64(tensors), kwargs, grad_out)
 

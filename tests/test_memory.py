@@ -15,7 +15,11 @@ SHAPE = dict(rank=8, out_features=512, seed_a=3, seed_b=4)
 
 
 @pytest.fixture
-def budget(set_budget):
+def budget(set_budget, backend):
+    if backend == "triton":
+        # On the CPU it runs in Triton's interpreter, whose temporaries are NumPy arrays that the
+        # profiler does not see; the chunk budget is the PyTorch path's anyway.
+        pytest.skip("Triton's CPU interpreter: its memory is not the kernels'")
     set_budget(BUDGET)
     return BUDGET
 

@@ -98,9 +98,9 @@ def test_nan_propagates(backend):
 
 
 @pytest.mark.gpu
-def test_mix_and_project_on_cuda_match_cpu(backend):
+def test_mix_and_project_on_cuda_match_cpu(gpu_backend):
     coeffs, grad = torch.randn(300), torch.randn(40, 33)
-    mixed = nola_mix(coeffs.cuda(), 3, (40, 33), backend=backend)
-    projected = nola_project(grad.cuda(), 3, 300, backend=backend)
+    mixed = nola_mix(coeffs.cuda(), 3, (40, 33), backend=gpu_backend)
+    projected = nola_project(grad.cuda(), 3, 300, backend=gpu_backend)
     assert rel_err(mixed.cpu(), nola_mix(coeffs, 3, (40, 33), backend="torch")) <= 1e-5
     assert rel_err(projected.cpu(), nola_project(grad, 3, 300, backend="torch")) <= 1e-5

@@ -5,7 +5,10 @@ import pytest
 import torch
 from numerics import rel_err
 
-from nola_kernels import nola_matmul, ops
+from nola_kernels import available_backends, nola_matmul, ops
+from nola_kernels.backends import get_backend
+
+FUSED_BACKENDS = [name for name in available_backends("cpu") if hasattr(get_backend(name), "lowrank_forward")]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -20,6 +23,28 @@ def test_opcheck_project(backend, dtype):
     for requires_grad in (False, True):
         grad = torch.randn(4, 6, dtype=dtype, requires_grad=requires_grad)
         torch.library.opcheck(ops.project, (grad, 5, 0, 9, 0.3, "rademacher", backend))
+
+
+def _lowrank_arguments(offsets, requires_grad):
+    tokens, in_f, out_f, rank = 5, 20, 12, 3
+    x = torch.randn(tokens, in_f, requires_grad=requires_grad)
+    alpha, beta = torch.randn(7, requires_grad=requires_grad), torch.randn(6, requires_grad=requires_grad)
+    a0 = torch.randn(rank, in_f, requires_grad=requires_grad) if offsets else None
+    b0 = torch.randn(out_f, rank, requires_grad=requires_grad) if offsets else None
+    return x, alpha, beta, a0, b0, 2**40, 3, rank, out_f, 0.5
+
+
+@pytest.mark.skipif(not FUSED_BACKENDS, reason="no backend with fused kernels runs on the CPU here")
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+@pytest.mark.parametrize("offsets", [False, True])
+def test_opcheck_lowrank(backend, offsets):
+    for requires_grad in (False, True):
+        arguments = (*_lowrank_arguments(offsets, requires_grad), "rademacher", backend)
+        torch.library.opcheck(ops.lowrank_forward, arguments)
+    x, alpha, beta, a0, b0, *constants = _lowrank_arguments(offsets, False)
+    _, h = ops.lowrank_forward(x, alpha, beta, a0, b0, *constants, "uniform", backend)
+    grad = torch.randn(x.shape[0], constants[3])
+    torch.library.opcheck(ops.lowrank_backward, (grad, x, h, alpha, beta, a0, b0, *constants, "uniform", backend))
 
 
 # aot_eager checks tracing and the fake implementations; inductor also compiles (about 30 s on CPU).

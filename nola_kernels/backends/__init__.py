@@ -8,6 +8,8 @@
 A backend module provides:
 
     unavailable_reason(device) -> str | None      why it cannot run on `device`, None if it can
+    emulated(device) -> bool        (optional) it runs there only in an emulator (Triton's CPU
+                                    interpreter): usable by name, never chosen by "auto"
     mix(coeffs, seed, stream, rows, cols, scale, distribution) -> (rows, cols) tensor
     project(grad, seed, stream, k, scale, distribution) -> (k,) tensor
 
@@ -56,13 +58,18 @@ def available_backends(device):
 def resolve_backend(name, device):
     """The concrete backend name for `name` ("auto" or one of BACKEND_NAMES) on `device`."""
     if name == "auto":
-        return available_backends(device)[0]
+        return next(name for name in available_backends(device) if not _emulated(name, device))
     if name not in BACKEND_NAMES:
         raise ValueError(f"backend must be 'auto' or one of {BACKEND_NAMES}, got {name!r}")
     reason = unavailable_reason(name, device)
     if reason is not None:
         raise BackendUnavailableError(f"backend {name!r} cannot run on {device}: {reason}")
     return name
+
+
+def _emulated(name, device):
+    emulated = getattr(_modules[name], "emulated", None)
+    return emulated is not None and emulated(device)
 
 
 def get_backend(name):

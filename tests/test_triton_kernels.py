@@ -1,0 +1,185 @@
+"""The Triton kernels themselves: generated tiles bit for bit against nola_basis for several
+tilings, mix/project against the PyTorch backend, and the fused low-rank product against the
+float64 reference. On the CPU they run in Triton's interpreter (TRITON_INTERPRET=1, as
+`make test` sets); GPU variants run where CUDA is present."""
+
+import pytest
+import torch
+from numerics import rel_err
+from philox_oracle import philox
+
+from nola_kernels import available_backends, nola_basis, nola_matmul, nola_mix, nola_project
+from nola_kernels.backends import get_backend
+from nola_kernels.reference import naive_matmul
+
+if "triton" not in available_backends("cpu") + (available_backends("cuda") if torch.cuda.is_available() else []):
+    pytest.skip("the Triton backend cannot run here", allow_module_level=True)
+
+import triton
+import triton.language as tl
+
+from nola_kernels.triton_kernels.philox_tiles import basis_tile
+
+DEVICES = [
+    pytest.param("cpu", marks=pytest.mark.skipif("triton" not in available_backends("cpu"), reason="no interpreter")),
+    pytest.param("cuda", marks=pytest.mark.gpu),
+]
+CALL_ENTRIES = {"uniform": 4, "rademacher": 128}
+
+
+@triton.jit
+def _store_tiles(
+    out_ptr, seed, stream_lo, stream_hi, index, n_rows, n_cols,
+    ROWS: tl.constexpr, WIDTH: tl.constexpr, RADEMACHER: tl.constexpr, ALIGNED: tl.constexpr,
+    ROUNDS: tl.constexpr,
+):  # fmt: skip
+    """Writes basis matrix `index` of shape (n_rows, n_cols) tile by tile (ROWS x WIDTH)."""
+    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    col0 = tl.program_id(1) * WIDTH
+    cols = col0 + tl.arange(0, WIDTH)
+    indices = tl.zeros((ROWS,), tl.int64) + index
+    tile = basis_tile(
+        seed, stream_lo, stream_hi, indices, rows.to(tl.int64) * n_cols + col0, WIDTH, RADEMACHER, ALIGNED, ROUNDS
+    )
+    mask = (rows[:, None] < n_rows) & (cols[None, :] < n_cols)
+    tl.store(out_ptr + rows[:, None] * n_cols + cols[None, :], tile, mask=mask)
+
+
+def _tiles(seed, stream, index, shape, distribution, tiling, aligned, device, rounds=10):
+    out = torch.full(shape, float("nan"), device=device)
+    rows, width = tiling
+    grid = (triton.cdiv(shape[0], rows), triton.cdiv(shape[1], width))
+    _store_tiles[grid](
+        out, seed, stream & 0xFFFFFFFF, stream >> 32, index, *shape,
+        ROWS=rows, WIDTH=width, RADEMACHER=distribution == "rademacher", ALIGNED=aligned, ROUNDS=rounds,
+    )  # fmt: skip
+    return out.cpu()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("distribution", ["uniform", "rademacher"])
+@pytest.mark.parametrize(
+    "shape",
+    [(37, 129), (9, 12), (5, 256), (2, 3)],  # C: not a multiple of 4 or of a block; whole calls; < 4
+    ids=lambda s: f"{s[0]}x{s[1]}",
+)
+@pytest.mark.parametrize("tiling", [(16, 16), (4, 128), (2, 256)], ids=lambda t: f"tile{t[0]}x{t[1]}")
+def test_tiles_are_bit_identical_to_nola_basis(device, distribution, shape, tiling):
+    seed, stream, index = 2**40 + 1, 2**35 + 3, 3
+    expected = nola_basis(seed, index + 1, shape, stream=stream, distribution=distribution)[index]
+    call = CALL_ENTRIES[distribution]
+    # One entry per call wherever the layout allows it, and the entry-wise path everywhere.
+    for aligned in {False, shape[1] % call == 0 and tiling[1] % call == 0}:
+        tiles = _tiles(seed, stream, index, shape, distribution, tiling, aligned, device)
+        assert torch.equal(tiles, expected), aligned
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_rounds_are_a_compile_time_parameter(device):
+    # 7 rounds against the scalar oracle: word n & 3 of the call at n >> 2, as uniform values.
+    seed, shape = 2**33 + 5, (3, 8)
+    tiles = _tiles(seed, 0, 2, shape, "uniform", (16, 16), True, device, rounds=7)
+    for n in range(shape[0] * shape[1]):
+        word = philox((n >> 2, 2, 0, 0), (seed & 0xFFFFFFFF, seed >> 32), rounds=7)[n & 3]
+        assert tiles.view(-1)[n].item() == (((word >> 8) | 1) - 2**23) * 2.0**-23
+
+
+MIX_CASES = [
+    # k, shape: several flat blocks, several basis-index splits, a single entry
+    (100, (40, 33)),
+    (600, (3, 50)),
+    (1, (1, 1)),
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("distribution", ["uniform", "rademacher"])
+@pytest.mark.parametrize("k, shape", MIX_CASES)
+def test_mix_and_project_match_the_torch_backend(device, distribution, k, shape):
+    coeffs, grad = torch.randn(k, device=device), torch.randn(shape, device=device)
+    family = dict(stream=2**33 + 1, distribution=distribution)
+    mixed = nola_mix(coeffs, 2**40 + 7, shape, **family, backend="triton")
+    projected = nola_project(grad, 2**40 + 7, k, **family, backend="triton")
+    assert rel_err(mixed, nola_mix(coeffs, 2**40 + 7, shape, **family, backend="torch")) <= 1e-5
+    assert rel_err(projected, nola_project(grad, 2**40 + 7, k, **family, backend="torch")) <= 1e-5
+
+
+FUSED_CASES = [
+    # rank, k, l, in, out, distribution: in/out not multiples of a block or of a Philox call
+    (1, 512, 7, 130, 70, "uniform"),
+    (3, 7, 512, 100, 36, "rademacher"),
+    (16, 1, 7, 200, 129, "uniform"),
+    (64, 7, 1, 72, 40, "uniform"),
+    (16, 7, 7, 256, 33, "rademacher"),
+]
+
+
+def _fused_inputs(case, dtype, lead, device):
+    rank, k_a, k_b, in_f, out_f, distribution = case
+    tensors = dict(
+        x=torch.randn(*lead, in_f).to(dtype),
+        alpha=torch.randn(k_a),
+        beta=torch.randn(k_b),
+        a0=torch.randn(rank, in_f) / in_f**0.5,
+        b0=torch.randn(out_f, rank),
+    )
+    kwargs = dict(
+        seed_a=2**40 + 11, seed_b=12345, rank=rank, out_features=out_f, scaling=0.75, distribution=distribution
+    )
+    return {name: t.to(device) for name, t in tensors.items()}, kwargs, torch.randn(*lead, out_f, device=device)
+
+
+def _forward_backward(fn, tensors, kwargs, grad_out, **extra):
+    leaves = {name: t.detach().clone().requires_grad_() for name, t in tensors.items()}
+    out = fn(**leaves, **kwargs, **extra)
+    out.backward(grad_out.to(out.dtype))
+    return out.detach(), {name: t.grad for name, t in leaves.items()}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("lead", [(9,), (2, 5)], ids=["2d", "3d"])
+@pytest.mark.parametrize("case", FUSED_CASES, ids=lambda c: "r{}-k{}-l{}-{}x{}-{}".format(*c))
+def test_fused_product_matches_float64_reference(device, dtype, lead, case):
+    tensors, kwargs, grad_out = _fused_inputs(case, dtype, lead, device)
+    out, grads = _forward_backward(nola_matmul, tensors, kwargs, grad_out, backend="triton")
+    as_float64 = {name: t.double() for name, t in tensors.items()}
+    ref_out, ref_grads = _forward_backward(naive_matmul, as_float64, kwargs, grad_out.double())
+    if dtype == torch.float32:
+        bound = dict.fromkeys(["out", *grads], 1e-5)
+    else:
+        # Half precision: at most twice the naive path's error in the same dtype, or one rounding
+        # in it (with k or l = 1 a coefficient's gradient is one dot product, whose error is luck).
+        naive_out, naive_grads = _forward_backward(naive_matmul, tensors, kwargs, grad_out)
+        eps = torch.finfo(dtype).eps
+        bound = {name: max(eps, 2 * rel_err(naive_grads[name], ref_grads[name])) for name in grads}
+        bound["out"] = max(eps, 2 * rel_err(naive_out, ref_out))
+    assert out.dtype == dtype and out.shape == ref_out.shape
+    assert rel_err(out, ref_out) <= bound["out"]
+    for name, grad in grads.items():
+        assert grad.dtype == tensors[name].dtype, name
+        assert rel_err(grad, ref_grads[name]) <= bound[name], name
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_both_products_are_reachable(monkeypatch, device):
+    triton_backend = get_backend("triton")
+    tensors, kwargs, _ = _fused_inputs((3, 5, 6, 20, 12, "uniform"), torch.float32, (4,), device)
+    monkeypatch.setattr(triton_backend, "prefers_fused", lambda *shape: True)
+    fused = nola_matmul(**tensors, **kwargs, backend="triton")
+    monkeypatch.setattr(triton_backend, "prefers_fused", lambda *shape: False)
+    monkeypatch.setattr(triton_backend, "lowrank_forward", None)  # would fail if called
+    composed = nola_matmul(**tensors, **kwargs, backend="triton")
+    assert rel_err(fused, composed) <= 1e-5
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_triton_matches_torch_backend_on_the_same_gpu(dtype):
+    tensors, kwargs, grad_out = _fused_inputs((16, 512, 512, 1024, 1024, "uniform"), dtype, (2, 64), "cuda")
+    out, grads = _forward_backward(nola_matmul, tensors, kwargs, grad_out, backend="triton")
+    torch_out, torch_grads = _forward_backward(nola_matmul, tensors, kwargs, grad_out, backend="torch")
+    bound = 1e-5 if dtype == torch.float32 else 1e-2
+    assert rel_err(out, torch_out) <= bound
+    for name, grad in grads.items():
+        assert rel_err(grad, torch_grads[name]) <= bound, name

@@ -1,0 +1,323 @@
+"""The fused low-rank product delta = scaling * (x A^T) B^T, its factors generated in the tile
+loops: A = a0 + mix(alpha) (rank x in), B = b0 + mix(beta) (out x rank).
+
+The grid splits `in` (A's side) or `out` (B's side) into slices and every program streams over
+all tokens, so each basis entry is generated once per launch. Sums across slices (h, grad_h) and
+the coefficient projections are per-program partials reduced afterwards in a fixed order:
+deterministic, with no float atomics.
+
+  forward:  A side: A's slice, then h partial = x[:, slice] A[:, slice]^T over the tokens;
+            B side: B's slice, then delta[:, slice] = scaling * h B[slice]^T.
+  backward: B side: grad_b = scaling * grad^T h over the tokens, then one walk over j that
+            generates V_j once for both B and grad_beta, then grad_h partial = scaling * grad B;
+            A side: grad_a = grad_h^T x, one walk over i for A and grad_alpha, then grad_x = grad_h A.
+
+Products take their operands in x's dtype (as the composed path's matmuls do) and accumulate in
+float32; float32 operands multiply in true float32 unless torch allows TF32.
+"""
+
+import math
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from .launch import BLOCK_I, INTERPRETED, ceil_div
+from .philox_tiles import RADEMACHER_SHIFT, UNIFORM_SHIFT, mixed_tile
+
+# Tokens per step and warps, tuned per layer shape on Hopper. The interpreter, and test runs
+# that set NOLA_TRITON_AUTOTUNE=0 (they check numbers, not speed), use one small setting.
+if INTERPRETED or os.environ.get("NOLA_TRITON_AUTOTUNE") == "0":
+    _CONFIGS = [triton.Config({"BLOCK_T": 32}, num_warps=4, num_stages=2)]
+else:
+    _CONFIGS = [
+        triton.Config({"BLOCK_T": t}, num_warps=w, num_stages=3) for t in (64, 128) for w in (4, 8)
+    ]
+_A_KEY = ["in_features", "RANK_BLOCK", "SLICE"]
+_B_KEY = ["out_features", "RANK_BLOCK", "SLICE"]
+
+
+@triton.jit
+def _factor_tile(
+    coeffs_ptr, k, scale, seed, offset_ptr, row0, n_rows, col0, n_cols, grad, projection_ptr,
+    ROWS: tl.constexpr, WIDTH: tl.constexpr, HAS_OFFSET: tl.constexpr, BLOCK_I: tl.constexpr,
+    RADEMACHER: tl.constexpr, ALIGNED: tl.constexpr, ROUNDS: tl.constexpr, PROJECT: tl.constexpr,
+):  # fmt: skip
+    """Rows row0.. (ROWS) and columns col0.. (WIDTH) of a factor offset + mix(coeffs) of shape
+    (n_rows, n_cols), basis stream 0; 0 outside the factor. PROJECT: as mixed_tile."""
+    rows = row0 + tl.arange(0, ROWS)
+    cols = col0 + tl.arange(0, WIDTH)
+    valid = (rows[:, None] < n_rows) & (cols[None, :] < n_cols)
+    row_start = rows.to(tl.int64) * n_cols + col0
+    tile = mixed_tile(
+        coeffs_ptr, 0, k, scale, seed, 0, 0, row_start, valid, grad, projection_ptr,
+        WIDTH, BLOCK_I, RADEMACHER, ALIGNED, ROUNDS, PROJECT,
+    )  # fmt: skip
+    if HAS_OFFSET:
+        positions = rows[:, None].to(tl.int64) * n_cols + cols[None, :]
+        tile += tl.load(offset_ptr + positions, mask=valid, other=0.0).to(tl.float32)
+    return tile
+
+
+@triton.jit
+def _pad_rows(tile, ROWS: tl.constexpr):
+    """tile (R, C), R dividing ROWS, as (ROWS, C) with 0 past row R: products need >= 16 rows, while
+    only next_power_of_2(rank) rows of a factor are generated."""
+    R: tl.constexpr = tile.shape[0]
+    C: tl.constexpr = tile.shape[1]
+    repeated = tl.reshape(tl.broadcast_to(tile[None, :, :], (ROWS // R, R, C)), (ROWS, C))
+    return tl.where(tl.arange(0, ROWS)[:, None] < R, repeated, 0.0)
+
+
+@triton.jit
+def _fold_rows(tile, ROWS: tl.constexpr):
+    """The first ROWS rows of tile (R, C), a multiple of ROWS rows that are 0 past row ROWS."""
+    R: tl.constexpr = tile.shape[0]
+    C: tl.constexpr = tile.shape[1]
+    return tl.sum(tl.reshape(tile, (R // ROWS, ROWS, C)), axis=0)
+
+
+@triton.jit
+def _rounded(value, like_ptr, EMULATE_BF16: tl.constexpr):
+    """value rounded to like_ptr's dtype. EMULATE_BF16 (Triton's interpreter on bfloat16, whose
+    dots misread bfloat16 operands and whose conversion truncates): a bfloat16 value is rounded
+    to nearest even by hand and kept in float32."""
+    rounded = value.to(like_ptr.dtype.element_ty)
+    if EMULATE_BF16:
+        if like_ptr.dtype.element_ty == tl.bfloat16:
+            bits = value.to(tl.float32).to(tl.uint32, bitcast=True)
+            bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+            rounded = bits.to(tl.float32, bitcast=True)
+    return rounded
+
+
+@triton.jit
+def _load_rows(ptr, tokens, t, cols, n_cols, like_ptr, EMULATE_BF16: tl.constexpr):
+    """Rows t, columns cols of a row-major (tokens, n_cols) matrix as product operands in
+    like_ptr's dtype; 0 outside the matrix."""
+    mask = (t[:, None] < tokens) & (cols[None, :] < n_cols)
+    tile = tl.load(ptr + t[:, None].to(tl.int64) * n_cols + cols[None, :], mask=mask, other=0.0)
+    return _rounded(tile, like_ptr, EMULATE_BF16)
+
+
+@triton.jit
+def _store_rows(ptr, value, tokens, t, cols, n_cols, EMULATE_BF16: tl.constexpr):
+    mask = (t[:, None] < tokens) & (cols[None, :] < n_cols)
+    tl.store(ptr + t[:, None].to(tl.int64) * n_cols + cols[None, :], _rounded(value, ptr, EMULATE_BF16), mask=mask)
+
+
+@triton.jit
+def _stream_products(
+    src_ptr, src_cols, n_src, factor, dst_ptr, dst_cols, n_dst, tokens, like_ptr,
+    BLOCK_T: tl.constexpr, PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
+):  # fmt: skip
+    """dst[t, dst_cols] = src[t, src_cols] @ factor for every token t, operands in like_ptr's dtype."""
+    for t0 in range(0, tokens, BLOCK_T):
+        t = t0 + tl.arange(0, BLOCK_T)
+        src = _load_rows(src_ptr, tokens, t, src_cols, n_src, like_ptr, EMULATE_BF16)
+        product = tl.dot(src, factor, input_precision=PRECISION)
+        _store_rows(dst_ptr, product, tokens, t, dst_cols, n_dst, EMULATE_BF16)
+
+
+@triton.jit
+def _sum_over_tokens(
+    left_ptr, left_cols, n_left, right_ptr, right_cols, n_right, tokens, like_ptr,
+    BLOCK_T: tl.constexpr, PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
+):  # fmt: skip
+    """sum over tokens t of left[t, left_cols]^T right[t, right_cols], in float32."""
+    acc = tl.zeros((left_cols.shape[0], right_cols.shape[0]), tl.float32)
+    for t0 in range(0, tokens, BLOCK_T):
+        t = t0 + tl.arange(0, BLOCK_T)
+        left = _load_rows(left_ptr, tokens, t, left_cols, n_left, like_ptr, EMULATE_BF16)
+        right = _load_rows(right_ptr, tokens, t, right_cols, n_right, like_ptr, EMULATE_BF16)
+        acc += tl.dot(tl.trans(left), right, input_precision=PRECISION)
+    return acc
+
+
+@triton.autotune(configs=_CONFIGS, key=_A_KEY)
+@triton.jit
+def _a_forward(
+    x_ptr, alpha_ptr, a0_ptr, h_partial_ptr, tokens, in_features, rank, k, scale, seed,
+    HAS_OFFSET: tl.constexpr, RANK_BLOCK: tl.constexpr, SLICE: tl.constexpr, BLOCK_T: tl.constexpr,
+    BLOCK_I: tl.constexpr, RADEMACHER: tl.constexpr, ALIGNED: tl.constexpr, ROUNDS: tl.constexpr,
+    RANK_GEN: tl.constexpr, PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
+):  # fmt: skip
+    part = tl.program_id(0)
+    cols = part * SLICE + tl.arange(0, SLICE)
+    a = _factor_tile(
+        alpha_ptr, k, scale, seed, a0_ptr, 0, rank, part * SLICE, in_features, 0.0, alpha_ptr,
+        RANK_GEN, SLICE, HAS_OFFSET, BLOCK_I, RADEMACHER, ALIGNED, ROUNDS, False,
+    )  # fmt: skip
+    a = _pad_rows(a, RANK_BLOCK)
+    h_partial_ptr += part.to(tl.int64) * tokens * rank
+    _stream_products(
+        x_ptr, cols, in_features, tl.trans(_rounded(a, x_ptr, EMULATE_BF16)), h_partial_ptr,
+        tl.arange(0, RANK_BLOCK), rank, tokens, x_ptr, BLOCK_T, PRECISION, EMULATE_BF16,
+    )  # fmt: skip
+
+
+@triton.autotune(configs=_CONFIGS, key=_B_KEY)
+@triton.jit
+def _b_forward(
+    h_ptr, beta_ptr, b0_ptr, delta_ptr, tokens, out_features, rank, k, scale, seed, scaling,
+    HAS_OFFSET: tl.constexpr, RANK_BLOCK: tl.constexpr, SLICE: tl.constexpr, BLOCK_T: tl.constexpr,
+    BLOCK_I: tl.constexpr, RADEMACHER: tl.constexpr, ALIGNED: tl.constexpr, ROUNDS: tl.constexpr,
+    RANK_GEN: tl.constexpr, PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
+):  # fmt: skip
+    row0 = tl.program_id(0) * SLICE
+    b = _factor_tile(
+        beta_ptr, k, scale, seed, b0_ptr, row0, out_features, 0, rank, 0.0, beta_ptr,
+        SLICE, RANK_GEN, HAS_OFFSET, BLOCK_I, RADEMACHER, ALIGNED, ROUNDS, False,
+    )  # fmt: skip
+    b = tl.trans(_pad_rows(tl.trans(b), RANK_BLOCK))
+    _stream_products(
+        h_ptr, tl.arange(0, RANK_BLOCK), rank, tl.trans(_rounded(b * scaling, delta_ptr, EMULATE_BF16)),
+        delta_ptr, row0 + tl.arange(0, SLICE), out_features, tokens, delta_ptr, BLOCK_T, PRECISION,
+        EMULATE_BF16,
+    )  # fmt: skip
+
+
+@triton.autotune(configs=_CONFIGS, key=_B_KEY)
+@triton.jit
+def _b_backward(
+    grad_ptr, h_ptr, beta_ptr, b0_ptr, grad_b_ptr, beta_partial_ptr, grad_h_partial_ptr,
+    tokens, out_features, rank, k, scale, seed, scaling,
+    HAS_OFFSET: tl.constexpr, RANK_BLOCK: tl.constexpr, SLICE: tl.constexpr, BLOCK_T: tl.constexpr,
+    BLOCK_I: tl.constexpr, RADEMACHER: tl.constexpr, ALIGNED: tl.constexpr, ROUNDS: tl.constexpr,
+    RANK_GEN: tl.constexpr, PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
+):  # fmt: skip
+    part = tl.program_id(0)
+    outs = part * SLICE + tl.arange(0, SLICE)
+    ranks = tl.arange(0, RANK_BLOCK)
+    grad_b = scaling * _sum_over_tokens(
+        grad_ptr, outs, out_features, h_ptr, ranks, rank, tokens, grad_ptr, BLOCK_T, PRECISION, EMULATE_BF16
+    )
+    _store_rows(grad_b_ptr, grad_b, out_features, outs, ranks, rank, False)
+    b = _factor_tile(
+        beta_ptr, k, scale, seed, b0_ptr, part * SLICE, out_features, 0, rank,
+        tl.trans(_fold_rows(tl.trans(grad_b), RANK_GEN)), beta_partial_ptr + part * k,
+        SLICE, RANK_GEN, HAS_OFFSET, BLOCK_I, RADEMACHER, ALIGNED, ROUNDS, True,
+    )  # fmt: skip
+    b = tl.trans(_pad_rows(tl.trans(b), RANK_BLOCK))
+    grad_h_partial_ptr += part.to(tl.int64) * tokens * rank
+    _stream_products(
+        grad_ptr, outs, out_features, _rounded(b * scaling, grad_ptr, EMULATE_BF16), grad_h_partial_ptr,
+        ranks, rank, tokens, grad_ptr, BLOCK_T, PRECISION, EMULATE_BF16,
+    )  # fmt: skip
+
+
+@triton.autotune(configs=_CONFIGS, key=_A_KEY)
+@triton.jit
+def _a_backward(
+    grad_h_ptr, x_ptr, alpha_ptr, a0_ptr, grad_a_ptr, alpha_partial_ptr, grad_x_ptr,
+    tokens, in_features, rank, k, scale, seed,
+    HAS_OFFSET: tl.constexpr, RANK_BLOCK: tl.constexpr, SLICE: tl.constexpr, BLOCK_T: tl.constexpr,
+    BLOCK_I: tl.constexpr, RADEMACHER: tl.constexpr, ALIGNED: tl.constexpr, ROUNDS: tl.constexpr,
+    RANK_GEN: tl.constexpr, PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
+):  # fmt: skip
+    part = tl.program_id(0)
+    cols = part * SLICE + tl.arange(0, SLICE)
+    ranks = tl.arange(0, RANK_BLOCK)
+    grad_a = _sum_over_tokens(
+        grad_h_ptr, ranks, rank, x_ptr, cols, in_features, tokens, x_ptr, BLOCK_T, PRECISION, EMULATE_BF16
+    )
+    _store_rows(grad_a_ptr, grad_a, rank, ranks, cols, in_features, False)
+    a = _factor_tile(
+        alpha_ptr, k, scale, seed, a0_ptr, 0, rank, part * SLICE, in_features, _fold_rows(grad_a, RANK_GEN),
+        alpha_partial_ptr + part * k, RANK_GEN, SLICE, HAS_OFFSET, BLOCK_I, RADEMACHER, ALIGNED, ROUNDS, True,
+    )  # fmt: skip
+    a = _pad_rows(a, RANK_BLOCK)
+    _stream_products(
+        grad_h_ptr, ranks, rank, _rounded(a, x_ptr, EMULATE_BF16), grad_x_ptr, cols, in_features,
+        tokens, x_ptr, BLOCK_T, PRECISION, EMULATE_BF16,
+    )  # fmt: skip
+
+
+class _Plan:
+    """Launch settings of one product: slice widths, the padded rank, Philox alignment of each
+    factor's tiles and the product precision."""
+
+    def __init__(self, x, rank, out_features, distribution, rounds):
+        in_features = x.shape[1]
+        rank_generated = triton.next_power_of_2(rank)  # factor rows (A) or columns (B) generated
+        self.rank_block = max(16, rank_generated)  # tl.dot needs >= 16
+        # A's slice is a (rank_block, a_slice) tile in registers, B's a (b_slice, rank_block) one.
+        self.a_slice = min(128 if self.rank_block <= 32 else 64, max(16, triton.next_power_of_2(in_features)))
+        self.b_slice = min(64, max(16, triton.next_power_of_2(out_features)))
+        self.a_parts = ceil_div(in_features, self.a_slice)
+        self.b_parts = ceil_div(out_features, self.b_slice)
+        rademacher = distribution == "rademacher"
+        call = 1 << (RADEMACHER_SHIFT if rademacher else UNIFORM_SHIFT)
+        # Tile rows start on Philox call boundaries when a factor row and the tile width are whole
+        # calls; every call then feeds a run of adjacent entries.
+        a_aligned = in_features % call == 0 and self.a_slice % call == 0
+        b_aligned = rank % call == 0 and rank_generated % call == 0
+        allow_tf32 = x.dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32
+        common = dict(
+            RANK_BLOCK=self.rank_block, RANK_GEN=rank_generated, BLOCK_I=BLOCK_I, RADEMACHER=rademacher, ROUNDS=rounds,
+            PRECISION="tf32" if allow_tf32 else "ieee", EMULATE_BF16=INTERPRETED and x.dtype == torch.bfloat16,
+        )  # fmt: skip
+        self.a_kwargs = dict(common, SLICE=self.a_slice, ALIGNED=a_aligned)
+        self.b_kwargs = dict(common, SLICE=self.b_slice, ALIGNED=b_aligned)
+
+
+def _offset(offset, fallback):
+    """An offset's kernel arguments: (pointer, HAS_OFFSET); a dummy pointer when absent."""
+    return (fallback, False) if offset is None else (offset.contiguous(), True)
+
+
+def _poisoned(*shape, dtype=torch.float32, device):
+    """An output buffer full of NaN, so that an element no program wrote shows."""
+    return torch.full(shape, float("nan"), dtype=dtype, device=device)
+
+
+def forward(x, alpha, beta, a0, b0, seed_a, seed_b, rank, out_features, scaling, distribution, rounds):
+    """(delta, h) for x (tokens, in) in float16/bfloat16/float32; see nola_kernels.ops."""
+    x, alpha, beta = x.contiguous(), alpha.contiguous(), beta.contiguous()
+    tokens, in_features = x.shape
+    k_a, k_b = alpha.numel(), beta.numel()
+    plan = _Plan(x, rank, out_features, distribution, rounds)
+    a0, has_a0 = _offset(a0, alpha)
+    b0, has_b0 = _offset(b0, beta)
+    h_partial = _poisoned(plan.a_parts, tokens, rank, device=x.device)
+    _a_forward[(plan.a_parts,)](
+        x, alpha, a0, h_partial, tokens, in_features, rank, k_a, 1 / math.sqrt(k_a), seed_a,
+        HAS_OFFSET=has_a0, **plan.a_kwargs,
+    )  # fmt: skip
+    h = h_partial.sum(0)
+    delta = _poisoned(tokens, out_features, dtype=x.dtype, device=x.device)
+    _b_forward[(plan.b_parts,)](
+        h, beta, b0, delta, tokens, out_features, rank, k_b, 1 / math.sqrt(k_b), seed_b, scaling,
+        HAS_OFFSET=has_b0, **plan.b_kwargs,
+    )  # fmt: skip
+    return delta, h
+
+
+def backward(grad, x, h, alpha, beta, a0, b0, seed_a, seed_b, rank, out_features, scaling, distribution, rounds):
+    """(grad_x, grad_alpha, grad_beta, grad_a, grad_b); see nola_kernels.ops."""
+    x, h, alpha, beta = x.contiguous(), h.contiguous(), alpha.contiguous(), beta.contiguous()
+    tokens, in_features = x.shape
+    k_a, k_b = alpha.numel(), beta.numel()
+    plan = _Plan(x, rank, out_features, distribution, rounds)
+    a0, has_a0 = _offset(a0, alpha)
+    b0, has_b0 = _offset(b0, beta)
+    grad = grad.to(x.dtype).contiguous()
+    grad_b = _poisoned(out_features, rank, device=x.device)
+    beta_partial = _poisoned(plan.b_parts, k_b, device=x.device)
+    grad_h_partial = _poisoned(plan.b_parts, tokens, rank, device=x.device)
+    scale_b = 1 / math.sqrt(k_b)
+    _b_backward[(plan.b_parts,)](
+        grad, h, beta, b0, grad_b, beta_partial, grad_h_partial, tokens, out_features, rank, k_b,
+        scale_b, seed_b, scaling, HAS_OFFSET=has_b0, **plan.b_kwargs,
+    )  # fmt: skip
+    grad_h = grad_h_partial.sum(0)
+    grad_a = _poisoned(rank, in_features, device=x.device)
+    alpha_partial = _poisoned(plan.a_parts, k_a, device=x.device)
+    grad_x = _poisoned(tokens, in_features, dtype=x.dtype, device=x.device)
+    scale_a = 1 / math.sqrt(k_a)
+    _a_backward[(plan.a_parts,)](
+        grad_h, x, alpha, a0, grad_a, alpha_partial, grad_x, tokens, in_features, rank, k_a,
+        scale_a, seed_a, HAS_OFFSET=has_a0, **plan.a_kwargs,
+    )  # fmt: skip
+    return grad_x, alpha_partial.sum(0).mul_(scale_a), beta_partial.sum(0).mul_(scale_b), grad_a, grad_b

@@ -1,0 +1,148 @@
+"""The NOLA-Philox v1 generator (docs/spec.md) inside Triton kernels: tiles of basis entries made
+in registers, bit-identical to nola_kernels.basis.basis_block.
+
+A tile is ROWS x WIDTH entries of one basis matrix; row r holds the flat positions
+row_start[r] + j, j < WIDTH. When every row starts on a Philox call boundary (ALIGNED), each call
+feeds 4 adjacent uniform entries or 128 rademacher entries; otherwise each entry computes its own
+call and keeps one word (same values, up to 4x or 128x the Philox work).
+"""
+
+import triton
+import triton.language as tl
+
+UNIFORM_SHIFT = 2  # one Philox call gives 4 uniform entries
+RADEMACHER_SHIFT = 7  # ... or 128 rademacher entries
+
+
+@triton.jit
+def _words(seed, call, index, stream_lo, stream_hi, ROUNDS: tl.constexpr):
+    """Philox4x32-ROUNDS of counter (call, index, stream_lo, stream_hi) under key seed."""
+    zero = tl.zeros(call.shape, tl.int64)  # broadcasts the scalar words, ints or tensors alike
+    return tl.philox(
+        seed,
+        call.to(tl.uint32),
+        (zero + index).to(tl.uint32),
+        (zero + stream_lo).to(tl.uint32),
+        (zero + stream_hi).to(tl.uint32),
+        ROUNDS,
+    )
+
+
+@triton.jit
+def _uniform(word):
+    # (m - 2^23) * 2^-23 with m = (word >> 8) | 1: exact in float32, as the contract requires.
+    m = ((word >> 8) | 1).to(tl.int32)
+    return (m - 8388608).to(tl.float32) * (1.0 / 8388608)
+
+
+@triton.jit
+def _sign(word, bit):
+    # +1 where the bit is 0, -1 where it is 1.
+    return 1.0 - 2.0 * ((word >> bit.to(tl.uint32)) & 1).to(tl.float32)
+
+
+@triton.jit
+def _select(which, z0, z1, z2, z3):
+    return tl.where(which == 0, z0, tl.where(which == 1, z1, tl.where(which == 2, z2, z3)))
+
+
+@triton.jit
+def basis_tile(
+    seed,
+    stream_lo,
+    stream_hi,
+    index,
+    row_start,
+    WIDTH: tl.constexpr,
+    RADEMACHER: tl.constexpr,
+    ALIGNED: tl.constexpr,
+    ROUNDS: tl.constexpr,
+):
+    """Row r: entries of basis matrix index[r] at flat positions row_start[r] + j, j < WIDTH
+    (index and row_start: int64 of shape (ROWS,)); a (ROWS, WIDTH) float32 tile. ALIGNED
+    promises that every row_start and WIDTH are multiples of the entries per Philox call."""
+    ROWS: tl.constexpr = row_start.shape[0]
+    index = index[:, None]
+    if ALIGNED:
+        if RADEMACHER:
+            CALLS: tl.constexpr = WIDTH // 128
+            call = (row_start[:, None] >> 7) + tl.arange(0, CALLS)[None, :]
+            z0, z1, z2, z3 = _words(seed, call, index, stream_lo, stream_hi, ROUNDS)
+            entry = tl.arange(0, 128)[None, None, :]  # entry 32*w + b of a call is bit b of word w
+            word = _select(entry >> 5, z0[:, :, None], z1[:, :, None], z2[:, :, None], z3[:, :, None])
+            return tl.reshape(_sign(word, entry & 31), (ROWS, WIDTH))
+        else:
+            CALLS: tl.constexpr = WIDTH // 4
+            call = (row_start[:, None] >> 2) + tl.arange(0, CALLS)[None, :]
+            z0, z1, z2, z3 = _words(seed, call, index, stream_lo, stream_hi, ROUNDS)
+            # This nesting puts word w at column 4q + w after the reshape.
+            quads = tl.join(tl.join(_uniform(z0), _uniform(z2)), tl.join(_uniform(z1), _uniform(z3)))
+            return tl.reshape(quads, (ROWS, WIDTH))
+    else:
+        n = row_start[:, None] + tl.arange(0, WIDTH)[None, :]
+        if RADEMACHER:
+            z0, z1, z2, z3 = _words(seed, n >> 7, index, stream_lo, stream_hi, ROUNDS)
+            return _sign(_select((n >> 5) & 3, z0, z1, z2, z3), n & 31)
+        else:
+            z0, z1, z2, z3 = _words(seed, n >> 2, index, stream_lo, stream_hi, ROUNDS)
+            return _uniform(_select(n & 3, z0, z1, z2, z3))
+
+
+@triton.jit
+def basis_block(
+    seed,
+    stream_lo,
+    stream_hi,
+    indices,
+    row_start,
+    WIDTH: tl.constexpr,
+    RADEMACHER: tl.constexpr,
+    ALIGNED: tl.constexpr,
+    ROUNDS: tl.constexpr,
+):
+    """The same rows (row_start: (ROWS,)) of several basis matrices (indices: (BLOCK_I,)): a
+    (BLOCK_I, ROWS, WIDTH) float32 block, one basis_tile call for all of them."""
+    BLOCK_I: tl.constexpr = indices.shape[0]
+    ROWS: tl.constexpr = row_start.shape[0]
+    grid = tl.zeros((BLOCK_I, ROWS), tl.int64)
+    flat_index = tl.reshape(grid + indices[:, None], (BLOCK_I * ROWS,))
+    flat_start = tl.reshape(grid + row_start[None, :], (BLOCK_I * ROWS,))
+    tile = basis_tile(seed, stream_lo, stream_hi, flat_index, flat_start, WIDTH, RADEMACHER, ALIGNED, ROUNDS)
+    return tl.reshape(tile, (BLOCK_I, ROWS, WIDTH))
+
+
+@triton.jit
+def mixed_tile(
+    coeffs_ptr,
+    i_start,
+    i_stop,
+    scale,
+    seed,
+    stream_lo,
+    stream_hi,
+    row_start,
+    valid,
+    grad,
+    projection_ptr,
+    WIDTH: tl.constexpr,
+    BLOCK_I: tl.constexpr,
+    RADEMACHER: tl.constexpr,
+    ALIGNED: tl.constexpr,
+    ROUNDS: tl.constexpr,
+    PROJECT: tl.constexpr,
+):
+    """scale * sum_{i_start<=i<i_stop} coeffs[i] * U_i over the tile of basis_tile's positions,
+    0 where not `valid`, walking BLOCK_I matrices at a time. With PROJECT, the same walk stores
+    <grad, U_i> at projection_ptr + i, so each U_i is generated once for both; `grad` must be 0
+    where not valid."""
+    acc = tl.zeros(valid.shape, tl.float32)
+    for first in range(i_start, i_stop, BLOCK_I):
+        indices = first + tl.arange(0, BLOCK_I)
+        live = indices < i_stop
+        u = basis_block(seed, stream_lo, stream_hi, indices, row_start, WIDTH, RADEMACHER, ALIGNED, ROUNDS)
+        coeffs = tl.load(coeffs_ptr + indices, mask=live, other=0.0)
+        acc += tl.sum(coeffs[:, None, None] * u, axis=0)
+        if PROJECT:
+            projected = tl.sum(tl.sum(u * grad[None, :, :], axis=2), axis=1)
+            tl.store(projection_ptr + indices, projected, mask=live)
+    return tl.where(valid, acc * scale, 0.0)
