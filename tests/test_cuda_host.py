@@ -1,0 +1,94 @@
+"""The CUDA sources without a GPU: the Philox header built for the host (g++) against
+nola_basis bit for bit, and every kernel compiled by nvcc for sm_80 and sm_90a without a
+register spill."""
+
+import ctypes
+import shutil
+import subprocess
+
+import pytest
+import torch
+from ptxas_report import CSRC, compile_report, format_report, spilling
+
+from nola_kernels import nola_basis
+from nola_kernels.basis import basis_block
+from test_philox import KAT
+
+DISTRIBUTION_CODES = {"uniform": 0, "rademacher": 1}
+
+
+@pytest.fixture(scope="module")
+def host_basis(tmp_path_factory):
+    """csrc/philox.cuh compiled with g++ as a C library (csrc/host_basis.cpp)."""
+    if shutil.which("g++") is None:
+        pytest.skip("needs g++")
+    library = tmp_path_factory.mktemp("host") / "host_basis.so"
+    subprocess.run(
+        ["g++", "-O2", "-std=c++17", "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC",
+         "-o", str(library), str(CSRC / "host_basis.cpp")],
+        check=True,
+    )  # fmt: skip
+    return ctypes.CDLL(str(library))
+
+
+def _host_block(library, seed, stream, i_start, count, n_start, numel, distribution):
+    out = torch.empty(count, numel, dtype=torch.float32)
+    library.nola_basis_block(
+        ctypes.c_uint64(seed), ctypes.c_uint64(stream), ctypes.c_uint32(i_start), ctypes.c_uint32(count),
+        ctypes.c_uint64(n_start), ctypes.c_uint64(numel), ctypes.c_int(DISTRIBUTION_CODES[distribution]),
+        ctypes.c_void_p(out.data_ptr()),
+    )  # fmt: skip
+    return out
+
+
+def _bits(t):
+    return t.contiguous().view(torch.int32)
+
+
+@pytest.mark.parametrize("rounds, counter, key, expected", KAT)
+def test_known_answer_vectors(host_basis, rounds, counter, key, expected):
+    words = (ctypes.c_uint32 * 4)()
+    status = host_basis.nola_philox_words(
+        rounds, (ctypes.c_uint32 * 4)(*counter), (ctypes.c_uint32 * 2)(*key), words
+    )
+    assert status == 0 and tuple(words) == expected
+
+
+@pytest.mark.parametrize("distribution", ["uniform", "rademacher"])
+@pytest.mark.parametrize(
+    "seed, stream, k, shape",
+    [
+        (0, 0, 3, (1, 1)),
+        (2**32, 0, 5, (7, 13)),
+        (2**32 + 12345, 1, 4, (3, 131)),
+        (2**63 - 1, 2**40 + 3, 2, (129, 5)),
+    ],
+)
+def test_header_matches_nola_basis(host_basis, distribution, seed, stream, k, shape):
+    rows, cols = shape
+    expected = nola_basis(seed, k, shape, stream=stream, distribution=distribution).view(k, -1)
+    got = _host_block(host_basis, seed, stream, 0, k, 0, rows * cols, distribution)
+    assert torch.equal(_bits(got), _bits(expected))
+
+
+@pytest.mark.parametrize("distribution", ["uniform", "rademacher"])
+def test_header_matches_far_positions_and_indices(host_basis, distribution):
+    # Odd starts, the last basis indices below 2^32 and positions near the 2^34 limit.
+    for i_start, n_start in [(2**32 - 3, 5), (7, 2**34 - 300), (1, 131)]:
+        expected = basis_block(2**40 + 9, 1, i_start, i_start + 3, n_start, n_start + 257, distribution)
+        got = _host_block(host_basis, 2**40 + 9, 1, i_start, 3, n_start, 257, distribution)
+        assert torch.equal(_bits(got), _bits(expected)), (i_start, n_start)
+
+
+@pytest.fixture(scope="module")
+def ptxas_entries():
+    if shutil.which("nvcc") is None:
+        pytest.skip("needs nvcc (the CUDA toolkit)")
+    return compile_report()
+
+
+def test_every_kernel_compiles_without_register_spills(ptxas_entries):
+    print("\n" + "\n".join(format_report(ptxas_entries)))
+    assert ptxas_entries, "nvcc reported no kernels"
+    assert {entry.arch for entry in ptxas_entries} == {"sm_80", "sm_90a"}
+    assert not spilling(ptxas_entries), "\n".join(format_report(spilling(ptxas_entries)))
