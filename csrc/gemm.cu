@@ -29,11 +29,11 @@ struct Operand {
 };
 
 template <typename TA, typename TB, typename TC>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, 2)  // 2 blocks per SM: room for the 64-bit indexing without spills
     gemm_kernel(int64_t m, int64_t n, int64_t k, int64_t k_per_split, Operand<TA> a, Operand<TB> b,
                 float alpha, TC* __restrict__ c, float* __restrict__ partials) {
-  __shared__ float a_tile[kTileK][kTileM];
-  __shared__ float b_tile[kTileK][kTileN];
+  __shared__ float a_tile[kTileK][kTileM + 1];  // +1: loads along k hit distinct banks
+  __shared__ float b_tile[kTileK][kTileN + 1];
   const int64_t m0 = blockIdx.x * static_cast<int64_t>(kTileM);
   const int64_t n0 = blockIdx.y * static_cast<int64_t>(kTileN);
   const int64_t k_begin = blockIdx.z * k_per_split;

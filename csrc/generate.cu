@@ -138,10 +138,11 @@ GeneratePlan plan(Distribution distribution, int64_t numel, int k, bool mixes, b
   int64_t splits = 1;
   if (result.blocks < wanted_blocks) {
     splits = std::min(ceil_div(wanted_blocks, result.blocks), ceil_div(k, kMinIndicesPerSplit));
-    if (mixes) splits = std::min(splits, std::max<int64_t>(1, kMaxMixPartialEntries / numel));
+    if (mixes) splits = std::min(splits, kMaxMixPartialEntries / numel);
   }
-  result.k_per_split = static_cast<int>(ceil_div(k, splits));
-  result.splits = static_cast<int>(ceil_div(k, result.k_per_split));
+  // k = 0 still launches one split: the mix is then the offset alone.
+  result.k_per_split = static_cast<int>(std::max<int64_t>(1, ceil_div(k, std::max<int64_t>(1, splits))));
+  result.splits = static_cast<int>(std::max<int64_t>(1, ceil_div(k, result.k_per_split)));
   if (mixes && result.splits > 1) result.mix_partial_bytes = align_bytes(sizeof(float) * result.splits * numel);
   if (projects) result.project_partial_bytes = align_bytes(sizeof(float) * result.blocks * kWarps * k);
   return result;

@@ -50,6 +50,7 @@ template <typename Out>
 cudaError_t sum_partials(const float* partials, int parts, int64_t length, const float* base, float scale,
                          Out* out, int sm_count, cudaStream_t stream) {
   constexpr int kThreads = 256;
+  if (length == 0) return cudaSuccess;
   const int64_t wanted = (length + kThreads - 1) / kThreads;
   const int blocks = static_cast<int>(wanted < 8LL * sm_count ? wanted : 8LL * sm_count);
   sum_partials_kernel<Out><<<blocks, kThreads, 0, stream>>>(partials, parts, length, base, scale, out);
