@@ -10,6 +10,8 @@ mkdir -p "$OUT"
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 PYTHON=${PYTHON:-python3}
 
+bash bench/build_extension.sh 2>&1 | tee "$OUT/build-summary.txt"  # failing, the cuda backend is skipped
+
 "$PYTHON" - <<'PY' 2>&1 | tee "$OUT/device.txt"
 import datetime, subprocess, torch
 name = torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA device"
