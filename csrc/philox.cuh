@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 
 #ifdef __CUDACC__
 #define NOLA_HOST_DEVICE __host__ __device__ __forceinline__
@@ -72,9 +73,23 @@ struct Family {
   }
 };
 
-// uniform: (m - 2^23) * 2^-23 with m = (x >> 8) | 1, exact in float32.
+NOLA_HOST_DEVICE float float_from_bits(uint32_t bits) {
+#ifdef __CUDA_ARCH__
+  return __uint_as_float(bits);
+#else
+  float value;
+  std::memcpy(&value, &bits, sizeof value);
+  return value;
+#endif
+}
+
+// uniform: (m - 2^23) * 2^-23 with m = (x >> 8) | 1 = 2 (x >> 9) + 1, i.e. (x >> 9) * 2^-22 - 1 + 2^-23.
+// Built from the float 2 + (x >> 9) * 2^-22 (exponent bits of 2, x >> 9 as mantissa) with two exact
+// subtractions and no int-to-float conversion, which runs at a quarter of the integer rate on GPUs.
 NOLA_HOST_DEVICE float uniform_value(uint32_t word) {
-  return static_cast<float>(static_cast<int32_t>((word >> 8) | 1u) - (1 << 23)) * (1.0f / (1 << 23));
+  constexpr uint32_t kTwoBits = 0x40000000u;  // 2.0f
+  constexpr float kHalfUlp = 1.0f / (1 << 23);
+  return (float_from_bits(kTwoBits | (word >> 9)) - 3.0f) + kHalfUlp;
 }
 
 // rademacher: bit b of a word is the sign of entry b (0 gives +1).

@@ -9,10 +9,10 @@ import subprocess
 import pytest
 import torch
 from ptxas_report import CSRC, compile_report, format_report, spilling
+from test_philox import KAT
 
 from nola_kernels import nola_basis
 from nola_kernels.basis import basis_block
-from test_philox import KAT
 
 DISTRIBUTION_CODES = {"uniform": 0, "rademacher": 1}
 
@@ -52,6 +52,13 @@ def test_known_answer_vectors(host_basis, rounds, counter, key, expected):
         rounds, (ctypes.c_uint32 * 4)(*counter), (ctypes.c_uint32 * 2)(*key), words
     )
     assert status == 0 and tuple(words) == expected
+
+
+@pytest.mark.parametrize("word", [0, 1, 255, 256, 511, 512, 2**23, 2**31 - 1, 2**31, 2**32 - 512, 2**32 - 1])
+def test_uniform_value_of_extreme_words(host_basis, word):
+    host_basis.nola_uniform_value.restype = ctypes.c_float
+    expected = (((word >> 8) | 1) - 2**23) * 2.0**-23  # docs/spec.md, exact in float32
+    assert host_basis.nola_uniform_value(ctypes.c_uint32(word)) == expected
 
 
 @pytest.mark.parametrize("distribution", ["uniform", "rademacher"])
