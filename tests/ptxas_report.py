@@ -78,7 +78,9 @@ def format_report(entries):
         for code, distribution in enumerate(("uniform", "rademacher")):
             name = name.replace(f"(nola::Distribution){code}", distribution)
         spills = f"{entry.spill_stores}/{entry.spill_loads}"
-        lines.append(f"{entry.arch:7} {entry.registers:4} {entry.stack:5} {spills:>11}  {entry.source}: {name}")
+        lines.append(
+            f"{entry.arch:7} {entry.registers:4} {entry.stack:5} {spills:>11}  {entry.source}: {name}"
+        )
     return lines
 
 
