@@ -14,6 +14,8 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / kWarpSize;
+constexpr int kDotChunk = 32;  // basis indices per block-wide projection sum (one barrier each)
+static_assert(kDotChunk <= kThreads, "one thread sums each index of a chunk");
 // Fewer basis indices than this per k-split spend more on partial sums than they save.
 constexpr int kMinIndicesPerSplit = 16;
 // The mix partials of a k-split stay under 16 MiB.
@@ -57,7 +59,7 @@ struct GenerateArgs {
   float* mixed;  // the output, or (with a k-split) the partials, one row of numel per split
   bool mixed_is_partial;
   const float* grad;
-  float* projected_partials;  // (blocks, kWarps, k)
+  float* projected_partials;  // (blocks, k)
 };
 
 template <Distribution D, bool kMix, bool kProject>
@@ -80,25 +82,38 @@ __global__ void __launch_bounds__(kThreads) generate_kernel(const GenerateArgs a
     }
   }
 
-  for (int i = i_begin; i < i_end; ++i) {
-    const float weight = kMix ? __ldg(args.coeffs + i) * args.scale : 0.0f;
-    float dot = 0.0f;
+  // Projection sums: per warp for a chunk of basis indices, then one partial per block and index.
+  __shared__ float warp_dots[kDotChunk][kWarps];
+  for (int chunk_begin = i_begin; chunk_begin < i_end; chunk_begin += kDotChunk) {
+    const int chunk = min(kDotChunk, i_end - chunk_begin);
+    for (int c = 0; c < chunk; ++c) {
+      const int i = chunk_begin + c;
+      const float weight = kMix ? __ldg(args.coeffs + i) * args.scale : 0.0f;
+      float dot = 0.0f;
 #pragma unroll
-    for (int j = 0; j < kPerThread; ++j) {
-      const int64_t item = first_item + j * kThreads;
-      const Words words = It::call(args.family, item, static_cast<uint32_t>(i));
+      for (int j = 0; j < kPerThread; ++j) {
+        const int64_t item = first_item + j * kThreads;
+        const Words words = It::call(args.family, item, static_cast<uint32_t>(i));
 #pragma unroll
-      for (int e = 0; e < kEntries; ++e) {
-        if (kMix) mixed[j][e] += It::times(weight, words, item, e);
-        if (kProject) dot += It::times(grad[j][e], words, item, e);
+        for (int e = 0; e < kEntries; ++e) {
+          if (kMix) mixed[j][e] += It::times(weight, words, item, e);
+          if (kProject) dot += It::times(grad[j][e], words, item, e);
+        }
+      }
+      if (kProject) {
+        dot = warp_sum(dot);
+        if (threadIdx.x % kWarpSize == 0) warp_dots[c][threadIdx.x / kWarpSize] = dot;
       }
     }
-    if (kProject) {
-      dot = warp_sum(dot);
-      if (threadIdx.x % kWarpSize == 0) {
-        const int64_t slot = blockIdx.x * static_cast<int64_t>(kWarps) + threadIdx.x / kWarpSize;
-        args.projected_partials[slot * args.k + i] = dot;
+    if constexpr (kProject) {
+      __syncthreads();
+      if (threadIdx.x < chunk) {
+        float sum = 0.0f;
+#pragma unroll
+        for (int w = 0; w < kWarps; ++w) sum += warp_dots[threadIdx.x][w];
+        args.projected_partials[blockIdx.x * static_cast<int64_t>(args.k) + chunk_begin + threadIdx.x] = sum;
       }
+      __syncthreads();  // warp_dots is rewritten by the next chunk
     }
   }
 
@@ -144,7 +159,7 @@ GeneratePlan plan(Distribution distribution, int64_t numel, int k, bool mixes, b
   result.k_per_split = static_cast<int>(std::max<int64_t>(1, ceil_div(k, std::max<int64_t>(1, splits))));
   result.splits = static_cast<int>(std::max<int64_t>(1, ceil_div(k, result.k_per_split)));
   if (mixes && result.splits > 1) result.mix_partial_bytes = align_bytes(sizeof(float) * result.splits * numel);
-  if (projects) result.project_partial_bytes = align_bytes(sizeof(float) * result.blocks * kWarps * k);
+  if (projects) result.project_partial_bytes = align_bytes(sizeof(float) * result.blocks * k);
   return result;
 }
 
@@ -207,7 +222,7 @@ cudaError_t generate(const GenerateProblem& problem, void* workspace, int sm_cou
                           sm_count, stream);
   }
   if (status == cudaSuccess && args.grad) {
-    status = sum_partials(project_partials, static_cast<int>(p.blocks * kWarps), problem.k, nullptr,
+    status = sum_partials(project_partials, static_cast<int>(p.blocks), problem.k, nullptr,
                           problem.scale, problem.projected, sm_count, stream);
   }
   return status;
