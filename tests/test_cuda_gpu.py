@@ -16,12 +16,10 @@ from nola_kernels import available_backends, nola_basis, nola_mix, nola_project
 from nola_kernels.backends import cuda_backend
 from nola_kernels.reference import naive_matmul
 
+_UNAVAILABLE = cuda_backend.unavailable_reason(torch.device("cuda")) if torch.cuda.is_available() else None
 pytestmark = [
     pytest.mark.gpu,
-    pytest.mark.skipif(
-        torch.cuda.is_available() and cuda_backend.unavailable_reason(torch.device("cuda")) is not None,
-        reason=f"CUDA backend: {torch.cuda.is_available() and cuda_backend.unavailable_reason('cuda')}",
-    ),
+    pytest.mark.skipif(_UNAVAILABLE is not None, reason=f"the cuda backend cannot run: {_UNAVAILABLE}"),
 ]
 
 FAMILIES = [
