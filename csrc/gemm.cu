@@ -98,9 +98,9 @@ GemmPlan plan(int64_t m, int64_t n, int64_t k, int sm_count) {
   const int64_t tiles = p.tiles_m * p.tiles_n, wanted = 2LL * sm_count;
   int64_t splits = 1;
   if (tiles < wanted) {
-    splits = std::min({ceil_div(wanted, tiles), ceil_div(k, kMinSplitLength),
-                       std::max<int64_t>(1, kMaxPartialEntries / (m * n))});
+    splits = std::min({ceil_div(wanted, tiles), ceil_div(k, kMinSplitLength), kMaxPartialEntries / (m * n)});
   }
+  splits = std::max<int64_t>(1, splits);  // k = 0 (no tokens) still writes zeros
   p.k_per_split = ceil_div(ceil_div(std::max<int64_t>(k, 1), splits), kTileK) * kTileK;
   p.splits = static_cast<int>(ceil_div(std::max<int64_t>(k, 1), p.k_per_split));
   if (p.splits > 1) p.partial_bytes = align_bytes(sizeof(float) * p.splits * m * n);
