@@ -94,6 +94,43 @@ def ptxas_entries():
     return compile_report()
 
 
+@pytest.fixture(scope="module")
+def workspace_sizes(tmp_path_factory):
+    """tests/workspace_sizes.cu linked with the kernels: their host-side planning, runnable here."""
+    if shutil.which("nvcc") is None:
+        pytest.skip("needs nvcc (the CUDA toolkit)")
+    program = tmp_path_factory.mktemp("plans") / "workspace_sizes"
+    sources = [CSRC / name for name in ("generate.cu", "gemm.cu", "lowrank.cu")]
+    subprocess.run(
+        ["nvcc", "-std=c++17", "-gencode=arch=compute_80,code=sm_80", f"-I{CSRC}", "-o", str(program),
+         str(CSRC.parent / "tests" / "workspace_sizes.cu"), *map(str, sources)],
+        check=True,
+    )  # fmt: skip
+
+    def sizes(problems):
+        lines = "".join(" ".join(map(str, problem)) + "\n" for problem in problems)
+        result = subprocess.run([str(program)], input=lines, capture_output=True, text=True, check=True)
+        return [int(line) for line in result.stdout.split()]
+
+    return sizes
+
+
+def test_workspace_planning_handles_edge_shapes(workspace_sizes):
+    # tokens, in, out, rank, k, l, distribution, SM count
+    problems = [
+        (0, 64, 32, 4, 8, 8, 0, 132),  # no tokens: empty reductions
+        (3, 1, 3, 1, 2048, 7, 0, 132),  # one input feature, a long basis
+        (1, 1, 1, 1, 1, 1, 1, 1),
+        (8192, 4096, 4096, 64, 512, 512, 0, 132),
+        (257, 300, 500, 31, 33, 40, 1, 108),
+        (5, 37, 11, 3, 0, 0, 0, 132),  # k = l = 0: the factors are their offsets
+    ]
+    for problem, size in zip(problems, workspace_sizes(problems), strict=True):
+        tokens, in_f, out_f, rank = problem[:4]
+        factors_and_grad_h = 4 * (rank * in_f + out_f * rank + tokens * rank)
+        assert factors_and_grad_h <= size <= factors_and_grad_h + (64 << 20), problem
+
+
 def test_every_kernel_compiles_without_register_spills(ptxas_entries):
     print("\n" + "\n".join(format_report(ptxas_entries)))
     assert ptxas_entries, "nvcc reported no kernels"
