@@ -9,7 +9,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include <cmath>
+#include <limits>
 #include <string>
 #include <tuple>
 
@@ -41,6 +41,12 @@ nola::Family family(int64_t seed, int64_t stream) {
   return nola::Family::of(static_cast<uint64_t>(seed), static_cast<uint64_t>(stream));
 }
 
+// Counts the kernels hold in an int (basis matrices, rank); 2^31 coefficients would be 8 GiB anyway.
+int checked_count(int64_t value, const char* name) {
+  TORCH_CHECK(value >= 0 && value <= std::numeric_limits<int>::max(), name, " must be below 2^31, got ", value);
+  return static_cast<int>(value);
+}
+
 at::Tensor as_float32(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.is_cuda(), name, " must be a CUDA tensor");
   return t.to(at::kFloat).contiguous();
@@ -68,7 +74,9 @@ at::Tensor workspace(size_t bytes, const at::Tensor& like) {
   return at::empty({static_cast<int64_t>(bytes)}, like.options().dtype(at::kByte));
 }
 
-void check(cudaError_t status) { TORCH_CHECK(status == cudaSuccess, "nola_kernels CUDA launch failed: ", cudaGetErrorString(status)); }
+void check(cudaError_t status) {
+  TORCH_CHECK(status == cudaSuccess, "nola_kernels CUDA launch failed: ", cudaGetErrorString(status));
+}
 
 at::Tensor mix(const at::Tensor& coeffs_in, int64_t seed, int64_t stream, int64_t rows, int64_t cols, double scale,
                const std::string& distribution) {
@@ -76,7 +84,7 @@ at::Tensor mix(const at::Tensor& coeffs_in, int64_t seed, int64_t stream, int64_
   const at::Tensor coeffs = as_float32(coeffs_in, "coeffs");
   at::Tensor out = at::empty({rows, cols}, coeffs.options());
   const nola::GenerateProblem problem{family(seed, stream), parse_distribution(distribution), rows * cols,
-                                      static_cast<int>(coeffs.numel()), static_cast<float>(scale),
+                                      checked_count(coeffs.numel(), "k"), static_cast<float>(scale),
                                       coeffs.data_ptr<float>(), nullptr, out.data_ptr<float>(), nullptr, nullptr};
   const int sms = sm_count(coeffs);
   const at::Tensor space = workspace(
@@ -91,7 +99,7 @@ at::Tensor project(const at::Tensor& grad_in, int64_t seed, int64_t stream, int6
   const at::Tensor grad = as_float32(grad_in, "grad");
   at::Tensor out = at::empty({k}, grad.options());
   const nola::GenerateProblem problem{family(seed, stream), parse_distribution(distribution), grad.numel(),
-                                      static_cast<int>(k), static_cast<float>(scale), nullptr, nullptr, nullptr,
+                                      checked_count(k, "k"), static_cast<float>(scale), nullptr, nullptr, nullptr,
                                       grad.data_ptr<float>(), out.data_ptr<float>()};
   const int sms = sm_count(grad);
   const at::Tensor space = workspace(
@@ -117,8 +125,8 @@ LowRankInputs lowrank_inputs(const at::Tensor& x, const at::Tensor& alpha, const
   in.beta = as_float32(beta, "beta");
   in.a0 = as_offset(a0, rank, x.size(1), "a0");
   in.b0 = as_offset(b0, out_features, rank, "b0");
-  in.problem = nola::LowRankProblem{x.size(0), x.size(1), out_features, static_cast<int>(rank),
-                                    static_cast<int>(in.alpha.numel()), static_cast<int>(in.beta.numel()),
+  in.problem = nola::LowRankProblem{x.size(0), x.size(1), out_features, checked_count(rank, "rank"),
+                                    checked_count(in.alpha.numel(), "k"), checked_count(in.beta.numel(), "l"),
                                     kernel_dtype(x), family(seed_a, 0), family(seed_b, 0),
                                     parse_distribution(distribution), static_cast<float>(scaling), in.x.data_ptr(),
                                     in.alpha.data_ptr<float>(), in.beta.data_ptr<float>(), data_or_null(in.a0),
@@ -162,8 +170,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lowrank_b
   at::Tensor grad_a = at::empty({rank, x.size(1)}, f32), grad_b = at::empty({out_features, rank}, f32);
   const int sms = sm_count(x);
   const at::Tensor space = workspace(nola::lowrank_workspace_bytes(in.problem, sms), x);
-  const nola::LowRankBackward io{grad_c.data_ptr(),         h_c.data_ptr<float>(),     grad_x.data_ptr(),
-                                 grad_alpha.data_ptr<float>(), grad_beta.data_ptr<float>(), grad_a.data_ptr<float>(),
+  const nola::LowRankBackward io{grad_c.data_ptr(),           h_c.data_ptr<float>(),
+                                 grad_x.data_ptr(),           grad_alpha.data_ptr<float>(),
+                                 grad_beta.data_ptr<float>(), grad_a.data_ptr<float>(),
                                  grad_b.data_ptr<float>()};
   check(nola::lowrank_backward(in.problem, io, space.data_ptr(), sms, current_stream()));
   return {grad_x, grad_alpha, grad_beta, grad_a, grad_b};
@@ -204,7 +213,7 @@ TORCH_LIBRARY_IMPL(nola_kernels_cuda, CUDA, m) {
 
 // A module with no Python functions: importing it runs the registrations above.
 PyMODINIT_FUNC PyInit__cuda() {
-  static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_cuda", "nola_kernels CUDA ops (torch.ops.nola_kernels_cuda)",
-                               -1, nullptr};
+  static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_cuda",
+                               "nola_kernels CUDA ops (torch.ops.nola_kernels_cuda)", -1, nullptr};
   return PyModule_Create(&module);
 }

@@ -25,7 +25,9 @@ template <typename T>
 struct Operand {
   const T* data;
   int64_t row_stride, col_stride;
-  __device__ float at(int64_t row, int64_t col) const { return to_float(data[row * row_stride + col * col_stride]); }
+  __device__ float at(int64_t row, int64_t col) const {
+    return to_float(data[row * row_stride + col * col_stride]);
+  }
 };
 
 template <typename TA, typename TB, typename TC>
@@ -131,8 +133,12 @@ cudaError_t launch(int64_t m, int64_t n, int64_t k, const MatrixView& a, const M
 template <typename Half>
 cudaError_t launch_with(int64_t m, int64_t n, int64_t k, const MatrixView& a, const MatrixView& b, float alpha,
                         void* c, void* workspace, int sm_count, cudaStream_t stream) {
-  if (a.dtype != Dtype::kFloat32) return launch<Half, float, float>(m, n, k, a, b, alpha, c, workspace, sm_count, stream);
-  if (b.dtype != Dtype::kFloat32) return launch<float, Half, float>(m, n, k, a, b, alpha, c, workspace, sm_count, stream);
+  if (a.dtype != Dtype::kFloat32) {
+    return launch<Half, float, float>(m, n, k, a, b, alpha, c, workspace, sm_count, stream);
+  }
+  if (b.dtype != Dtype::kFloat32) {
+    return launch<float, Half, float>(m, n, k, a, b, alpha, c, workspace, sm_count, stream);
+  }
   return launch<float, float, Half>(m, n, k, a, b, alpha, c, workspace, sm_count, stream);
 }
 

@@ -134,10 +134,14 @@ __global__ void __launch_bounds__(kThreads) generate_kernel(const GenerateArgs a
   }
 }
 
+template <Distribution D>
+constexpr int64_t entries_per_block() {
+  return kThreads * Items<D>::kPerThread * Items<D>::kEntries;
+}
+
 int64_t entries_per_block(Distribution distribution) {
-  return distribution == Distribution::kUniform
-             ? kThreads * Items<Distribution::kUniform>::kPerThread * Items<Distribution::kUniform>::kEntries
-             : kThreads * Items<Distribution::kRademacher>::kPerThread * Items<Distribution::kRademacher>::kEntries;
+  return distribution == Distribution::kUniform ? entries_per_block<Distribution::kUniform>()
+                                                : entries_per_block<Distribution::kRademacher>();
 }
 
 struct GeneratePlan {

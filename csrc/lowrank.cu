@@ -88,7 +88,9 @@ cudaError_t lowrank_backward(const LowRankProblem& p, const LowRankBackward& io,
   // grad_b = scaling * grad^T h; B and grad_beta in one pass over the V_j.
   cudaError_t status = gemm(out, r, t, transposed(io.grad, p.dtype, out), row_major(io.h, Dtype::kFloat32, r),
                             p.scaling, io.grad_b, Dtype::kFloat32, w.scratch, sm_count, stream);
-  if (status == cudaSuccess) status = generate(factor_b(p, w.b, io.grad_b, io.grad_beta), w.scratch, sm_count, stream);
+  if (status == cudaSuccess) {
+    status = generate(factor_b(p, w.b, io.grad_b, io.grad_beta), w.scratch, sm_count, stream);
+  }
   // grad_h = scaling * grad B; grad_a = grad_h^T x; A and grad_alpha in one pass over the U_i.
   if (status == cudaSuccess) {
     status = gemm(t, r, out, row_major(io.grad, p.dtype, out), row_major(w.b, Dtype::kFloat32, r), p.scaling,
@@ -98,7 +100,9 @@ cudaError_t lowrank_backward(const LowRankProblem& p, const LowRankBackward& io,
     status = gemm(r, in, t, transposed(w.grad_h, Dtype::kFloat32, r), row_major(p.x, p.dtype, in), 1.0f,
                   io.grad_a, Dtype::kFloat32, w.scratch, sm_count, stream);
   }
-  if (status == cudaSuccess) status = generate(factor_a(p, w.a, io.grad_a, io.grad_alpha), w.scratch, sm_count, stream);
+  if (status == cudaSuccess) {
+    status = generate(factor_a(p, w.a, io.grad_a, io.grad_alpha), w.scratch, sm_count, stream);
+  }
   // grad_x = grad_h A.
   if (status == cudaSuccess) {
     status = gemm(t, in, r, row_major(w.grad_h, Dtype::kFloat32, r), row_major(w.a, Dtype::kFloat32, in), 1.0f,
