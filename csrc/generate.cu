@@ -1,9 +1,12 @@
 // Mixing and projection over a basis family, each basis element generated once per launch.
 //
-// A block owns a slice of flat positions and a range of basis indices (the k-split, so that small
-// matrices still fill the GPU). Each thread owns a few Philox calls' worth of positions and keeps
-// their mixed sums and gradient values in registers for the whole basis loop; projection sums
-// are reduced per warp and written as partials, which a second kernel adds in a fixed order.
+// A block walks slices of flat positions (one slice at a time, the grid capped at a few waves);
+// its 8 warps share each slice and take turns over the block's range of basis indices, and the
+// range itself is split across blocks (the k-split) when the slices alone would not fill the GPU.
+// A lane owns a few Philox calls' worth of positions and keeps their mixed sums and gradient
+// values in registers through the basis loop. The warps' mixed sums meet in shared memory; each
+// projection sum belongs to one warp, which adds it to its block's partial. A second kernel adds
+// the partials in a fixed order.
 #include <algorithm>
 
 #include "nola_cuda.h"
@@ -14,15 +17,13 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / kWarpSize;
-constexpr int kDotChunk = 32;  // basis indices per block-wide projection sum (one barrier each)
-static_assert(kDotChunk <= kThreads, "one thread sums each index of a chunk");
-// Fewer basis indices than this per k-split spend more on partial sums than they save.
-constexpr int kMinIndicesPerSplit = 16;
+// Fewer basis indices than this per k-split (4 per warp) spend more on partial sums than they save.
+constexpr int kMinIndicesPerSplit = 4 * kWarps;
 // The mix partials of a k-split stay under 16 MiB.
 constexpr int64_t kMaxMixPartialEntries = 1 << 22;
 
-// A thread's "item" is the run of positions it fills from one Philox call: the call's four
-// words (uniform), or one word's 32 bits (rademacher; the four threads sharing a call each
+// A lane's "item" is the run of positions it fills from one Philox call: the call's four
+// words (uniform), or one word's 32 bits (rademacher; the four lanes sharing a call each
 // recompute it, which is cheaper than exchanging words at 32 entries per call).
 template <Distribution D>
 struct Items;
@@ -30,7 +31,7 @@ struct Items;
 template <>
 struct Items<Distribution::kUniform> {
   static constexpr int kEntries = 4;
-  static constexpr int kPerThread = 4;  // independent Philox chains per thread hide latency
+  static constexpr int kPerLane = 4;  // independent Philox chains per lane hide latency
   __device__ static Words call(const Family& family, int64_t item, uint32_t index) {
     return family.call(static_cast<uint32_t>(item), index);
   }
@@ -40,7 +41,7 @@ struct Items<Distribution::kUniform> {
 template <>
 struct Items<Distribution::kRademacher> {
   static constexpr int kEntries = 32;
-  static constexpr int kPerThread = 1;
+  static constexpr int kPerLane = 1;
   __device__ static Words call(const Family& family, int64_t item, uint32_t index) {
     return family.call(static_cast<uint32_t>(item >> 2), index);
   }
@@ -51,7 +52,7 @@ struct Items<Distribution::kRademacher> {
 
 struct GenerateArgs {
   Family family;
-  int64_t numel;
+  int64_t numel, slices;
   int k, k_per_split;
   float scale;
   const float* coeffs;
@@ -59,40 +60,41 @@ struct GenerateArgs {
   float* mixed;  // the output, or (with a k-split) the partials, one row of numel per split
   bool mixed_is_partial;
   const float* grad;
-  float* projected_partials;  // (blocks, k)
+  float* projected_partials;  // (gridDim.x, k)
 };
 
 template <Distribution D, bool kMix, bool kProject>
 __global__ void __launch_bounds__(kThreads) generate_kernel(const GenerateArgs args) {
   using It = Items<D>;
-  constexpr int kEntries = It::kEntries, kPerThread = It::kPerThread;
+  constexpr int kEntries = It::kEntries, kPerLane = It::kPerLane;
+  constexpr int kSliceEntries = kWarpSize * kPerLane * kEntries;
+  __shared__ float warp_sums[kMix ? kWarps : 1][kMix ? kSliceEntries : 1];
+  const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
   const int i_begin = blockIdx.y * args.k_per_split;
   const int i_end = min(args.k, i_begin + args.k_per_split);
-  const int64_t first_item = blockIdx.x * static_cast<int64_t>(kThreads * kPerThread) + threadIdx.x;
 
-  float mixed[kPerThread][kEntries];
-  float grad[kPerThread][kEntries];
+  for (int64_t slice = blockIdx.x; slice < args.slices; slice += gridDim.x) {
+    // Item j of this lane is first_item + j * kWarpSize; its entries sit at the slice's local
+    // positions (j * kWarpSize + lane) * kEntries + e.
+    const int64_t first_item = slice * (kWarpSize * kPerLane) + lane;
+    float mixed[kPerLane][kEntries];
+    float grad[kPerLane][kEntries];
 #pragma unroll
-  for (int j = 0; j < kPerThread; ++j) {
+    for (int j = 0; j < kPerLane; ++j) {
 #pragma unroll
-    for (int e = 0; e < kEntries; ++e) {
-      const int64_t n = (first_item + j * kThreads) * kEntries + e;
-      mixed[j][e] = 0.0f;
-      grad[j][e] = kProject && n < args.numel ? args.grad[n] : 0.0f;
+      for (int e = 0; e < kEntries; ++e) {
+        const int64_t n = (first_item + j * kWarpSize) * kEntries + e;
+        mixed[j][e] = 0.0f;
+        grad[j][e] = kProject && n < args.numel ? args.grad[n] : 0.0f;
+      }
     }
-  }
 
-  // Projection sums: per warp for a chunk of basis indices, then one partial per block and index.
-  __shared__ float warp_dots[kDotChunk][kWarps];
-  for (int chunk_begin = i_begin; chunk_begin < i_end; chunk_begin += kDotChunk) {
-    const int chunk = min(kDotChunk, i_end - chunk_begin);
-    for (int c = 0; c < chunk; ++c) {
-      const int i = chunk_begin + c;
+    for (int i = i_begin + warp; i < i_end; i += kWarps) {
       const float weight = kMix ? __ldg(args.coeffs + i) * args.scale : 0.0f;
       float dot = 0.0f;
 #pragma unroll
-      for (int j = 0; j < kPerThread; ++j) {
-        const int64_t item = first_item + j * kThreads;
+      for (int j = 0; j < kPerLane; ++j) {
+        const int64_t item = first_item + j * kWarpSize;
         const Words words = It::call(args.family, item, static_cast<uint32_t>(i));
 #pragma unroll
         for (int e = 0; e < kEntries; ++e) {
@@ -102,58 +104,58 @@ __global__ void __launch_bounds__(kThreads) generate_kernel(const GenerateArgs a
       }
       if (kProject) {
         dot = warp_sum(dot);
-        if (threadIdx.x % kWarpSize == 0) warp_dots[c][threadIdx.x / kWarpSize] = dot;
-      }
-    }
-    if constexpr (kProject) {
-      __syncthreads();
-      if (threadIdx.x < chunk) {
-        float sum = 0.0f;
-#pragma unroll
-        for (int w = 0; w < kWarps; ++w) sum += warp_dots[threadIdx.x][w];
-        args.projected_partials[blockIdx.x * static_cast<int64_t>(args.k) + chunk_begin + threadIdx.x] = sum;
-      }
-      __syncthreads();  // warp_dots is rewritten by the next chunk
-    }
-  }
-
-  if constexpr (kMix) {
-#pragma unroll
-    for (int j = 0; j < kPerThread; ++j) {
-#pragma unroll
-      for (int e = 0; e < kEntries; ++e) {
-        const int64_t n = (first_item + j * kThreads) * kEntries + e;
-        if (n >= args.numel) continue;
-        if (args.mixed_is_partial) {
-          args.mixed[blockIdx.y * args.numel + n] = mixed[j][e];
-        } else {
-          args.mixed[n] = (args.offset ? args.offset[n] : 0.0f) + mixed[j][e];
+        if (lane == 0) {  // only this warp of this block adds to index i, slice after slice
+          float& partial = args.projected_partials[blockIdx.x * static_cast<int64_t>(args.k) + i];
+          partial = (slice == blockIdx.x ? 0.0f : partial) + dot;
         }
       }
+    }
+
+    if constexpr (kMix) {
+#pragma unroll
+      for (int j = 0; j < kPerLane; ++j) {
+#pragma unroll
+        for (int e = 0; e < kEntries; ++e) warp_sums[warp][(j * kWarpSize + lane) * kEntries + e] = mixed[j][e];
+      }
+      __syncthreads();
+      for (int local = threadIdx.x; local < kSliceEntries; local += kThreads) {
+        const int64_t n = slice * kSliceEntries + local;
+        if (n >= args.numel) continue;
+        float sum = 0.0f;
+#pragma unroll
+        for (int w = 0; w < kWarps; ++w) sum += warp_sums[w][local];
+        if (args.mixed_is_partial) {
+          args.mixed[blockIdx.y * args.numel + n] = sum;
+        } else {
+          args.mixed[n] = (args.offset ? args.offset[n] : 0.0f) + sum;
+        }
+      }
+      __syncthreads();  // the next slice rewrites warp_sums
     }
   }
 }
 
 template <Distribution D>
-constexpr int64_t entries_per_block() {
-  return kThreads * Items<D>::kPerThread * Items<D>::kEntries;
+constexpr int64_t entries_per_slice() {
+  return kWarpSize * Items<D>::kPerLane * Items<D>::kEntries;
 }
 
-int64_t entries_per_block(Distribution distribution) {
-  return distribution == Distribution::kUniform ? entries_per_block<Distribution::kUniform>()
-                                                : entries_per_block<Distribution::kRademacher>();
+int64_t entries_per_slice(Distribution distribution) {
+  return distribution == Distribution::kUniform ? entries_per_slice<Distribution::kUniform>()
+                                                : entries_per_slice<Distribution::kRademacher>();
 }
 
 struct GeneratePlan {
-  int64_t blocks;  // over flat positions
+  int64_t slices, blocks;  // block b walks slices b, b + blocks, ...
   int splits, k_per_split;
   size_t mix_partial_bytes, project_partial_bytes;
 };
 
 GeneratePlan plan(Distribution distribution, int64_t numel, int k, bool mixes, bool projects, int sm_count) {
   GeneratePlan result{};
-  result.blocks = ceil_div(numel, entries_per_block(distribution));
-  const int64_t wanted_blocks = 4LL * sm_count;  // a few waves, enough to hide the tail
+  const int64_t wanted_blocks = 4LL * sm_count;  // as many as run at once at about 64 registers
+  result.slices = ceil_div(numel, entries_per_slice(distribution));
+  result.blocks = std::min(result.slices, wanted_blocks);
   int64_t splits = 1;
   if (result.blocks < wanted_blocks) {
     splits = std::min(ceil_div(wanted_blocks, result.blocks), ceil_div(k, kMinIndicesPerSplit));
@@ -206,6 +208,7 @@ cudaError_t generate(const GenerateProblem& problem, void* workspace, int sm_cou
   GenerateArgs args{};
   args.family = problem.family;
   args.numel = problem.numel;
+  args.slices = p.slices;
   args.k = problem.k;
   args.k_per_split = p.k_per_split;
   args.scale = problem.scale;
