@@ -26,7 +26,8 @@ bench: $(STAMP)
 # The CUDA extension without a GPU (CI runs it after `make test`): a second venv with a CUDA build
 # of torch installs the package with the extension (setup.py), imports it and checks its ops
 # under torch.ops, runs the host Philox test and the nvcc spill check, then builds the same
-# extension with CMake and imports that. Reruns rebuild only what changed.
+# extension with CMake and imports that. Reruns rebuild only what changed (2-core machine: about
+# 4 minutes fresh, half of it installing torch; 30 s with nothing changed).
 CUDA_VENV := .venv-cuda
 CUDA_PY := $(CUDA_VENV)/bin/python
 CUDA_HOME ?= /usr/local/cuda
