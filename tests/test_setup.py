@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+pytest.importorskip("setuptools", reason="setup.py needs setuptools")
 
 
 def _setup(switch):
