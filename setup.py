@@ -1,7 +1,49 @@
-"""Build and install nola_kernels: pure Python, with the Triton kernels (triton/kernels/, compiled
-by Triton at run time); the CUDA extension (csrc/) joins it in a later release."""
+"""Build and install nola_kernels: the pure-Python package, plus the CUDA extension
+(nola_kernels._cuda, from csrc/) where a CUDA build of torch and a CUDA toolkit are present.
+
+NOLA_BUILD_CUDA=1 forces the extension (the build fails if it cannot be built), NOLA_BUILD_CUDA=0
+skips it; unset, it is built when it can be. TORCH_CUDA_ARCH_LIST picks the GPU architectures
+(default here: "8.0;9.0a", i.e. sm_80 and sm_90a).
+"""
+
+import os
 
 from setuptools import setup
+
+CUDA_SOURCES = [
+    "csrc/binding.cpp",
+    "csrc/generate.cu",
+    "csrc/gemm.cu",
+    "csrc/lowrank.cu",
+    "csrc/philox_rate.cu",
+]
+DEFAULT_CUDA_ARCHS = "8.0;9.0a"
+
+
+def cuda_extension_options():
+    """setup() keywords that build the CUDA extension, or {} when it is not to be built."""
+    switch = os.environ.get("NOLA_BUILD_CUDA", "")
+    if switch not in ("", "0", "1"):
+        raise ValueError(f"NOLA_BUILD_CUDA must be 0, 1 or unset, got {switch!r}")
+    if switch == "0":
+        return {}
+    try:
+        import torch
+        from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CUDAExtension
+    except ImportError:
+        if switch == "1":
+            raise
+        return {}
+    if switch == "" and (torch.version.cuda is None or CUDA_HOME is None):
+        return {}
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCHS)
+    extension = CUDAExtension(
+        "nola_kernels._cuda",
+        sources=CUDA_SOURCES,
+        extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3"]},
+    )
+    return {"ext_modules": [extension], "cmdclass": {"build_ext": BuildExtension}}
+
 
 setup(
     name="nola_kernels",
@@ -16,4 +58,5 @@ setup(
     # Optional: the library itself writes PEFT files without peft; these run the demo, the GPT-2
     # example and the PeftModel checks.
     extras_require={"demo": ["scikit-learn", "matplotlib"], "hf": ["transformers", "peft"]},
+    **cuda_extension_options(),
 )

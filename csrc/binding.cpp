@@ -1,0 +1,219 @@
+// The torch binding: registers the kernels as the nola_kernels_cuda::* ops (visible under
+// torch.ops, so torch.compile can trace them) and gives the shared library a Python module init
+// so that `import nola_kernels._cuda` loads it. The autograd stays in nola_kernels/ops.py.
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <Python.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <limits>
+#include <string>
+#include <tuple>
+
+#include "nola_cuda.h"
+
+namespace {
+
+nola::Distribution parse_distribution(const std::string& name) {
+  if (name == "uniform") return nola::Distribution::kUniform;
+  TORCH_CHECK(name == "rademacher", "distribution must be 'uniform' or 'rademacher', got '", name, "'");
+  return nola::Distribution::kRademacher;
+}
+
+nola::Dtype kernel_dtype(const at::Tensor& t) {
+  switch (t.scalar_type()) {
+    case at::kFloat:
+      return nola::Dtype::kFloat32;
+    case at::kHalf:
+      return nola::Dtype::kFloat16;
+    case at::kBFloat16:
+      return nola::Dtype::kBFloat16;
+    default:
+      TORCH_CHECK(false, "the CUDA kernels take float32, float16 or bfloat16, got ", t.scalar_type());
+  }
+}
+
+nola::Family family(int64_t seed, int64_t stream) {
+  TORCH_CHECK(seed >= 0 && stream >= 0, "seed and stream must be non-negative");
+  return nola::Family::of(static_cast<uint64_t>(seed), static_cast<uint64_t>(stream));
+}
+
+// Counts the kernels hold in an int (basis matrices, rank); 2^31 coefficients would be 8 GiB anyway.
+int checked_count(int64_t value, const char* name) {
+  TORCH_CHECK(value >= 0 && value <= std::numeric_limits<int>::max(), name, " must be below 2^31, got ", value);
+  return static_cast<int>(value);
+}
+
+at::Tensor as_float32(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.is_cuda(), name, " must be a CUDA tensor");
+  return t.to(at::kFloat).contiguous();
+}
+
+// An optional offset, checked against its factor's shape.
+at::Tensor as_offset(const c10::optional<at::Tensor>& t, int64_t rows, int64_t cols, const char* name) {
+  if (!t.has_value()) return at::Tensor();
+  TORCH_CHECK(t->dim() == 2 && t->size(0) == rows && t->size(1) == cols, name, " must have shape (", rows, ", ",
+              cols, "), got ", t->sizes());
+  return as_float32(*t, name);
+}
+
+const float* data_or_null(const at::Tensor& t) { return t.defined() ? t.data_ptr<float>() : nullptr; }
+
+int sm_count(const at::Tensor& t) {
+  int count = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, t.get_device()));
+  return count;
+}
+
+cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
+
+at::Tensor workspace(size_t bytes, const at::Tensor& like) {
+  return at::empty({static_cast<int64_t>(bytes)}, like.options().dtype(at::kByte));
+}
+
+void check(cudaError_t status) {
+  TORCH_CHECK(status == cudaSuccess, "nola_kernels CUDA launch failed: ", cudaGetErrorString(status));
+}
+
+at::Tensor mix(const at::Tensor& coeffs_in, int64_t seed, int64_t stream, int64_t rows, int64_t cols, double scale,
+               const std::string& distribution) {
+  const c10::cuda::CUDAGuard guard(coeffs_in.device());
+  const at::Tensor coeffs = as_float32(coeffs_in, "coeffs");
+  at::Tensor out = at::empty({rows, cols}, coeffs.options());
+  const nola::GenerateProblem problem{family(seed, stream), parse_distribution(distribution), rows * cols,
+                                      checked_count(coeffs.numel(), "k"), static_cast<float>(scale),
+                                      coeffs.data_ptr<float>(), nullptr, out.data_ptr<float>(), nullptr, nullptr};
+  const int sms = sm_count(coeffs);
+  const at::Tensor space = workspace(
+      nola::generate_workspace_bytes(problem.distribution, problem.numel, problem.k, true, false, sms), coeffs);
+  check(nola::generate(problem, space.data_ptr(), sms, current_stream()));
+  return out;
+}
+
+at::Tensor project(const at::Tensor& grad_in, int64_t seed, int64_t stream, int64_t k, double scale,
+                   const std::string& distribution) {
+  const c10::cuda::CUDAGuard guard(grad_in.device());
+  const at::Tensor grad = as_float32(grad_in, "grad");
+  at::Tensor out = at::empty({k}, grad.options());
+  const nola::GenerateProblem problem{family(seed, stream), parse_distribution(distribution), grad.numel(),
+                                      checked_count(k, "k"), static_cast<float>(scale), nullptr, nullptr, nullptr,
+                                      grad.data_ptr<float>(), out.data_ptr<float>()};
+  const int sms = sm_count(grad);
+  const at::Tensor space = workspace(
+      nola::generate_workspace_bytes(problem.distribution, problem.numel, problem.k, false, true, sms), grad);
+  check(nola::generate(problem, space.data_ptr(), sms, current_stream()));
+  return out;
+}
+
+// The tensors of one low-rank call, converted once, and the kernels' view of them.
+struct LowRankInputs {
+  at::Tensor x, alpha, beta, a0, b0;
+  nola::LowRankProblem problem;
+};
+
+LowRankInputs lowrank_inputs(const at::Tensor& x, const at::Tensor& alpha, const at::Tensor& beta,
+                             const c10::optional<at::Tensor>& a0, const c10::optional<at::Tensor>& b0,
+                             int64_t seed_a, int64_t seed_b, int64_t rank, int64_t out_features, double scaling,
+                             const std::string& distribution) {
+  TORCH_CHECK(x.is_cuda() && x.dim() == 2, "x must be a 2-D CUDA tensor (tokens, in_features)");
+  LowRankInputs in;
+  in.x = x.contiguous();
+  in.alpha = as_float32(alpha, "alpha");
+  in.beta = as_float32(beta, "beta");
+  in.a0 = as_offset(a0, rank, x.size(1), "a0");
+  in.b0 = as_offset(b0, out_features, rank, "b0");
+  in.problem = nola::LowRankProblem{x.size(0), x.size(1), out_features, checked_count(rank, "rank"),
+                                    checked_count(in.alpha.numel(), "k"), checked_count(in.beta.numel(), "l"),
+                                    kernel_dtype(x), family(seed_a, 0), family(seed_b, 0),
+                                    parse_distribution(distribution), static_cast<float>(scaling), in.x.data_ptr(),
+                                    in.alpha.data_ptr<float>(), in.beta.data_ptr<float>(), data_or_null(in.a0),
+                                    data_or_null(in.b0)};
+  return in;
+}
+
+std::tuple<at::Tensor, at::Tensor> lowrank_forward(const at::Tensor& x, const at::Tensor& alpha,
+                                                   const at::Tensor& beta, const c10::optional<at::Tensor>& a0,
+                                                   const c10::optional<at::Tensor>& b0, int64_t seed_a,
+                                                   int64_t seed_b, int64_t rank, int64_t out_features,
+                                                   double scaling, const std::string& distribution) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  const LowRankInputs in =
+      lowrank_inputs(x, alpha, beta, a0, b0, seed_a, seed_b, rank, out_features, scaling, distribution);
+  at::Tensor delta = at::empty({x.size(0), out_features}, in.x.options());
+  at::Tensor h = at::empty({x.size(0), rank}, in.x.options().dtype(at::kFloat));
+  const int sms = sm_count(x);
+  const at::Tensor space = workspace(nola::lowrank_workspace_bytes(in.problem, sms), x);
+  check(nola::lowrank_forward(in.problem, nola::LowRankForward{delta.data_ptr(), h.data_ptr<float>()},
+                              space.data_ptr(), sms, current_stream()));
+  return {delta, h};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lowrank_backward(
+    const at::Tensor& grad, const at::Tensor& x, const at::Tensor& h, const at::Tensor& alpha,
+    const at::Tensor& beta, const c10::optional<at::Tensor>& a0, const c10::optional<at::Tensor>& b0,
+    int64_t seed_a, int64_t seed_b, int64_t rank, int64_t out_features, double scaling,
+    const std::string& distribution) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  const LowRankInputs in =
+      lowrank_inputs(x, alpha, beta, a0, b0, seed_a, seed_b, rank, out_features, scaling, distribution);
+  TORCH_CHECK(grad.sizes() == at::IntArrayRef({x.size(0), out_features}), "grad must have shape (tokens, ",
+              out_features, "), got ", grad.sizes());
+  TORCH_CHECK(h.sizes() == at::IntArrayRef({x.size(0), rank}), "h must have shape (tokens, ", rank, ")");
+  const at::Tensor grad_c = grad.to(x.scalar_type()).contiguous();
+  const at::Tensor h_c = as_float32(h, "h");
+  const auto f32 = in.x.options().dtype(at::kFloat);
+  at::Tensor grad_x = at::empty_like(in.x);
+  at::Tensor grad_alpha = at::empty({in.problem.k}, f32), grad_beta = at::empty({in.problem.l}, f32);
+  at::Tensor grad_a = at::empty({rank, x.size(1)}, f32), grad_b = at::empty({out_features, rank}, f32);
+  const int sms = sm_count(x);
+  const at::Tensor space = workspace(nola::lowrank_workspace_bytes(in.problem, sms), x);
+  const nola::LowRankBackward io{grad_c.data_ptr(),           h_c.data_ptr<float>(),
+                                 grad_x.data_ptr(),           grad_alpha.data_ptr<float>(),
+                                 grad_beta.data_ptr<float>(), grad_a.data_ptr<float>(),
+                                 grad_b.data_ptr<float>()};
+  check(nola::lowrank_backward(in.problem, io, space.data_ptr(), sms, current_stream()));
+  return {grad_x, grad_alpha, grad_beta, grad_a, grad_b};
+}
+
+// One float per block of the Philox-only kernel; the benchmark times it against the mix kernel.
+at::Tensor philox_rate(const at::Tensor& like, int64_t calls, int64_t seed) {
+  const c10::cuda::CUDAGuard guard(like.device());
+  TORCH_CHECK(like.is_cuda(), "philox_rate runs on a CUDA device");
+  const int sms = sm_count(like);
+  at::Tensor sums = at::empty({nola::rate_blocks(sms)}, like.options().dtype(at::kFloat));
+  check(nola::philox_rate(family(seed, 0), calls, sums.data_ptr<float>(), sms, current_stream()));
+  return sums;
+}
+
+}  // namespace
+
+TORCH_LIBRARY(nola_kernels_cuda, m) {
+  m.def("mix(Tensor coeffs, int seed, int stream, int rows, int cols, float scale, str distribution) -> Tensor");
+  m.def("project(Tensor grad, int seed, int stream, int k, float scale, str distribution) -> Tensor");
+  m.def(
+      "lowrank_forward(Tensor x, Tensor alpha, Tensor beta, Tensor? a0, Tensor? b0, int seed_a, int seed_b, "
+      "int rank, int out_features, float scaling, str distribution) -> (Tensor, Tensor)");
+  m.def(
+      "lowrank_backward(Tensor grad, Tensor x, Tensor h, Tensor alpha, Tensor beta, Tensor? a0, Tensor? b0, "
+      "int seed_a, int seed_b, int rank, int out_features, float scaling, str distribution) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def("philox_rate(Tensor like, int calls, int seed) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(nola_kernels_cuda, CUDA, m) {
+  m.impl("mix", &mix);
+  m.impl("project", &project);
+  m.impl("lowrank_forward", &lowrank_forward);
+  m.impl("lowrank_backward", &lowrank_backward);
+  m.impl("philox_rate", &philox_rate);
+}
+
+// A module with no Python functions: importing it runs the registrations above.
+PyMODINIT_FUNC PyInit__cuda() {
+  static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_cuda",
+                               "nola_kernels CUDA ops (torch.ops.nola_kernels_cuda)", -1, nullptr};
+  return PyModule_Create(&module);
+}

@@ -1,0 +1,37 @@
+// The Philox header built for the host as a C shared library, so tests/test_cuda_host.py can load
+// it with ctypes and compare it with nola_kernels.nola_basis bit for bit.
+#include <cstdint>
+
+#include "philox.cuh"
+
+extern "C" {
+
+// The four words of one Philox4x32 call; returns 0, or -1 for a round count not built here.
+int nola_philox_words(int rounds, const uint32_t* counter, const uint32_t* key, uint32_t* out) {
+  nola::Words words;
+  if (rounds == 7) {
+    words = nola::philox4x32<7>(counter[0], counter[1], counter[2], counter[3], key[0], key[1]);
+  } else if (rounds == 10) {
+    words = nola::philox4x32<10>(counter[0], counter[1], counter[2], counter[3], key[0], key[1]);
+  } else {
+    return -1;
+  }
+  for (int w = 0; w < 4; ++w) out[w] = words.x[w];
+  return 0;
+}
+
+// The uniform value of one Philox word.
+float nola_uniform_value(uint32_t word) { return nola::uniform_value(word); }
+
+// Entries (i, n) for i in [i_start, i_start + count) and n in [n_start, n_start + numel), row-major.
+void nola_basis_block(uint64_t seed, uint64_t stream, uint32_t i_start, uint32_t count, uint64_t n_start,
+                      uint64_t numel, int distribution, float* out) {
+  const nola::Family family = nola::Family::of(seed, stream);
+  for (uint32_t i = 0; i < count; ++i) {
+    for (uint64_t n = 0; n < numel; ++n) {
+      out[i * numel + n] = nola::basis_entry(family, i_start + i, n_start + n,
+                                             static_cast<nola::Distribution>(distribution));
+    }
+  }
+}
+}

@@ -1,0 +1,50 @@
+"""The CUDA backend module on any machine: how it reports a missing or broken extension, its
+choice of the fused path, and (where the extension is built) its ops under torch.ops."""
+
+import warnings
+
+import pytest
+import torch
+
+from nola_kernels.backends import cuda_backend
+
+OPS = ("mix", "project", "lowrank_forward", "lowrank_backward", "philox_rate")
+built = pytest.mark.skipif(cuda_backend._ops is None, reason="the CUDA extension is not built here")
+
+
+def test_an_extension_never_built_is_a_reason_not_a_warning():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ops, reason = cuda_backend._load("nola_kernels._no_such_extension")
+    assert ops is None and "not built" in reason
+
+
+def test_an_extension_that_fails_to_load_warns_once_with_the_error(tmp_path, monkeypatch):
+    (tmp_path / "broken_extension.py").write_text("raise ImportError('undefined symbol: _ZN3c10')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.warns(RuntimeWarning, match="failed to load") as caught:
+        ops, reason = cuda_backend._load("broken_extension")
+    assert len(caught) == 1
+    assert ops is None and "undefined symbol: _ZN3c10" in reason
+
+
+def test_unavailable_on_cpu_tensors_and_asked_again_without_warning():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert cuda_backend.unavailable_reason(torch.device("cpu")) is not None
+        assert cuda_backend.unavailable_reason(torch.device("cpu")) is not None
+
+
+def test_fused_path_for_generation_bound_shapes_only():
+    assert cuda_backend.prefers_fused(512, 1024, 1024, 8, 512, 512, torch.float32)
+    assert not cuda_backend.prefers_fused(1 << 20, 1024, 1024, 8, 16, 16, torch.bfloat16)
+    assert not cuda_backend.prefers_fused(1, 16, 16, 1, 4, 4, torch.float64)
+
+
+@built
+def test_ops_are_registered_under_torch_ops():
+    namespace = torch.ops.nola_kernels_cuda
+    for name in OPS:
+        schema = getattr(namespace, name).default._schema
+        assert schema.name == f"nola_kernels_cuda::{name}"
+    assert cuda_backend.unavailable_reason(torch.device("cpu")) == "the CUDA kernels run on CUDA tensors only"

@@ -1,0 +1,207 @@
+"""The CUDA backend on a GPU: the basis bit for bit, mix and project against the materialized basis,
+the fused low-rank kernels against float64 and against the naive path on the same GPU, determinism,
+and compute-sanitizer on a small case. Skipped without CUDA or without the built extension."""
+
+import math
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from numerics import rel_err
+
+from nola_kernels import available_backends, nola_basis, nola_mix, nola_project
+from nola_kernels.backends import cuda_backend
+from nola_kernels.reference import naive_matmul
+
+_UNAVAILABLE = cuda_backend.unavailable_reason(torch.device("cuda")) if torch.cuda.is_available() else None
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(_UNAVAILABLE is not None, reason=f"the cuda backend cannot run: {_UNAVAILABLE}"),
+]
+
+FAMILIES = [
+    # seed, stream, k, shape, distribution
+    (3, 0, 5, (1, 1), "uniform"),
+    (2**32 + 7, 1, 37, (33, 17), "uniform"),
+    (11, 0, 2048, (3, 4), "uniform"),
+    (2**62, 2**40, 65, (64, 1000), "rademacher"),
+    (5, 0, 600, (8, 1024), "rademacher"),
+]
+
+
+def _bits(t):
+    return t.contiguous().view(torch.int32)
+
+
+@pytest.mark.parametrize("seed, stream, k, shape, distribution", FAMILIES)
+def test_mixing_one_hot_coefficients_gives_the_basis_bit_for_bit(seed, stream, k, shape, distribution):
+    # 1 * U_i plus signed zeros from the other indices is U_i exactly, so this reads the kernel's basis.
+    expected = nola_basis(seed, k, shape, stream=stream, distribution=distribution, device="cuda")
+    backends = [name for name in available_backends(torch.device("cuda")) if name != "cuda"]
+    for i in sorted({0, k // 2, k - 1}):
+        one_hot = torch.zeros(k, device="cuda")
+        one_hot[i] = 1.0
+        for backend in ["cuda", *backends]:
+            mixed = nola_mix(
+                one_hot, seed, shape, scale=1.0, stream=stream, distribution=distribution, backend=backend
+            )
+            assert torch.equal(_bits(mixed), _bits(expected[i])), (backend, i)
+
+
+@pytest.mark.parametrize("seed, stream, k, shape, distribution", FAMILIES)
+def test_mix_and_project_match_the_materialized_basis(seed, stream, k, shape, distribution):
+    basis = nola_basis(seed, k, shape, stream=stream, distribution=distribution, device="cuda").double()
+    coeffs, grad = torch.randn(k, device="cuda"), torch.randn(shape, device="cuda")
+    mixed = nola_mix(coeffs, seed, shape, stream=stream, distribution=distribution, backend="cuda")
+    projected = nola_project(
+        grad, seed, k, scale=0.25, stream=stream, distribution=distribution, backend="cuda"
+    )
+    assert mixed.dtype == projected.dtype == torch.float32
+    assert rel_err(mixed, torch.einsum("k,krc->rc", coeffs.double(), basis) / math.sqrt(k)) <= 1e-5
+    assert rel_err(projected, torch.einsum("krc,rc->k", basis, grad.double()) * 0.25) <= 1e-5
+
+
+def test_float64_takes_the_float64_torch_path():
+    coeffs = torch.randn(7, dtype=torch.float64, device="cuda")
+    assert nola_mix(coeffs, 1, (3, 5), backend="cuda").dtype == torch.float64
+
+
+def _factor64(coeffs, seed, shape, offset, distribution):
+    basis = nola_basis(seed, coeffs.numel(), shape, distribution=distribution).double()
+    mixed = torch.einsum("k,krc->rc", coeffs, basis) / math.sqrt(coeffs.numel())
+    return mixed if offset is None else mixed + offset
+
+
+def _reference(inputs, grad, kw):
+    """h, delta and every gradient in float64 on the CPU, with the whole basis materialized."""
+    leaves = {
+        n: t.detach().cpu().double().requires_grad_() if t is not None else None for n, t in inputs.items()
+    }
+    a = _factor64(
+        leaves["alpha"], kw["seed_a"], (kw["rank"], leaves["x"].shape[1]), leaves["a0"], kw["distribution"]
+    )
+    b = _factor64(
+        leaves["beta"], kw["seed_b"], (kw["out_features"], kw["rank"]), leaves["b0"], kw["distribution"]
+    )
+    h = leaves["x"] @ a.T
+    delta = kw["scaling"] * h @ b.T
+    delta.backward(grad.cpu().double())
+    return h.detach(), delta.detach(), {n: t.grad for n, t in leaves.items() if t is not None}
+
+
+def _inputs(tokens, in_f, out_f, rank, k_a, k_b, dtype, offsets=True):
+    return dict(
+        x=torch.randn(tokens, in_f, device="cuda").to(dtype),
+        alpha=torch.randn(k_a, device="cuda"),
+        beta=torch.randn(k_b, device="cuda"),
+        a0=torch.randn(rank, in_f, device="cuda") / in_f**0.5 if offsets else None,
+        b0=torch.randn(out_f, rank, device="cuda") if offsets else None,
+    )
+
+
+def _fused(inputs, grad, kw):
+    args = (kw["seed_a"], kw["seed_b"], kw["rank"], kw["out_features"], kw["scaling"], kw["distribution"])
+    x, alpha, beta, a0, b0 = inputs.values()
+    delta, h = cuda_backend.lowrank_forward(x, alpha, beta, a0, b0, *args)
+    grads = cuda_backend.lowrank_backward(grad.to(x.dtype), x, h, alpha, beta, a0, b0, *args)
+    return delta, h, dict(zip(("x", "alpha", "beta", "a0", "b0"), grads, strict=True))
+
+
+SHAPES = [
+    # tokens, in, out, rank, k, l (k_a, k_b), distribution, offsets
+    (64, 256, 192, 8, 96, 80, "uniform", True),
+    (130, 1024, 1024, 16, 512, 512, "uniform", True),
+    (3, 1, 3, 1, 2048, 7, "uniform", False),
+    (257, 300, 500, 31, 33, 40, "rademacher", True),
+    (0, 64, 32, 4, 8, 8, "uniform", True),
+]
+
+
+@pytest.mark.parametrize("tokens, in_f, out_f, rank, k_a, k_b, distribution, offsets", SHAPES)
+def test_fused_float32_matches_float64(tokens, in_f, out_f, rank, k_a, k_b, distribution, offsets):
+    inputs = _inputs(tokens, in_f, out_f, rank, k_a, k_b, torch.float32, offsets)
+    kw = dict(
+        seed_a=2**40 + 11,
+        seed_b=12345,
+        rank=rank,
+        out_features=out_f,
+        scaling=0.75,
+        distribution=distribution,
+    )
+    grad = torch.randn(tokens, out_f, device="cuda")
+    delta, h, grads = _fused(inputs, grad, kw)
+    ref_h, ref_delta, ref_grads = _reference(inputs, grad, kw)
+    assert delta.dtype == torch.float32 and h.dtype == torch.float32
+    if tokens:
+        assert rel_err(delta.cpu(), ref_delta) <= 1e-5 and rel_err(h.cpu(), ref_h) <= 1e-5
+        assert rel_err(grads["x"].cpu(), ref_grads["x"]) <= 1e-5
+    for name in ("alpha", "beta", "a0", "b0"):
+        if name in ref_grads:
+            assert rel_err(grads[name].cpu(), ref_grads[name]) <= 1e-5, name  # exact zeros when tokens = 0
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_fused_half_precision_error_at_most_twice_naive(dtype):
+    tokens, in_f, out_f, rank, k_a, k_b = 64, 256, 192, 8, 96, 80
+    inputs = _inputs(tokens, in_f, out_f, rank, k_a, k_b, dtype)
+    kw = dict(seed_a=3, seed_b=4, rank=rank, out_features=out_f, scaling=2.0, distribution="uniform")
+    grad = torch.randn(tokens, out_f, device="cuda")
+    delta, _, grads = _fused(inputs, grad, kw)
+    _, ref_delta, ref_grads = _reference(inputs, grad, kw)
+    leaves = {n: t.detach().clone().requires_grad_() for n, t in inputs.items()}
+    naive = naive_matmul(**leaves, **{n: v for n, v in kw.items()})
+    naive.backward(grad.to(dtype))
+    assert delta.dtype == dtype and grads["x"].dtype == dtype
+    assert rel_err(delta.cpu(), ref_delta) <= 2 * rel_err(naive.detach().cpu(), ref_delta)
+    for name, grad_value in grads.items():
+        bound = 2 * rel_err(leaves[name].grad.cpu(), ref_grads[name])
+        assert rel_err(grad_value.cpu(), ref_grads[name]) <= bound, name
+
+
+def test_results_are_deterministic():
+    inputs = _inputs(300, 512, 384, 16, 700, 500, torch.float32)
+    kw = dict(seed_a=1, seed_b=2, rank=16, out_features=384, scaling=1.0, distribution="uniform")
+    grad = torch.randn(300, 384, device="cuda")
+    first, second = _fused(inputs, grad, kw), _fused(inputs, grad, kw)
+    assert torch.equal(first[0], second[0])
+    for name in first[2]:
+        assert torch.equal(first[2][name], second[2][name]), name
+
+
+def test_philox_only_kernel_sums_the_basis():
+    calls = 100_000
+    sums = cuda_backend.philox_rate(torch.empty(0, device="cuda"), calls, 9)
+    expected = nola_basis(9, 1, (1, 4 * calls), device="cuda").double().sum()
+    assert abs(sums.double().sum().item() - expected.item()) <= 1e-3
+
+
+SANITIZED = textwrap.dedent(
+    """
+    import torch
+    from nola_kernels.backends import cuda_backend as c
+    x, alpha, beta = torch.randn(5, 37, device="cuda"), torch.randn(9, device="cuda"), torch.randn(6, device="cuda")
+    a0 = torch.randn(3, 37, device="cuda")
+    for distribution in ("uniform", "rademacher"):
+        c.mix(alpha, 1, 0, 7, 13, 0.5, distribution)
+        c.project(torch.randn(7, 13, device="cuda"), 1, 0, 9, 0.5, distribution)
+        delta, h = c.lowrank_forward(x.half(), alpha, beta, a0, None, 1, 2, 3, 11, 0.5, distribution)
+        c.lowrank_backward(torch.randn(5, 11, device="cuda").half(), x.half(), h, alpha, beta, a0, None,
+                           1, 2, 3, 11, 0.5, distribution)
+    torch.cuda.synchronize()
+    """
+)
+
+
+@pytest.mark.parametrize("tool", ["memcheck", "racecheck"])
+def test_compute_sanitizer_finds_nothing(tool):
+    sanitizer = shutil.which("compute-sanitizer")
+    if sanitizer is None:
+        pytest.skip("needs compute-sanitizer")
+    result = subprocess.run(
+        [sanitizer, f"--tool={tool}", "--error-exitcode=1", sys.executable, "-c", SANITIZED],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]

@@ -1,0 +1,138 @@
+"""The CUDA sources without a GPU: the Philox header built for the host (g++) against
+nola_basis bit for bit, and every kernel compiled by nvcc for sm_80 and sm_90a without a
+register spill."""
+
+import ctypes
+import shutil
+import subprocess
+
+import pytest
+import torch
+from ptxas_report import CSRC, compile_report, format_report, spilling
+from test_philox import KAT
+
+from nola_kernels import nola_basis
+from nola_kernels.basis import basis_block
+
+DISTRIBUTION_CODES = {"uniform": 0, "rademacher": 1}
+
+
+@pytest.fixture(scope="module")
+def host_basis(tmp_path_factory):
+    """csrc/philox.cuh compiled with g++ as a C library (csrc/host_basis.cpp)."""
+    if shutil.which("g++") is None:
+        pytest.skip("needs g++")
+    library = tmp_path_factory.mktemp("host") / "host_basis.so"
+    subprocess.run(
+        ["g++", "-O2", "-std=c++17", "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC",
+         "-o", str(library), str(CSRC / "host_basis.cpp")],
+        check=True,
+    )  # fmt: skip
+    return ctypes.CDLL(str(library))
+
+
+def _host_block(library, seed, stream, i_start, count, n_start, numel, distribution):
+    out = torch.empty(count, numel, dtype=torch.float32)
+    library.nola_basis_block(
+        ctypes.c_uint64(seed), ctypes.c_uint64(stream), ctypes.c_uint32(i_start), ctypes.c_uint32(count),
+        ctypes.c_uint64(n_start), ctypes.c_uint64(numel), ctypes.c_int(DISTRIBUTION_CODES[distribution]),
+        ctypes.c_void_p(out.data_ptr()),
+    )  # fmt: skip
+    return out
+
+
+def _bits(t):
+    return t.contiguous().view(torch.int32)
+
+
+@pytest.mark.parametrize("rounds, counter, key, expected", KAT)
+def test_known_answer_vectors(host_basis, rounds, counter, key, expected):
+    words = (ctypes.c_uint32 * 4)()
+    status = host_basis.nola_philox_words(
+        rounds, (ctypes.c_uint32 * 4)(*counter), (ctypes.c_uint32 * 2)(*key), words
+    )
+    assert status == 0 and tuple(words) == expected
+
+
+@pytest.mark.parametrize("word", [0, 1, 255, 256, 511, 512, 2**23, 2**31 - 1, 2**31, 2**32 - 512, 2**32 - 1])
+def test_uniform_value_of_extreme_words(host_basis, word):
+    host_basis.nola_uniform_value.restype = ctypes.c_float
+    expected = (((word >> 8) | 1) - 2**23) * 2.0**-23  # docs/spec.md, exact in float32
+    assert host_basis.nola_uniform_value(ctypes.c_uint32(word)) == expected
+
+
+@pytest.mark.parametrize("distribution", ["uniform", "rademacher"])
+@pytest.mark.parametrize(
+    "seed, stream, k, shape",
+    [
+        (0, 0, 3, (1, 1)),
+        (2**32, 0, 5, (7, 13)),
+        (2**32 + 12345, 1, 4, (3, 131)),
+        (2**63 - 1, 2**40 + 3, 2, (129, 5)),
+    ],
+)
+def test_header_matches_nola_basis(host_basis, distribution, seed, stream, k, shape):
+    rows, cols = shape
+    expected = nola_basis(seed, k, shape, stream=stream, distribution=distribution).view(k, -1)
+    got = _host_block(host_basis, seed, stream, 0, k, 0, rows * cols, distribution)
+    assert torch.equal(_bits(got), _bits(expected))
+
+
+@pytest.mark.parametrize("distribution", ["uniform", "rademacher"])
+def test_header_matches_far_positions_and_indices(host_basis, distribution):
+    # Odd starts, the last basis indices below 2^32 and positions near the 2^34 limit.
+    for i_start, n_start in [(2**32 - 3, 5), (7, 2**34 - 300), (1, 131)]:
+        expected = basis_block(2**40 + 9, 1, i_start, i_start + 3, n_start, n_start + 257, distribution)
+        got = _host_block(host_basis, 2**40 + 9, 1, i_start, 3, n_start, 257, distribution)
+        assert torch.equal(_bits(got), _bits(expected)), (i_start, n_start)
+
+
+@pytest.fixture(scope="module")
+def ptxas_entries():
+    if shutil.which("nvcc") is None:
+        pytest.skip("needs nvcc (the CUDA toolkit)")
+    return compile_report()
+
+
+@pytest.fixture(scope="module")
+def workspace_sizes(tmp_path_factory):
+    """tests/workspace_sizes.cu linked with the kernels: their host-side planning, runnable here."""
+    if shutil.which("nvcc") is None:
+        pytest.skip("needs nvcc (the CUDA toolkit)")
+    program = tmp_path_factory.mktemp("plans") / "workspace_sizes"
+    sources = [CSRC / name for name in ("generate.cu", "gemm.cu", "lowrank.cu")]
+    subprocess.run(
+        ["nvcc", "-std=c++17", "-gencode=arch=compute_80,code=sm_80", f"-I{CSRC}", "-o", str(program),
+         str(CSRC.parent / "tests" / "workspace_sizes.cu"), *map(str, sources)],
+        check=True,
+    )  # fmt: skip
+
+    def sizes(problems):
+        lines = "".join(" ".join(map(str, problem)) + "\n" for problem in problems)
+        result = subprocess.run([str(program)], input=lines, capture_output=True, text=True, check=True)
+        return [int(line) for line in result.stdout.split()]
+
+    return sizes
+
+
+def test_workspace_planning_handles_edge_shapes(workspace_sizes):
+    # tokens, in, out, rank, k, l, distribution, SM count
+    problems = [
+        (0, 64, 32, 4, 8, 8, 0, 132),  # no tokens: empty reductions
+        (3, 1, 3, 1, 2048, 7, 0, 132),  # one input feature, a long basis
+        (1, 1, 1, 1, 1, 1, 1, 1),
+        (8192, 4096, 4096, 64, 512, 512, 0, 132),
+        (257, 300, 500, 31, 33, 40, 1, 108),
+        (5, 37, 11, 3, 0, 0, 0, 132),  # k = l = 0: the factors are their offsets
+    ]
+    for problem, size in zip(problems, workspace_sizes(problems), strict=True):
+        tokens, in_f, out_f, rank = problem[:4]
+        factors_and_grad_h = 4 * (rank * in_f + out_f * rank + tokens * rank)
+        assert factors_and_grad_h <= size <= factors_and_grad_h + (64 << 20), problem
+
+
+def test_every_kernel_compiles_without_register_spills(ptxas_entries):
+    print("\n" + "\n".join(format_report(ptxas_entries)))
+    assert ptxas_entries, "nvcc reported no kernels"
+    assert {entry.arch for entry in ptxas_entries} == {"sm_80", "sm_90a"}
+    assert not spilling(ptxas_entries), "\n".join(format_report(spilling(ptxas_entries)))
