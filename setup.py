@@ -3,7 +3,8 @@
 
 NOLA_BUILD_CUDA=1 forces the extension (the build fails if it cannot be built), NOLA_BUILD_CUDA=0
 skips it; unset, it is built when it can be. TORCH_CUDA_ARCH_LIST picks the GPU architectures
-(default here: "8.0;9.0a", i.e. sm_80 and sm_90a).
+(default here: "8.0+PTX;9.0a", i.e. sm_80 and sm_90a code, plus compute_80 PTX that the driver
+compiles for any later GPU; sm_90a PTX would run on sm_90 only).
 """
 
 import os
@@ -17,7 +18,7 @@ CUDA_SOURCES = [
     "csrc/lowrank.cu",
     "csrc/philox_rate.cu",
 ]
-DEFAULT_CUDA_ARCHS = "8.0;9.0a"
+DEFAULT_CUDA_ARCHS = "8.0+PTX;9.0a"
 
 
 def cuda_extension_options():

@@ -35,6 +35,19 @@ def test_unavailable_on_cpu_tensors_and_asked_again_without_warning():
         assert cuda_backend.unavailable_reason(torch.device("cpu")) is not None
 
 
+@pytest.mark.parametrize(
+    "capability, available", [((7, 5), False), ((7, 0), False), ((8, 0), True), ((12, 0), True)]
+)
+def test_gpus_before_sm80_are_unavailable(monkeypatch, capability, available):
+    # The extension holds sm_80 and sm_90a code and compute_80 PTX: nothing runs on Volta or Turing.
+    monkeypatch.setattr(cuda_backend, "_ops", object())
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: capability)
+    reason = cuda_backend.unavailable_reason(torch.device("cuda", 0))
+    assert (reason is None) == available
+    if not available:
+        assert f"{capability[0]}.{capability[1]}" in reason and "8.0" in reason
+
+
 def test_fused_path_for_generation_bound_shapes_only():
     assert cuda_backend.prefers_fused(512, 1024, 1024, 8, 512, 512, torch.float32)
     assert not cuda_backend.prefers_fused(1 << 20, 1024, 1024, 8, 16, 16, torch.bfloat16)

@@ -14,6 +14,8 @@ import torch
 from . import torch_backend
 
 EXTENSION = "nola_kernels._cuda"
+# The oldest GPU the extension is built for (sm_80; PTX covers the later ones, setup.py).
+MIN_CAPABILITY = (8, 0)
 
 # Work per basis entry of the kernels, in 32-bit operations: a uniform Philox call (10 rounds of
 # about 6 integer ops) serves 4 entries, plus the multiply-add of the mix.
@@ -43,11 +45,16 @@ _ops, _load_error = _load()
 
 
 def unavailable_reason(device):
-    """None on CUDA devices once the extension is loaded; otherwise why not."""
+    """None on CUDA devices of compute capability 8.0 and up once the extension is loaded;
+    otherwise why not."""
     if _ops is None:
         return _load_error
-    if torch.device(device).type != "cuda":
+    device = torch.device(device)
+    if device.type != "cuda":
         return "the CUDA kernels run on CUDA tensors only"
+    capability = torch.cuda.get_device_capability(device)
+    if capability < MIN_CAPABILITY:
+        return f"the CUDA kernels need compute capability 8.0 or later, this GPU has {capability[0]}.{capability[1]}"
     return None
 
 
