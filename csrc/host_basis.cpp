@@ -23,6 +23,9 @@ int nola_philox_words(int rounds, const uint32_t* counter, const uint32_t* key, 
 // The uniform value of one Philox word.
 float nola_uniform_value(uint32_t word) { return nola::uniform_value(word); }
 
+// The default mix scale of k basis matrices.
+float nola_default_mix_scale(uint64_t k) { return nola::default_mix_scale(k); }
+
 // Entries (i, n) for i in [i_start, i_start + count) and n in [n_start, n_start + numel), row-major.
 void nola_basis_block(uint64_t seed, uint64_t stream, uint32_t i_start, uint32_t count, uint64_t n_start,
                       uint64_t numel, int distribution, float* out) {

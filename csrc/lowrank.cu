@@ -3,7 +3,6 @@
 // launch that also projects its gradient, so no basis matrix is ever stored; the products that
 // remain are the skinny GEMMs of gemm.cu.
 #include <algorithm>
-#include <cmath>
 
 #include "nola_cuda.h"
 #include "partials.cuh"
@@ -13,12 +12,12 @@ namespace {
 
 GenerateProblem factor_a(const LowRankProblem& p, float* a, const float* grad_a, float* grad_alpha) {
   return GenerateProblem{p.family_a, p.distribution, p.rank * p.in_features, p.k,
-                         1.0f / std::sqrt(static_cast<float>(p.k)), p.alpha, p.a0, a, grad_a, grad_alpha};
+                         default_mix_scale(p.k), p.alpha, p.a0, a, grad_a, grad_alpha};
 }
 
 GenerateProblem factor_b(const LowRankProblem& p, float* b, const float* grad_b, float* grad_beta) {
   return GenerateProblem{p.family_b, p.distribution, p.out_features * p.rank, p.l,
-                         1.0f / std::sqrt(static_cast<float>(p.l)), p.beta, p.b0, b, grad_b, grad_beta};
+                         default_mix_scale(p.l), p.beta, p.b0, b, grad_b, grad_beta};
 }
 
 MatrixView row_major(const void* data, Dtype dtype, int64_t cols) { return MatrixView{data, dtype, cols, 1}; }

@@ -3,6 +3,7 @@
 // nola_kernels.nola_basis bit for bit.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 
@@ -104,6 +105,12 @@ NOLA_HOST_DEVICE float apply_sign_bit(float v, uint32_t word, int bit) {
 #else
   return ((word >> bit) & 1u) ? -v : v;
 #endif
+}
+
+// The default mix scale 1/sqrt(k), rounded once from double like the Python API's
+// float(1.0 / math.sqrt(k)), so the fused and composed paths scale bit for bit alike.
+inline float default_mix_scale(uint64_t k) {
+  return static_cast<float>(1.0 / std::sqrt(static_cast<double>(k)));
 }
 
 // Entry n of basis matrix `index`: the scalar definition, for tests and edges.

@@ -3,6 +3,7 @@ nola_basis bit for bit, and every kernel compiled by nvcc for sm_80 and sm_90a w
 register spill."""
 
 import ctypes
+import math
 import shutil
 import subprocess
 
@@ -85,6 +86,15 @@ def test_header_matches_far_positions_and_indices(host_basis, distribution):
         expected = basis_block(2**40 + 9, 1, i_start, i_start + 3, n_start, n_start + 257, distribution)
         got = _host_block(host_basis, 2**40 + 9, 1, i_start, 3, n_start, 257, distribution)
         assert torch.equal(_bits(got), _bits(expected)), (i_start, n_start)
+
+
+def test_default_mix_scale_is_the_python_apis_rounding(host_basis):
+    # 1/sqrt(k) rounded once from double (api._mix_scale, then float32), not 1.0f / sqrtf(k),
+    # which differs by an ulp for k = 6 and many others: fused and composed factors scale alike.
+    host_basis.nola_default_mix_scale.restype = ctypes.c_float
+    for k in [*range(1, 20001), 2**31 - 1, 2**32]:
+        expected = torch.tensor(1.0 / math.sqrt(k), dtype=torch.float64).float().item()
+        assert host_basis.nola_default_mix_scale(ctypes.c_uint64(k)) == expected, k
 
 
 @pytest.fixture(scope="module")
