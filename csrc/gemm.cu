@@ -5,6 +5,7 @@
 #include <cuda_fp16.h>
 
 #include <algorithm>
+#include <limits>
 
 #include "nola_cuda.h"
 #include "partials.cuh"
@@ -32,13 +33,14 @@ struct Operand {
 
 template <typename TA, typename TB, typename TC>
 __global__ void __launch_bounds__(kThreads, 2)  // 2 blocks per SM: room for the 64-bit indexing without spills
-    gemm_kernel(int64_t m, int64_t n, int64_t k, int64_t k_per_split, Operand<TA> a, Operand<TB> b,
-                float alpha, TC* __restrict__ c, float* __restrict__ partials) {
+    gemm_kernel(int64_t m, int64_t n, int64_t k, int64_t k_per_split, unsigned tiles_m, Operand<TA> a,
+                Operand<TB> b, float alpha, TC* __restrict__ c, float* __restrict__ partials) {
   __shared__ float a_tile[kTileK][kTileM + 1];  // +1: loads along k hit distinct banks
   __shared__ float b_tile[kTileK][kTileN + 1];
-  const int64_t m0 = blockIdx.x * static_cast<int64_t>(kTileM);
-  const int64_t n0 = blockIdx.y * static_cast<int64_t>(kTileN);
-  const int64_t k_begin = blockIdx.z * k_per_split;
+  // Every output tile on grid axis x (y stops at 65535 blocks), down the rows first; splits on y.
+  const int64_t m0 = static_cast<int64_t>(blockIdx.x % tiles_m) * kTileM;
+  const int64_t n0 = static_cast<int64_t>(blockIdx.x / tiles_m) * kTileN;
+  const int64_t k_begin = blockIdx.y * k_per_split;
   const int64_t k_end = min(k, k_begin + k_per_split);
   const int row_group = threadIdx.x / (kTileN / kThreadCols);
   const int col_group = threadIdx.x % (kTileN / kThreadCols);
@@ -81,7 +83,7 @@ __global__ void __launch_bounds__(kThreads, 2)  // 2 blocks per SM: room for the
       const int64_t col = n0 + col_group + j * (kTileN / kThreadCols);
       if (row >= m || col >= n) continue;
       if (partials) {
-        partials[blockIdx.z * m * n + row * n + col] = alpha * acc[i][j];
+        partials[blockIdx.y * m * n + row * n + col] = alpha * acc[i][j];
       } else {
         c[row * n + col] = from_float<TC>(alpha * acc[i][j]);
       }
@@ -119,9 +121,12 @@ cudaError_t launch(int64_t m, int64_t n, int64_t k, const MatrixView& a, const M
                    void* c, void* workspace, int sm_count, cudaStream_t stream) {
   const GemmPlan p = plan(m, n, k, sm_count);
   float* partials = p.splits > 1 ? static_cast<float*>(workspace) : nullptr;
-  const dim3 grid(static_cast<unsigned>(p.tiles_m), static_cast<unsigned>(p.tiles_n), p.splits);
-  gemm_kernel<TA, TB, TC><<<grid, kThreads, 0, stream>>>(m, n, k, p.k_per_split, operand<TA>(a),
-                                                          operand<TB>(b), alpha, static_cast<TC*>(c), partials);
+  const int64_t tiles = p.tiles_m * p.tiles_n;
+  if (tiles > std::numeric_limits<int>::max()) return cudaErrorInvalidConfiguration;  // gridDim.x's limit
+  const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(p.splits));
+  gemm_kernel<TA, TB, TC><<<grid, kThreads, 0, stream>>>(m, n, k, p.k_per_split, static_cast<unsigned>(p.tiles_m),
+                                                          operand<TA>(a), operand<TB>(b), alpha,
+                                                          static_cast<TC*>(c), partials);
   cudaError_t status = cudaGetLastError();
   if (status == cudaSuccess && partials) {
     status = sum_partials(partials, p.splits, m * n, nullptr, 1.0f, static_cast<TC*>(c), sm_count, stream);
