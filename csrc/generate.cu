@@ -19,8 +19,10 @@ constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / kWarpSize;
 // Fewer basis indices than this per k-split (4 per warp) spend more on partial sums than they save.
 constexpr int kMinIndicesPerSplit = 4 * kWarps;
-// The mix partials of a k-split stay under 16 MiB.
+// The partials stay under 16 MiB: the mix partials of a k-split, and the projection partials
+// (blocks x k; past this many basis indices, fewer blocks and a wider k-split fill the GPU).
 constexpr int64_t kMaxMixPartialEntries = 1 << 22;
+constexpr int64_t kMaxProjectPartialEntries = 1 << 22;
 
 // A lane's "item" is the run of positions it fills from one Philox call: the call's four
 // words (uniform), or one word's 32 bits (rademacher; the four lanes sharing a call each
@@ -53,7 +55,7 @@ struct Items<Distribution::kRademacher> {
 struct GenerateArgs {
   Family family;
   int64_t numel, slices;
-  int k, k_per_split;
+  int64_t k, k_per_split;  // up to 2^32 basis indices, past int
   float scale;
   const float* coeffs;
   const float* offset;
@@ -70,8 +72,11 @@ __global__ void __launch_bounds__(kThreads) generate_kernel(const GenerateArgs a
   constexpr int kSliceEntries = kWarpSize * kPerLane * kEntries;
   __shared__ float warp_sums[kMix ? kWarps : 1][kMix ? kSliceEntries : 1];
   const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
-  const int i_begin = blockIdx.y * args.k_per_split;
-  const int i_end = min(args.k, i_begin + args.k_per_split);
+  // This block's basis indices, i_begin + step for step < steps: up to 2^32 of them, past int.
+  const int64_t i_begin = blockIdx.y * args.k_per_split;
+  const int64_t steps = min(args.k, i_begin + args.k_per_split) - i_begin;
+  const float* const coeffs = kMix ? args.coeffs + i_begin : nullptr;
+  float* const partials = kProject ? args.projected_partials + blockIdx.x * args.k + i_begin : nullptr;
 
   for (int64_t slice = blockIdx.x; slice < args.slices; slice += gridDim.x) {
     // Item j of this lane is first_item + j * kWarpSize; its entries sit at the slice's local
@@ -89,13 +94,14 @@ __global__ void __launch_bounds__(kThreads) generate_kernel(const GenerateArgs a
       }
     }
 
-    for (int i = i_begin + warp; i < i_end; i += kWarps) {
-      const float weight = kMix ? __ldg(args.coeffs + i) * args.scale : 0.0f;
+    for (int64_t step = warp; step < steps; step += kWarps) {
+      const uint32_t index = static_cast<uint32_t>(i_begin + step);  // < 2^32
+      const float weight = kMix ? __ldg(coeffs + step) * args.scale : 0.0f;
       float dot = 0.0f;
 #pragma unroll
       for (int j = 0; j < kPerLane; ++j) {
         const int64_t item = first_item + j * kWarpSize;
-        const Words words = It::call(args.family, item, static_cast<uint32_t>(i));
+        const Words words = It::call(args.family, item, index);
 #pragma unroll
         for (int e = 0; e < kEntries; ++e) {
           if (kMix) mixed[j][e] += It::times(weight, words, item, e);
@@ -105,7 +111,7 @@ __global__ void __launch_bounds__(kThreads) generate_kernel(const GenerateArgs a
       if (kProject) {
         dot = warp_sum(dot);
         if (lane == 0) {  // only this warp of this block adds to index i, slice after slice
-          float& partial = args.projected_partials[blockIdx.x * static_cast<int64_t>(args.k) + i];
+          float& partial = partials[step];
           partial = (slice == blockIdx.x ? 0.0f : partial) + dot;
         }
       }
@@ -147,22 +153,28 @@ int64_t entries_per_slice(Distribution distribution) {
 
 struct GeneratePlan {
   int64_t slices, blocks;  // block b walks slices b, b + blocks, ...
-  int splits, k_per_split;
+  int splits;
+  int64_t k_per_split;
   size_t mix_partial_bytes, project_partial_bytes;
 };
 
-GeneratePlan plan(Distribution distribution, int64_t numel, int k, bool mixes, bool projects, int sm_count) {
+// No positions: no launch and no workspace (generate() only zeroes the projection).
+GeneratePlan plan(Distribution distribution, int64_t numel, int64_t k, bool mixes, bool projects, int sm_count) {
   GeneratePlan result{};
+  if (numel == 0) return result;
   const int64_t wanted_blocks = 4LL * sm_count;  // as many as run at once at about 64 registers
   result.slices = ceil_div(numel, entries_per_slice(distribution));
   result.blocks = std::min(result.slices, wanted_blocks);
+  if (projects) {
+    result.blocks = std::min(result.blocks, std::max<int64_t>(1, kMaxProjectPartialEntries / std::max<int64_t>(1, k)));
+  }
   int64_t splits = 1;
   if (result.blocks < wanted_blocks) {
     splits = std::min(ceil_div(wanted_blocks, result.blocks), ceil_div(k, kMinIndicesPerSplit));
     if (mixes) splits = std::min(splits, kMaxMixPartialEntries / numel);
   }
   // k = 0 still launches one split: the mix is then the offset alone.
-  result.k_per_split = static_cast<int>(std::max<int64_t>(1, ceil_div(k, std::max<int64_t>(1, splits))));
+  result.k_per_split = std::max<int64_t>(1, ceil_div(k, std::max<int64_t>(1, splits)));
   result.splits = static_cast<int>(std::max<int64_t>(1, ceil_div(k, result.k_per_split)));
   if (mixes && result.splits > 1) result.mix_partial_bytes = align_bytes(sizeof(float) * result.splits * numel);
   if (projects) result.project_partial_bytes = align_bytes(sizeof(float) * result.blocks * k);
@@ -192,14 +204,20 @@ void launch_parts(const GeneratePlan& plan, const GenerateArgs& args, cudaStream
 
 }  // namespace
 
-size_t generate_workspace_bytes(Distribution distribution, int64_t numel, int k, bool mixes, bool projects,
+size_t generate_workspace_bytes(Distribution distribution, int64_t numel, int64_t k, bool mixes, bool projects,
                                 int sm_count) {
   const GeneratePlan p = plan(distribution, numel, k, mixes, projects, sm_count);
   return p.mix_partial_bytes + p.project_partial_bytes;
 }
 
 cudaError_t generate(const GenerateProblem& problem, void* workspace, int sm_count, cudaStream_t stream) {
+  if (problem.projected && !problem.grad) return cudaErrorInvalidValue;  // a projection needs its input
   if (!problem.mixed && !problem.projected) return cudaSuccess;
+  // No positions: the mix is empty and every projection is an empty sum.
+  if (problem.numel == 0) {
+    return problem.projected ? cudaMemsetAsync(problem.projected, 0, sizeof(float) * problem.k, stream)
+                             : cudaSuccess;
+  }
   const GeneratePlan p = plan(problem, sm_count);
   char* bytes = static_cast<char*>(workspace);
   float* mix_partials = reinterpret_cast<float*>(bytes);

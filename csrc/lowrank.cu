@@ -64,6 +64,7 @@ size_t lowrank_workspace_bytes(const LowRankProblem& problem, int sm_count) {
 
 cudaError_t lowrank_forward(const LowRankProblem& p, const LowRankForward& out, void* workspace, int sm_count,
                             cudaStream_t stream) {
+  if (p.tokens == 0) return cudaSuccess;  // delta and h are empty: no factor to generate
   const Buffers w = buffers(layout(p, sm_count), workspace);
   const int64_t t = p.tokens, r = p.rank;
   cudaError_t status = generate(factor_a(p, w.a, nullptr, nullptr), w.scratch, sm_count, stream);

@@ -22,7 +22,7 @@ struct GenerateProblem {
   Family family;
   Distribution distribution;
   int64_t numel;
-  int k;
+  int64_t k;  // at most 2^32 (the index is Philox counter word 1)
   float scale;
   const float* coeffs;  // (k,): mix input, or null
   const float* offset;  // (numel,): added to the mix, or null
@@ -31,7 +31,7 @@ struct GenerateProblem {
   float* projected;     // (k,): projection output, or null
 };
 
-size_t generate_workspace_bytes(Distribution distribution, int64_t numel, int k, bool mixes, bool projects,
+size_t generate_workspace_bytes(Distribution distribution, int64_t numel, int64_t k, bool mixes, bool projects,
                                 int sm_count);
 cudaError_t generate(const GenerateProblem& problem, void* workspace, int sm_count, cudaStream_t stream);
 
@@ -55,7 +55,8 @@ cudaError_t gemm(int64_t m, int64_t n, int64_t k, MatrixView a, MatrixView b, fl
 //             grad_a = grad_h^T x, grad_alpha = project(grad_a), grad_x = grad_h A (x's dtype).
 struct LowRankProblem {
   int64_t tokens, in_features, out_features;
-  int rank, k, l;
+  int rank;
+  int64_t k, l;
   Dtype dtype;  // of x, grad, delta and grad_x
   Family family_a, family_b;
   Distribution distribution;

@@ -117,8 +117,8 @@ def workspace_sizes(tmp_path_factory):
         check=True,
     )  # fmt: skip
 
-    def sizes(problems):
-        lines = "".join(" ".join(map(str, problem)) + "\n" for problem in problems)
+    def sizes(kind, problems):
+        lines = "".join(" ".join(map(str, (kind, *problem))) + "\n" for problem in problems)
         result = subprocess.run([str(program)], input=lines, capture_output=True, text=True, check=True)
         return [int(line) for line in result.stdout.split()]
 
@@ -134,11 +134,35 @@ def test_workspace_planning_handles_edge_shapes(workspace_sizes):
         (8192, 4096, 4096, 64, 512, 512, 0, 132),
         (257, 300, 500, 31, 33, 40, 1, 108),
         (5, 37, 11, 3, 0, 0, 0, 132),  # k = l = 0: the factors are their offsets
+        (16, 64, 32, 0, 8, 8, 0, 132),  # rank 0 and no output features: factors with no entries
+        (16, 64, 0, 4, 8, 8, 1, 132),
     ]
-    for problem, size in zip(problems, workspace_sizes(problems), strict=True):
+    for problem, size in zip(problems, workspace_sizes("lowrank", problems), strict=True):
         tokens, in_f, out_f, rank = problem[:4]
         factors_and_grad_h = 4 * (rank * in_f + out_f * rank + tokens * rank)
         assert factors_and_grad_h <= size <= factors_and_grad_h + (64 << 20), problem
+
+
+def test_generation_without_positions_plans_no_workspace(workspace_sizes):
+    # distribution, numel, k, mixes, projects, SM count: an empty matrix (or factor) is no launch,
+    # not a division by its zero slices.
+    problems = [(0, 0, 5, 1, 0, 132), (1, 0, 3, 0, 1, 132), (0, 0, 7, 1, 1, 1), (1, 0, 0, 1, 1, 108)]
+    assert workspace_sizes("generate", problems) == [0] * len(problems)
+
+
+@pytest.mark.parametrize("k", [2**20, 2**24, 2**31 + 5, 2**32])
+@pytest.mark.parametrize("sm_count", [1, 132])
+def test_projection_partials_stay_bounded_for_long_bases(workspace_sizes, k, sm_count):
+    # The projection partials are (blocks x k) floats: blocks shrink as k grows (the k-split
+    # fills the GPU instead), so they stay within 16 MiB, or one row of k where k alone is larger.
+    bound = 4 * max(1 << 22, k) + 256
+    for distribution in (0, 1):
+        projection, both = workspace_sizes(
+            "generate",
+            [(distribution, 1 << 20, k, 0, 1, sm_count), (distribution, 1 << 20, k, 1, 1, sm_count)],
+        )
+        assert projection <= bound, (distribution, k, sm_count, projection)
+        assert both <= bound + (16 << 20), (distribution, k, sm_count, both)
 
 
 def test_every_kernel_compiles_without_register_spills(ptxas_entries):
