@@ -41,23 +41,36 @@ nola::Family family(int64_t seed, int64_t stream) {
   return nola::Family::of(static_cast<uint64_t>(seed), static_cast<uint64_t>(stream));
 }
 
-// Counts the kernels hold in an int (basis matrices, rank); 2^31 coefficients would be 8 GiB anyway.
-int checked_count(int64_t value, const char* name) {
-  TORCH_CHECK(value >= 0 && value <= std::numeric_limits<int>::max(), name, " must be below 2^31, got ", value);
-  return static_cast<int>(value);
+// Basis indices are Philox counter word 1 (docs/spec.md): at most 2^32 basis matrices.
+int64_t checked_basis_count(int64_t value, const char* name) {
+  TORCH_CHECK(value >= 0 && value <= (int64_t{1} << 32), name, " must be in [0, 2^32], got ", value);
+  return value;
 }
 
-at::Tensor as_float32(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.is_cuda(), name, " must be a CUDA tensor");
+// Flat positions n < 2^34 (docs/spec.md): counter word 0 is n / 4 for the uniform basis.
+int64_t checked_numel(int64_t rows, int64_t cols) {
+  TORCH_CHECK(rows >= 0 && cols >= 0 && (cols == 0 || rows <= (int64_t{1} << 34) / cols),
+              "rows and cols must be non-negative with rows * cols <= 2^34, got ", rows, " x ", cols);
+  return rows * cols;
+}
+
+// The rank (an int in the kernels) and the output width: a factor with no rows is not a delta.
+void check_width(int64_t value, const char* name) {
+  TORCH_CHECK(value >= 1 && value <= std::numeric_limits<int>::max(), name, " must be in [1, 2^31), got ", value);
+}
+
+at::Tensor as_float32(const at::Tensor& t, const char* name, const at::Device& device) {
+  TORCH_CHECK(t.device() == device, name, " must be on ", device, ", got ", t.device());
   return t.to(at::kFloat).contiguous();
 }
 
 // An optional offset, checked against its factor's shape.
-at::Tensor as_offset(const c10::optional<at::Tensor>& t, int64_t rows, int64_t cols, const char* name) {
+at::Tensor as_offset(const c10::optional<at::Tensor>& t, int64_t rows, int64_t cols, const char* name,
+                     const at::Device& device) {
   if (!t.has_value()) return at::Tensor();
   TORCH_CHECK(t->dim() == 2 && t->size(0) == rows && t->size(1) == cols, name, " must have shape (", rows, ", ",
               cols, "), got ", t->sizes());
-  return as_float32(*t, name);
+  return as_float32(*t, name, device);
 }
 
 const float* data_or_null(const at::Tensor& t) { return t.defined() ? t.data_ptr<float>() : nullptr; }
@@ -81,10 +94,11 @@ void check(cudaError_t status) {
 at::Tensor mix(const at::Tensor& coeffs_in, int64_t seed, int64_t stream, int64_t rows, int64_t cols, double scale,
                const std::string& distribution) {
   const c10::cuda::CUDAGuard guard(coeffs_in.device());
-  const at::Tensor coeffs = as_float32(coeffs_in, "coeffs");
+  const at::Tensor coeffs = coeffs_in.to(at::kFloat).contiguous();
+  const int64_t numel = checked_numel(rows, cols);
   at::Tensor out = at::empty({rows, cols}, coeffs.options());
-  const nola::GenerateProblem problem{family(seed, stream), parse_distribution(distribution), rows * cols,
-                                      checked_count(coeffs.numel(), "k"), static_cast<float>(scale),
+  const nola::GenerateProblem problem{family(seed, stream), parse_distribution(distribution), numel,
+                                      checked_basis_count(coeffs.numel(), "k"), static_cast<float>(scale),
                                       coeffs.data_ptr<float>(), nullptr, out.data_ptr<float>(), nullptr, nullptr};
   const int sms = sm_count(coeffs);
   const at::Tensor space = workspace(
@@ -96,11 +110,11 @@ at::Tensor mix(const at::Tensor& coeffs_in, int64_t seed, int64_t stream, int64_
 at::Tensor project(const at::Tensor& grad_in, int64_t seed, int64_t stream, int64_t k, double scale,
                    const std::string& distribution) {
   const c10::cuda::CUDAGuard guard(grad_in.device());
-  const at::Tensor grad = as_float32(grad_in, "grad");
-  at::Tensor out = at::empty({k}, grad.options());
-  const nola::GenerateProblem problem{family(seed, stream), parse_distribution(distribution), grad.numel(),
-                                      checked_count(k, "k"), static_cast<float>(scale), nullptr, nullptr, nullptr,
-                                      grad.data_ptr<float>(), out.data_ptr<float>()};
+  const at::Tensor grad = grad_in.to(at::kFloat).contiguous();
+  at::Tensor out = at::empty({checked_basis_count(k, "k")}, grad.options());
+  const nola::GenerateProblem problem{family(seed, stream), parse_distribution(distribution),
+                                      checked_numel(grad.numel(), 1), k, static_cast<float>(scale), nullptr,
+                                      nullptr, nullptr, grad.data_ptr<float>(), out.data_ptr<float>()};
   const int sms = sm_count(grad);
   const at::Tensor space = workspace(
       nola::generate_workspace_bytes(problem.distribution, problem.numel, problem.k, false, true, sms), grad);
@@ -119,14 +133,17 @@ LowRankInputs lowrank_inputs(const at::Tensor& x, const at::Tensor& alpha, const
                              int64_t seed_a, int64_t seed_b, int64_t rank, int64_t out_features, double scaling,
                              const std::string& distribution) {
   TORCH_CHECK(x.is_cuda() && x.dim() == 2, "x must be a 2-D CUDA tensor (tokens, in_features)");
+  check_width(rank, "rank");
+  check_width(out_features, "out_features");
   LowRankInputs in;
   in.x = x.contiguous();
-  in.alpha = as_float32(alpha, "alpha");
-  in.beta = as_float32(beta, "beta");
-  in.a0 = as_offset(a0, rank, x.size(1), "a0");
-  in.b0 = as_offset(b0, out_features, rank, "b0");
-  in.problem = nola::LowRankProblem{x.size(0), x.size(1), out_features, checked_count(rank, "rank"),
-                                    checked_count(in.alpha.numel(), "k"), checked_count(in.beta.numel(), "l"),
+  in.alpha = as_float32(alpha, "alpha", x.device());
+  in.beta = as_float32(beta, "beta", x.device());
+  in.a0 = as_offset(a0, rank, x.size(1), "a0", x.device());
+  in.b0 = as_offset(b0, out_features, rank, "b0", x.device());
+  in.problem = nola::LowRankProblem{x.size(0), x.size(1), out_features, static_cast<int>(rank),
+                                    checked_basis_count(in.alpha.numel(), "k"),
+                                    checked_basis_count(in.beta.numel(), "l"),
                                     kernel_dtype(x), family(seed_a, 0), family(seed_b, 0),
                                     parse_distribution(distribution), static_cast<float>(scaling), in.x.data_ptr(),
                                     in.alpha.data_ptr<float>(), in.beta.data_ptr<float>(), data_or_null(in.a0),
@@ -162,8 +179,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lowrank_b
   TORCH_CHECK(grad.sizes() == at::IntArrayRef({x.size(0), out_features}), "grad must have shape (tokens, ",
               out_features, "), got ", grad.sizes());
   TORCH_CHECK(h.sizes() == at::IntArrayRef({x.size(0), rank}), "h must have shape (tokens, ", rank, ")");
+  TORCH_CHECK(grad.device() == x.device(), "grad must be on ", x.device(), ", got ", grad.device());
   const at::Tensor grad_c = grad.to(x.scalar_type()).contiguous();
-  const at::Tensor h_c = as_float32(h, "h");
+  const at::Tensor h_c = as_float32(h, "h", x.device());
   const auto f32 = in.x.options().dtype(at::kFloat);
   at::Tensor grad_x = at::empty_like(in.x);
   at::Tensor grad_alpha = at::empty({in.problem.k}, f32), grad_beta = at::empty({in.problem.l}, f32);

@@ -69,6 +69,25 @@ def test_float64_takes_the_float64_torch_path():
     assert nola_mix(coeffs, 1, (3, 5), backend="cuda").dtype == torch.float64
 
 
+def test_empty_matrices_and_out_of_range_arguments():
+    ops, x = torch.ops.nola_kernels_cuda, torch.randn(4, 6, device="cuda")
+    alpha, beta = torch.randn(3, device="cuda"), torch.randn(2, device="cuda")
+    assert ops.mix(torch.randn(5, device="cuda"), 1, 0, 0, 5, 1.0, "uniform").shape == (0, 5)
+    # No positions: every projection is an empty sum, written as zeros.
+    assert torch.equal(
+        ops.project(torch.empty(0, 5, device="cuda"), 1, 0, 3, 1.0, "uniform"), torch.zeros(3, device="cuda")
+    )
+    with pytest.raises(RuntimeError, match="rows \\* cols <= 2\\^34"):
+        ops.mix(alpha, 1, 0, 2**20, 2**15, 1.0, "uniform")
+    with pytest.raises(RuntimeError, match="k must be in \\[0, 2\\^32\\]"):
+        ops.project(x, 1, 0, 2**32 + 1, 1.0, "uniform")
+    for rank, out_features in [(0, 5), (2, 0)]:
+        with pytest.raises(RuntimeError, match="must be in \\[1, 2\\^31\\)"):
+            ops.lowrank_forward(x, alpha, beta, None, None, 1, 2, rank, out_features, 1.0, "uniform")
+    with pytest.raises(RuntimeError, match="alpha must be on cuda"):
+        ops.lowrank_forward(x, alpha.cpu(), beta, None, None, 1, 2, 2, 5, 1.0, "uniform")
+
+
 def _factor64(coeffs, seed, shape, offset, distribution):
     basis = nola_basis(seed, coeffs.numel(), shape, distribution=distribution).double()
     mixed = torch.einsum("k,krc->rc", coeffs, basis) / math.sqrt(coeffs.numel())
