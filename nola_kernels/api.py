@@ -107,7 +107,7 @@ def nola_matmul(
     backend = resolve_backend(backend, x.device)
 
     if _runs_fused(backend, x, alpha, beta, rank, out_features):
-        flat = x.reshape(-1, in_features).contiguous()
+        flat = _autocast_operand(x).reshape(-1, in_features).contiguous()
         delta, _ = ops.lowrank_forward(
             flat, alpha, beta, a0, b0, seed_a, seed_b, rank, out_features, scaling, distribution, backend
         )
@@ -126,6 +126,16 @@ def _runs_fused(backend, x, alpha, beta, rank, out_features):
     in_features = x.shape[-1]
     tokens = x.numel() // in_features
     return prefers_fused(tokens, in_features, out_features, rank, alpha.numel(), beta.numel(), x.dtype)
+
+
+def _autocast_operand(x):
+    """x as autocast would cast a matmul's operand, which it does not do for the fused op: so that
+    the fused path returns the composed path's dtype. alpha and beta stay as they are, as the
+    composed path's mix keeps them."""
+    device_type = x.device.type
+    if torch.is_autocast_enabled(device_type):
+        return x.to(torch.get_autocast_dtype(device_type))
+    return x
 
 
 def _factor(coeffs, seed, shape, offset, distribution, backend):

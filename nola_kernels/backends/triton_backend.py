@@ -4,6 +4,7 @@ were imported. float64 work goes to the PyTorch backend: the kernels accumulate 
 float64 is only for checks such as gradcheck."""
 
 import torch
+import triton
 
 from ..dtypes import accumulation_dtype
 
@@ -31,8 +32,9 @@ def unavailable_reason(device):
 
 
 def emulated(device):
-    """On the CPU the kernels run in Triton's interpreter: usable by name, never chosen by auto."""
-    return torch.device(device).type == "cpu"
+    """With TRITON_INTERPRET=1 the kernels run in Triton's interpreter, on any device's tensors:
+    usable by name, never chosen by auto."""
+    return INTERPRETED
 
 
 def mix(coeffs, seed, stream, rows, cols, scale, distribution):
@@ -59,9 +61,18 @@ def project(grad, seed, stream, k, scale, distribution):
 FUSED_MAX_ENTRIES = 1 << 22
 
 
+# Largest padded rank (next power of 2) of the fused kernels: their backward tiles outgrow Hopper's
+# shared memory past it (tests/compile_for_hopper.py checks every tuned setting up to it).
+FUSED_MAX_RANK = 128
+
+
 def prefers_fused(tokens, in_features, out_features, rank, k, l, dtype):  # noqa: E741 (NOLA's name)
     """Whether nola_matmul should run the fused kernels rather than mix + two matmuls."""
-    return tokens > 0 and k * rank * in_features + l * out_features * rank <= FUSED_MAX_ENTRIES
+    return (
+        tokens > 0
+        and triton.next_power_of_2(rank) <= FUSED_MAX_RANK
+        and k * rank * in_features + l * out_features * rank <= FUSED_MAX_ENTRIES
+    )
 
 
 def lowrank_forward(x, alpha, beta, a0, b0, seed_a, seed_b, rank, out_features, scaling, distribution):

@@ -1,6 +1,10 @@
 """Launch settings shared by the Triton kernels: whether they run in Triton's CPU interpreter,
-block sizes and grid targets, and the Philox key and counter words of a basis family."""
+block sizes and grid targets, the Philox key and counter words of a basis family, and the device
+a launch runs on."""
 
+import contextlib
+
+import torch
 import triton
 
 # The kernels are compiled or interpreted as their @triton.jit decorators run (at import). The
@@ -31,3 +35,9 @@ def flat_block(numel):
 def seed_words(seed, stream):
     """Kernel arguments of a family: the 64-bit Philox key, then the stream's two counter words."""
     return seed, stream & MASK32, stream >> 32
+
+
+def on_device(tensor):
+    """Where to launch kernels on `tensor`: Triton launches on the current CUDA device and stream,
+    so its device must be the current one."""
+    return torch.cuda.device(tensor.device) if tensor.is_cuda else contextlib.nullcontext()

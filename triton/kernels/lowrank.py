@@ -13,7 +13,8 @@ deterministic, with no float atomics.
             A side: grad_a = grad_h^T x, one walk over i for A and grad_alpha, then grad_x = grad_h A.
 
 Products take their operands in x's dtype (as the composed path's matmuls do) and accumulate in
-float32; float32 operands multiply in true float32 unless torch allows TF32.
+float32; float32 operands multiply in true float32 unless torch allows TF32. Launches run on the
+tensors' CUDA device.
 """
 
 import math
@@ -23,17 +24,21 @@ import torch
 import triton
 import triton.language as tl
 
-from .launch import BLOCK_I, INTERPRETED, ceil_div
+from .launch import BLOCK_I, INTERPRETED, ceil_div, on_device
 from .philox_tiles import RADEMACHER_SHIFT, UNIFORM_SHIFT, mixed_tile
 
-# Tokens per step and warps, tuned per layer shape on Hopper. The interpreter, and test runs
-# that set NOLA_TRITON_AUTOTUNE=0 (they check numbers, not speed), use one small setting.
+# Tokens per step of the streamed products and warps, tuned per layer shape on Hopper. The
+# interpreter, and test runs that set NOLA_TRITON_AUTOTUNE=0 (they check numbers, not speed), use
+# one small setting.
 if INTERPRETED or os.environ.get("NOLA_TRITON_AUTOTUNE") == "0":
     _CONFIGS = [triton.Config({"BLOCK_T": 32}, num_warps=4, num_stages=2)]
 else:
     _CONFIGS = [
         triton.Config({"BLOCK_T": t}, num_warps=w, num_stages=3) for t in (64, 128) for w in (4, 8)
     ]
+# Tokens per step of the sums over tokens (grad_a, grad_b): fixed, not tuned, because it sets the
+# order of their float32 additions, and gradients must not depend on which setting won the tuning.
+_SUM_T: tl.constexpr = tl.constexpr(64)
 _A_KEY = ["in_features", "RANK_BLOCK", "SLICE"]
 _B_KEY = ["out_features", "RANK_BLOCK", "SLICE"]
 
@@ -50,8 +55,9 @@ def _factor_tile(
     cols = col0 + tl.arange(0, WIDTH)
     valid = (rows[:, None] < n_rows) & (cols[None, :] < n_cols)
     row_start = rows.to(tl.int64) * n_cols + col0
+    # grad past the factor may hold 0 * x: NaN where x is infinite, which projects as 0.
     tile = mixed_tile(
-        coeffs_ptr, 0, k, scale, seed, 0, 0, row_start, valid, grad, projection_ptr,
+        coeffs_ptr, 0, k, scale, seed, 0, 0, row_start, valid, tl.where(valid, grad, 0.0), projection_ptr,
         WIDTH, BLOCK_I, RADEMACHER, ALIGNED, ROUNDS, PROJECT,
     )  # fmt: skip
     if HAS_OFFSET:
@@ -71,11 +77,13 @@ def _pad_rows(tile, ROWS: tl.constexpr):
 
 
 @triton.jit
-def _fold_rows(tile, ROWS: tl.constexpr):
-    """The first ROWS rows of tile (R, C), a multiple of ROWS rows that are 0 past row ROWS."""
+def _first_rows(tile, ROWS: tl.constexpr):
+    """The first ROWS rows of tile (R, C), R a multiple of ROWS. The rows past ROWS are dropped,
+    not added: they hold 0 * x, NaN where x is infinite."""
     R: tl.constexpr = tile.shape[0]
     C: tl.constexpr = tile.shape[1]
-    return tl.sum(tl.reshape(tile, (R // ROWS, ROWS, C)), axis=0)
+    first = tl.arange(0, R // ROWS)[:, None, None] == 0
+    return tl.sum(tl.where(first, tl.reshape(tile, (R // ROWS, ROWS, C)), 0.0), axis=0)
 
 
 @triton.jit
@@ -86,9 +94,11 @@ def _rounded(value, like_ptr, EMULATE_BF16: tl.constexpr):
     rounded = value.to(like_ptr.dtype.element_ty)
     if EMULATE_BF16:
         if like_ptr.dtype.element_ty == tl.bfloat16:
-            bits = value.to(tl.float32).to(tl.uint32, bitcast=True)
+            value = value.to(tl.float32)
+            bits = value.to(tl.uint32, bitcast=True)
             bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
-            rounded = bits.to(tl.float32, bitcast=True)
+            # NaN stays NaN: the carry of the rounding could turn some of its bit patterns into inf.
+            rounded = tl.where(value == value, bits.to(tl.float32, bitcast=True), value)
     return rounded
 
 
@@ -123,12 +133,13 @@ def _stream_products(
 @triton.jit
 def _sum_over_tokens(
     left_ptr, left_cols, n_left, right_ptr, right_cols, n_right, tokens, like_ptr,
-    BLOCK_T: tl.constexpr, PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
+    PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
 ):  # fmt: skip
-    """sum over tokens t of left[t, left_cols]^T right[t, right_cols], in float32."""
+    """sum over tokens t of left[t, left_cols]^T right[t, right_cols], in float32, _SUM_T tokens
+    per step."""
     acc = tl.zeros((left_cols.shape[0], right_cols.shape[0]), tl.float32)
-    for t0 in range(0, tokens, BLOCK_T):
-        t = t0 + tl.arange(0, BLOCK_T)
+    for t0 in range(0, tokens, _SUM_T):
+        t = t0 + tl.arange(0, _SUM_T)
         left = _load_rows(left_ptr, tokens, t, left_cols, n_left, like_ptr, EMULATE_BF16)
         right = _load_rows(right_ptr, tokens, t, right_cols, n_right, like_ptr, EMULATE_BF16)
         acc += tl.dot(tl.trans(left), right, input_precision=PRECISION)
@@ -191,12 +202,12 @@ def _b_backward(
     outs = part * SLICE + tl.arange(0, SLICE)
     ranks = tl.arange(0, RANK_BLOCK)
     grad_b = scaling * _sum_over_tokens(
-        grad_ptr, outs, out_features, h_ptr, ranks, rank, tokens, grad_ptr, BLOCK_T, PRECISION, EMULATE_BF16
+        grad_ptr, outs, out_features, h_ptr, ranks, rank, tokens, grad_ptr, PRECISION, EMULATE_BF16
     )
     _store_rows(grad_b_ptr, grad_b, out_features, outs, ranks, rank, False)
     b = _factor_tile(
         beta_ptr, k, scale, seed, b0_ptr, part * SLICE, out_features, 0, rank,
-        tl.trans(_fold_rows(tl.trans(grad_b), RANK_GEN)), beta_partial_ptr + part * k,
+        tl.trans(_first_rows(tl.trans(grad_b), RANK_GEN)), beta_partial_ptr + part.to(tl.int64) * k,
         SLICE, RANK_GEN, HAS_OFFSET, BLOCK_I, RADEMACHER, ALIGNED, ROUNDS, True,
     )  # fmt: skip
     b = tl.trans(_pad_rows(tl.trans(b), RANK_BLOCK))
@@ -220,18 +231,28 @@ def _a_backward(
     cols = part * SLICE + tl.arange(0, SLICE)
     ranks = tl.arange(0, RANK_BLOCK)
     grad_a = _sum_over_tokens(
-        grad_h_ptr, ranks, rank, x_ptr, cols, in_features, tokens, x_ptr, BLOCK_T, PRECISION, EMULATE_BF16
+        grad_h_ptr, ranks, rank, x_ptr, cols, in_features, tokens, x_ptr, PRECISION, EMULATE_BF16
     )
     _store_rows(grad_a_ptr, grad_a, rank, ranks, cols, in_features, False)
     a = _factor_tile(
-        alpha_ptr, k, scale, seed, a0_ptr, 0, rank, part * SLICE, in_features, _fold_rows(grad_a, RANK_GEN),
-        alpha_partial_ptr + part * k, RANK_GEN, SLICE, HAS_OFFSET, BLOCK_I, RADEMACHER, ALIGNED, ROUNDS, True,
+        alpha_ptr, k, scale, seed, a0_ptr, 0, rank, part * SLICE, in_features, _first_rows(grad_a, RANK_GEN),
+        alpha_partial_ptr + part.to(tl.int64) * k, RANK_GEN, SLICE, HAS_OFFSET, BLOCK_I, RADEMACHER, ALIGNED, ROUNDS, True,
     )  # fmt: skip
     a = _pad_rows(a, RANK_BLOCK)
     _stream_products(
         grad_h_ptr, ranks, rank, _rounded(a, x_ptr, EMULATE_BF16), grad_x_ptr, cols, in_features,
         tokens, x_ptr, BLOCK_T, PRECISION, EMULATE_BF16,
     )  # fmt: skip
+
+
+def _tf32_allowed():
+    """Whether torch lets float32 matmuls use TF32. Newer torch says so in fp32_precision, whichever
+    API set it, and raises on reading allow_tf32 once the new one was used; older torch has only
+    allow_tf32."""
+    precision = getattr(torch.backends.cuda.matmul, "fp32_precision", None)
+    if precision is None:
+        return torch.backends.cuda.matmul.allow_tf32
+    return precision == "tf32"
 
 
 class _Plan:
@@ -253,7 +274,7 @@ class _Plan:
         # calls; every call then feeds a run of adjacent entries.
         a_aligned = in_features % call == 0 and self.a_slice % call == 0
         b_aligned = rank % call == 0 and rank_generated % call == 0
-        allow_tf32 = x.dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32
+        allow_tf32 = x.dtype == torch.float32 and _tf32_allowed()
         common = dict(
             RANK_BLOCK=self.rank_block, RANK_GEN=rank_generated, BLOCK_I=BLOCK_I, RADEMACHER=rademacher, ROUNDS=rounds,
             PRECISION="tf32" if allow_tf32 else "ieee", EMULATE_BF16=INTERPRETED and x.dtype == torch.bfloat16,
@@ -281,16 +302,17 @@ def forward(x, alpha, beta, a0, b0, seed_a, seed_b, rank, out_features, scaling,
     a0, has_a0 = _offset(a0, alpha)
     b0, has_b0 = _offset(b0, beta)
     h_partial = _poisoned(plan.a_parts, tokens, rank, device=x.device)
-    _a_forward[(plan.a_parts,)](
-        x, alpha, a0, h_partial, tokens, in_features, rank, k_a, 1 / math.sqrt(k_a), seed_a,
-        HAS_OFFSET=has_a0, **plan.a_kwargs,
-    )  # fmt: skip
-    h = h_partial.sum(0)
-    delta = _poisoned(tokens, out_features, dtype=x.dtype, device=x.device)
-    _b_forward[(plan.b_parts,)](
-        h, beta, b0, delta, tokens, out_features, rank, k_b, 1 / math.sqrt(k_b), seed_b, scaling,
-        HAS_OFFSET=has_b0, **plan.b_kwargs,
-    )  # fmt: skip
+    with on_device(x):
+        _a_forward[(plan.a_parts,)](
+            x, alpha, a0, h_partial, tokens, in_features, rank, k_a, 1 / math.sqrt(k_a), seed_a,
+            HAS_OFFSET=has_a0, **plan.a_kwargs,
+        )  # fmt: skip
+        h = h_partial.sum(0)
+        delta = _poisoned(tokens, out_features, dtype=x.dtype, device=x.device)
+        _b_forward[(plan.b_parts,)](
+            h, beta, b0, delta, tokens, out_features, rank, k_b, 1 / math.sqrt(k_b), seed_b, scaling,
+            HAS_OFFSET=has_b0, **plan.b_kwargs,
+        )  # fmt: skip
     return delta, h
 
 
@@ -307,17 +329,18 @@ def backward(grad, x, h, alpha, beta, a0, b0, seed_a, seed_b, rank, out_features
     beta_partial = _poisoned(plan.b_parts, k_b, device=x.device)
     grad_h_partial = _poisoned(plan.b_parts, tokens, rank, device=x.device)
     scale_b = 1 / math.sqrt(k_b)
-    _b_backward[(plan.b_parts,)](
-        grad, h, beta, b0, grad_b, beta_partial, grad_h_partial, tokens, out_features, rank, k_b,
-        scale_b, seed_b, scaling, HAS_OFFSET=has_b0, **plan.b_kwargs,
-    )  # fmt: skip
-    grad_h = grad_h_partial.sum(0)
-    grad_a = _poisoned(rank, in_features, device=x.device)
-    alpha_partial = _poisoned(plan.a_parts, k_a, device=x.device)
-    grad_x = _poisoned(tokens, in_features, dtype=x.dtype, device=x.device)
-    scale_a = 1 / math.sqrt(k_a)
-    _a_backward[(plan.a_parts,)](
-        grad_h, x, alpha, a0, grad_a, alpha_partial, grad_x, tokens, in_features, rank, k_a,
-        scale_a, seed_a, HAS_OFFSET=has_a0, **plan.a_kwargs,
-    )  # fmt: skip
+    with on_device(x):
+        _b_backward[(plan.b_parts,)](
+            grad, h, beta, b0, grad_b, beta_partial, grad_h_partial, tokens, out_features, rank, k_b,
+            scale_b, seed_b, scaling, HAS_OFFSET=has_b0, **plan.b_kwargs,
+        )  # fmt: skip
+        grad_h = grad_h_partial.sum(0)
+        grad_a = _poisoned(rank, in_features, device=x.device)
+        alpha_partial = _poisoned(plan.a_parts, k_a, device=x.device)
+        grad_x = _poisoned(tokens, in_features, dtype=x.dtype, device=x.device)
+        scale_a = 1 / math.sqrt(k_a)
+        _a_backward[(plan.a_parts,)](
+            grad_h, x, alpha, a0, grad_a, alpha_partial, grad_x, tokens, in_features, rank, k_a,
+            scale_a, seed_a, HAS_OFFSET=has_a0, **plan.a_kwargs,
+        )  # fmt: skip
     return grad_x, alpha_partial.sum(0).mul_(scale_a), beta_partial.sum(0).mul_(scale_b), grad_a, grad_b
