@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One call on a lent GPU machine, at most 8 minutes: build the CUDA extension, the GPU tests, then
+# One call on a GPU machine, at most 8 minutes: build the CUDA extension, the GPU tests, then
 # the CUDA benchmarks.
 # Logs and results go under $OUT (bench/results/device-run when run by hand); the comparison
 # table prints last. Needs only what the GPU image has: python3 with torch, triton, pytest,

@@ -150,7 +150,7 @@ def test_unreadable_config_is_a_mismatch(tmp_path):
 
 
 def test_the_library_imports_without_safetensors():
-    # Machines that run only the kernels (a lent GPU) may lack it: it is imported when used.
+    # Machines that run only the kernels (a bare GPU image) may lack it: it is imported when used.
     code = (
         "import sys\n"
         "class Block:\n"
