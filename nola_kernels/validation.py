@@ -176,6 +176,6 @@ def check_device(device):
         ) from None
     try:
         torch.empty(0, device=device)
-    except (AssertionError, RuntimeError) as error:
+    except (AssertionError, RuntimeError, ImportError) as error:  # what torch raises varies by device type
         raise ValueError(f"device {str(device)!r} is not available here: {error}") from error
     return device
