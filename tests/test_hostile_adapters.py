@@ -122,7 +122,9 @@ def test_inject_refuses_an_existing_adapter_name_on_a_later_layer():
 def test_inject_next_to_a_merged_adapter_changes_nothing(targets):
     model = trained(mlp().eval(), ["0", "4"])
     adapted_modules(model)["0"].merge()
-    refused_unchanged(model, lambda: inject(model, targets, **GOOD, adapter_name="second"), RuntimeError, "merged")
+    refused_unchanged(
+        model, lambda: inject(model, targets, **GOOD, adapter_name="second"), RuntimeError, "merged"
+    )
 
 
 def test_set_active_adapter_next_to_a_merged_adapter_changes_nothing():
@@ -143,7 +145,9 @@ def test_delete_adapter_refuses_unknown_names(adapter_name):
 @pytest.mark.parametrize("adapter_name", [5, "", "a.b", ["first"], "nope"])
 def test_set_active_adapter_refuses_bad_names(adapter_name):
     model = trained(mlp(), ["0", "4"])
-    refused_unchanged(model, lambda: set_active_adapter(model, adapter_name), (KeyError, TypeError, ValueError))
+    refused_unchanged(
+        model, lambda: set_active_adapter(model, adapter_name), (KeyError, TypeError, ValueError)
+    )
 
 
 class Quantized(nn.Module):
@@ -177,7 +181,9 @@ UNMERGEABLE = ["quantized"] + (["unavailable backend"] if not torch.cuda.is_avai
 
 @pytest.mark.parametrize("position", [0, 1, 2])
 @pytest.mark.parametrize("kind", UNMERGEABLE)
-@pytest.mark.parametrize("merge", [merge_and_unload, merge_adapter], ids=["merge_and_unload", "merge_adapter"])
+@pytest.mark.parametrize(
+    "merge", [merge_and_unload, merge_adapter], ids=["merge_and_unload", "merge_adapter"]
+)
 def test_merge_refused_by_one_layer_changes_nothing(position, kind, merge):
     model = _model_with_unmergeable(position, kind)
     refused_unchanged(model, lambda: merge(model), (TypeError, RuntimeError), str(position))
