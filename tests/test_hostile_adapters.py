@@ -399,3 +399,49 @@ def test_write_peft_lora_refuses_bad_arguments_before_writing(tmp_path, argument
     with pytest.raises((TypeError, ValueError), match=argument):
         nola_kernels.adapters.write_peft_lora(tmp_path / "lora", **arguments)
     assert not (tmp_path / "lora").exists()
+
+
+# Official checkpoints: merge_factors checks every module first; unreadable files are one error.
+def _factors(model):
+    return {name: (torch.randn(2, m.in_features), torch.randn(m.out_features, 2))
+            for name, m in model.named_children() if isinstance(m, nn.Linear)}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "change, error",
+    [("missing module", ValueError), ("not a linear", (TypeError, ValueError)), ("A too wide", ValueError),
+     ("B too tall", ValueError), ("ranks differ", ValueError), ("scaling", ValueError), ("quantized", TypeError)],
+)  # fmt: skip
+def test_merge_factors_checks_every_module_first(change, error):
+    model = mlp()
+    factors = _factors(model)
+    scaling = 2.0
+    if change == "missing module":
+        factors["9"] = factors["0"]
+    elif change == "not a linear":
+        factors["1"] = factors["0"]
+    elif change == "A too wide":
+        factors["4"] = (torch.randn(2, 5), factors["4"][1])
+    elif change == "B too tall":
+        factors["4"] = (factors["4"][0], torch.randn(4, 2))
+    elif change == "ranks differ":
+        factors["4"] = (torch.randn(3, 4), factors["4"][1])
+    elif change == "scaling":
+        scaling = 10**400
+    else:
+        model[4] = Quantized(4, 3)
+        factors["4"] = (torch.randn(2, 4), torch.randn(3, 2))
+    refused_unchanged(model, lambda: nola_kernels.adapters.merge_factors(model, factors, scaling), error)
+
+
+@pytest.mark.parametrize("suffix", [".bin", ".safetensors", ".pt"])
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint", None])
+def test_unreadable_official_checkpoints_are_one_error(tmp_path, suffix, content):
+    path = tmp_path / f"official{suffix}"
+    if content is None:
+        path.mkdir()
+    else:
+        path.write_bytes(content)
+    with pytest.raises(nola_kernels.adapters.AdapterFileError, match=re.escape(str(path))) as error:
+        nola_kernels.adapters.official_factors(path)
+    assert error.value.__cause__ is not None

@@ -10,7 +10,7 @@ import re
 from ..validation import check_backend_name, check_name, check_seed, check_target_modules
 from .base_layer import features
 from .config import AdapterConfig
-from .layer import NOLALinear, check_factor_shapes, check_module
+from .layer import NOLALinear, check_factor_shapes, check_foldable, check_module
 from .seeds import module_seeds
 
 
@@ -200,6 +200,9 @@ def delete_adapter(model, adapter_name):
     layers = adapted_modules(model)
     _check_known(layers, adapter_name)
     for name, layer in layers.items():
+        if layer.merged_adapter == adapter_name:
+            check_foldable(name, layer)
+    for name, layer in layers.items():
         if adapter_name in layer.adapters:
             layer.delete_adapter(adapter_name)
         if not layer.adapters:
@@ -210,7 +213,11 @@ def unload(model):
     """Remove every adapter (unmerging merged ones): the model's own layers come back, the very
     same module objects. Their trainable flags are the caller's to restore."""
     check_module("model", model)
-    for name, layer in adapted_modules(model).items():
+    layers = adapted_modules(model)
+    for name, layer in layers.items():
+        if layer.merged_adapter is not None:
+            check_foldable(name, layer)
+    for name, layer in layers.items():
         if layer.merged_adapter is not None:
             layer.unmerge()
         replace_module(model, name, layer.base)

@@ -11,9 +11,10 @@ import torch
 from torch import nn
 
 from ..api import nola_basis, nola_matmul, nola_mix
+from ..backends import resolve_backend
 from ..dtypes import COEFF_DTYPES
 from ..validation import check_backend_name, check_name, check_seed, check_shape
-from .base_layer import add_to_weight, features
+from .base_layer import add_to_weight, features, mergeable_weight
 from .config import AdapterConfig
 
 
@@ -33,6 +34,15 @@ def check_module(name, value):
     if not isinstance(value, nn.Module):
         raise TypeError(f"{name} must be a torch.nn.Module, got {type(value).__name__}")
     return value
+
+
+def check_foldable(name, layer):
+    """What merging into or unmerging from `layer` would refuse (a base weight that cannot take a
+    dense update, a backend that cannot run beside it), raised now with the layer's name."""
+    try:
+        resolve_backend(layer.backend, mergeable_weight(layer.base).device)
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise type(error)(f"{name}: {error}") from error
 
 
 def _as_coeffs(parameter):

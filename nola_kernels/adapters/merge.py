@@ -3,26 +3,15 @@ in float32, added to each weight and rounded once to its dtype. Every layer is c
 first weight changes, so a refused call (a quantized base, an unavailable backend) changes
 nothing."""
 
-from ..backends import resolve_backend
-from .base_layer import mergeable_weight
 from .inject import adapted_modules, replace_module
-from .layer import check_module
-
-
-def _check_foldable(name, layer):
-    """What merge or unmerge of `layer` would refuse, raised now."""
-    try:
-        weight = mergeable_weight(layer.base)
-        resolve_backend(layer.backend, weight.device)
-    except (TypeError, ValueError, RuntimeError) as error:
-        raise type(error)(f"{name}: {error}") from error
+from .layer import check_foldable, check_module
 
 
 def _layers(model, wanted):
     check_module("model", model)
     layers = {name: layer for name, layer in adapted_modules(model).items() if wanted(layer)}
     for name, layer in layers.items():
-        _check_foldable(name, layer)
+        check_foldable(name, layer)
     return layers
 
 
