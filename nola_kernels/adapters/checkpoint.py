@@ -101,9 +101,9 @@ def load_adapter(model, path, adapter_name="default", *, allow_nonfinite=False):
     check_name("adapter_name", adapter_name)
     check_bool("allow_nonfinite", allow_nonfinite)
     checkpoint = read_checkpoint(path, allow_nonfinite)
-    existing = _adapters(model, adapter_name)
-    plan = None if existing else _plan_injection(model, checkpoint, adapter_name)
-    targets = _existing_targets(model, adapter_name) if existing else _planned_targets(plan)
+    targets = _existing_targets(model, adapter_name)
+    plan = None if targets else _plan_injection(model, checkpoint, adapter_name)
+    targets = targets or _planned_targets(plan)
     problems = _mismatches(checkpoint, targets)
     if problems:
         raise AdapterMismatchError(f"cannot load {path} into the model:\n  - " + "\n  - ".join(problems))

@@ -173,20 +173,13 @@ def _config(fields, problems):
 
 def _modules(modules, problems):
     if not isinstance(modules, dict) or not modules:
-        problems.append(f"modules must be a non-empty object, got {_describe(modules)}")
+        found = "an empty object" if modules == {} else type(modules).__name__
+        problems.append(f"modules must be a non-empty object, got {found}")
         return None
     before = len(problems)
     for name, record in modules.items():
         problems += _record_problems(name, record)
     return modules if len(problems) == before else None
-
-
-def _describe(value):
-    return (
-        f"an empty {type(value).__name__}"
-        if isinstance(value, dict | list | str) and not value
-        else (f"a {type(value).__name__}")
-    )
 
 
 def _record_problems(name, record):
@@ -195,19 +188,17 @@ def _record_problems(name, record):
     if not isinstance(record, dict) or set(record) != set(RECORD_FIELDS):
         keys = sorted(record) if isinstance(record, dict) else type(record).__name__
         return [f"module {name}: its entry must have the fields {list(RECORD_FIELDS)}, got {keys}"]
-    checks = (
-        lambda: check_int("in_features", record["in_features"], 1),
-        lambda: check_int("out_features", record["out_features"], 1),
-        lambda: check_seed("seed_a", record["seed_a"]),
-        lambda: check_seed("seed_b", record["seed_b"]),
-    )
     problems = []
-    for check in checks:
+    for field in RECORD_FIELDS:
         try:
-            check()
+            _check_record_field(field, record[field])
         except (TypeError, ValueError) as error:
             problems.append(f"module {name}: {error}")
     return problems
+
+
+def _check_record_field(field, value):
+    return check_seed(field, value) if field.startswith("seed") else check_int(field, value, 1)
 
 
 def _tensor_problems(config, modules, tensors, allow_nonfinite):
