@@ -49,6 +49,12 @@ def check_bool(name, value):
     return value
 
 
+def check_module(name, value):
+    if not isinstance(value, torch.nn.Module):
+        raise TypeError(f"{name} must be a torch.nn.Module, got {type(value).__name__}")
+    return value
+
+
 def check_name(name, value):
     """An adapter name: a non-empty str without '.', which torch's module paths reserve."""
     if not isinstance(value, str):

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from .. import SPEC_VERSION
-from ..validation import check_bool, check_name
+from ..validation import check_bool, check_module, check_name
 from .atomic import atomic_write_bytes
 from .checkpoint_file import (
     CONFIG_FIELDS,
@@ -26,7 +26,6 @@ from .checkpoint_file import (
     read_checkpoint,
 )
 from .inject import adapted_modules, apply_injection, plan_injection
-from .layer import check_module
 
 COMPARED_SETTINGS = tuple(field for field in CONFIG_FIELDS if field != "target_modules")
 

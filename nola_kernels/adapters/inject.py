@@ -7,10 +7,10 @@ would touch and raises before anything changes; only a plan that passed is appli
 import dataclasses
 import re
 
-from ..validation import check_backend_name, check_name, check_seed, check_target_modules
+from ..validation import check_backend_name, check_module, check_name, check_seed, check_target_modules
 from .base_layer import features
 from .config import AdapterConfig
-from .layer import NOLALinear, check_factor_shapes, check_foldable, check_module
+from .layer import NOLALinear, check_factor_shapes, check_foldable
 from .seeds import module_seeds
 
 

@@ -13,7 +13,7 @@ from torch import nn
 from ..api import nola_basis, nola_matmul, nola_mix
 from ..backends import resolve_backend
 from ..dtypes import COEFF_DTYPES
-from ..validation import check_backend_name, check_name, check_seed, check_shape
+from ..validation import check_backend_name, check_module, check_name, check_seed, check_shape
 from .base_layer import add_to_weight, features, mergeable_weight
 from .config import AdapterConfig
 
@@ -28,12 +28,6 @@ def check_factor_shapes(config, in_features, out_features, where):
     layer is built (a0 alone is rank * in floats)."""
     check_shape(f"(rank, in_features) of {where}", (config.rank, in_features))
     check_shape(f"(out_features, rank) of {where}", (out_features, config.rank))
-
-
-def check_module(name, value):
-    if not isinstance(value, nn.Module):
-        raise TypeError(f"{name} must be a torch.nn.Module, got {type(value).__name__}")
-    return value
 
 
 def check_foldable(name, layer):

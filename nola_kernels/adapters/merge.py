@@ -3,8 +3,9 @@ in float32, added to each weight and rounded once to its dtype. Every layer is c
 first weight changes, so a refused call (a quantized base, an unavailable backend) changes
 nothing."""
 
+from ..validation import check_module
 from .inject import adapted_modules, replace_module
-from .layer import check_foldable, check_module
+from .layer import check_foldable
 
 
 def _layers(model, wanted):

@@ -7,11 +7,10 @@ from pathlib import Path
 
 import torch
 
-from ..validation import check_bool, check_int, check_name, check_real
+from ..validation import check_bool, check_int, check_module, check_name, check_real
 from .atomic import atomic_write_bytes
 from .base_layer import is_transposed
 from .inject import adapted_modules
-from .layer import check_module
 
 PEFT_PREFIX = "base_model.model."
 FILES = ("adapter_model.safetensors", "adapter_config.json")
