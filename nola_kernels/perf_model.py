@@ -14,8 +14,6 @@ import functools
 import math
 from dataclasses import dataclass, replace
 
-import torch
-
 
 @dataclass(frozen=True)
 class GpuSpec:
@@ -33,8 +31,8 @@ class GpuSpec:
 
 # H100 SXM: 132 SMs at 1.98 GHz, 128 issue and 64 IMAD slots per clock per SM, HBM3 3.35 TB/s
 # peak (2.7 sustained), dense bfloat16 989 TFLOP/s peak of which large GEMMs reach about 740
-# (the figures of the outside review, shared/notes/performance.md). TF32 (494.7 TFLOP/s dense)
-# and FP32 (66.9 TFLOP/s) are NVIDIA's datasheet figures, taken at the same 75% reached. The
+# (the figures of the outside review, shared/notes/performance.md). TF32 (494.7 TFLOP/s dense),
+# FP32 (66.9) and FP64 tensor (66.9) are NVIDIA's datasheet figures, at the same 75% reached. The
 # launch gap and host times are assumptions (eager PyTorch), to be replaced by measurements.
 _SMS, _CLOCK, _ISSUE = 132, 1.98e9, 128
 H100 = GpuSpec(
@@ -44,7 +42,7 @@ H100 = GpuSpec(
     issue_per_clock=_ISSUE,
     imad_per_clock=64,
     hbm_bytes_per_s=2.7e12,
-    gemm_flops_per_s={"bfloat16": 740e12, "float16": 740e12, "tf32": 371e12, "float32": 50e12},
+    gemm_flops_per_s={"bfloat16": 740e12, "float16": 740e12, "tf32": 371e12, "float32": 50e12, "float64": 50e12},
     # csrc/gemm.cu's inner loop issues 6 shared loads per 8 FMAs (16 FLOP in 14 instructions); with
     # no double buffering and a barrier per 16-wide step it reaches about 40% of that, which puts
     # its products at the review's ~100 us forward / ~300 us backward at LLaMA-2-7B q_proj.
@@ -361,9 +359,7 @@ def fused_wins(backend, shape):
     delta's forward + backward at `shape` (a LowRankShape), by this model on an H100."""
     key = (backend, shape)
     if key not in _decisions:
-        _decisions[key] = (
-            shape.tokens > 0
-            and shape.dtype != torch.float64
-            and predict_s(f"{backend}-fused", shape) < predict_s(f"{backend}-composed", shape)
+        _decisions[key] = shape.tokens > 0 and predict_s(f"{backend}-fused", shape) < predict_s(
+            f"{backend}-composed", shape
         )
     return _decisions[key]

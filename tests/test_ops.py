@@ -65,10 +65,11 @@ def test_lowrank_path_forces_the_path_inside_its_block_only(monkeypatch, backend
     kwargs = dict(seed_a=1, seed_b=2, rank=2, out_features=3, backend=backend)
     with lowrank_path("composed"):
         nola_matmul(x, alpha, beta, **kwargs)
-        with lowrank_path("fused"):  # a backend without fused kernels composes
+        with lowrank_path("fused"):  # a backend without fused kernels composes, and float64 does
             nola_matmul(x, alpha, beta, **kwargs)
+            nola_matmul(x.double(), alpha.double(), beta.double(), **kwargs)
     nola_matmul(x, alpha, beta, **kwargs)  # auto again: prefers_fused
-    expected = ["composed"] * 3 if not hasattr(module, "lowrank_forward") else ["composed"]
+    expected = ["composed"] * 4 if not hasattr(module, "lowrank_forward") else ["composed"] * 2
     assert calls == expected
 
 
