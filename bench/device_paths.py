@@ -19,20 +19,20 @@ from pathlib import Path
 
 import torch
 from perf_model import BENCH_SHAPES, shape_of
-from workloads import SHAPES, Shape, Workload, basis_implementations
+from workloads import SHAPES, Shape, Workload
+from workloads import implementations as all_implementations
 
 from nola_kernels import perf_model as model
 
-# Benchmark pass -> (the model's layer, backward) and whether x takes a gradient.
+# Benchmark pass -> the model's (layer, backward); x takes a gradient in every backward.
 PASSES = {"forward": (False, False), "forward_backward": (False, True), "layer": (True, True)}
-BASELINES = {"lora": "lora", "official": "official"}
 SMOKE_SHAPE = Shape("smoke", 40, 24, rank=3, k=6, tokens=10)
 
 
 def model_path(implementation):
     """nola-cuda-fused -> cuda-fused; lora and official as they are; None for the others."""
-    if implementation in BASELINES:
-        return BASELINES[implementation]
+    if implementation in ("lora", "official"):
+        return implementation
     name = implementation.removeprefix("nola-")
     return name if name in model.PATHS else None
 
@@ -61,7 +61,7 @@ def time_case(workload, device, warmup, reps):
 
 def run(device, shapes, warmup, reps):
     rows = []
-    implementations = [name for name in basis_implementations(device) if model_path(name) or name == "nola"]
+    implementations = [name for name in all_implementations(device) if model_path(name) or name == "nola"]
     for shape in shapes:
         for distribution in ("uniform", "rademacher"):
             for pass_name, (layer, backward) in PASSES.items():

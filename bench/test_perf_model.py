@@ -70,4 +70,5 @@ def test_device_paths_runs_on_the_cpu(tmp_path, capsys):
     assert device_paths.main(["--smoke", "--out", str(tmp_path)]) == 0
     rows = json.loads((tmp_path / "paths-cpu.json").read_text())["rows"]
     assert {row["pass_name"] for row in rows} == set(device_paths.PASSES)
+    assert {row["implementation"] for row in rows} == {"nola", "lora", "official"}
     assert all(row["measured_us"] > 0 for row in rows)

@@ -83,7 +83,9 @@ torch.library.register_autograd("nola_kernels::project", _project_backward, setu
 
 def composed_delta(x, alpha, beta, a0, b0, spec, backend, add_to=None):
     """The composed path: A and B from two mix ops, then torch's matmuls (lowrank_delta), every
-    step differentiable to any order."""
+    step differentiable to any order. scaling multiplies B (out x rank, small) before the
+    products, as the reference does; as addmm's alpha it would turn an infinite scaling's
+    inf/NaN pattern into another."""
     in_features = x.shape[-1]
     a = mix(alpha, spec.seed_a, 0, spec.rank, in_features, default_scale(alpha.numel()), spec.distribution, backend)
     b = mix(beta, spec.seed_b, 0, spec.out_features, spec.rank, default_scale(beta.numel()), spec.distribution, backend)
