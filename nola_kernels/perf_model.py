@@ -214,7 +214,7 @@ def _composed(c, fold, backward, backend):
         else:
             steps = [Step(kernel, c.generation_s(kernel, "triton", entries), "triton_launch")]
             steps.append(c.elementwise(f"{kernel}: partial sums", 4 * numel if kernel == "mix" else 4 * 528 * basis))
-        return [replace(steps[0], host="custom_op"), *steps[1:]]
+        return [replace(steps[0], host="custom_op"), *steps[1:]]  # the op's Python call queues it
 
     if not backward:
         return [
