@@ -65,7 +65,7 @@ class NOLAAdapter(nn.Module):
             self._a0 = generated_offset(self.seed_a, self.config.rank, self.in_features, device)
         return self._a0
 
-    def delta(self, x, backend):
+    def delta(self, x, backend, add_to=None):
         return nola_matmul(
             self.dropout(x),
             _as_coeffs(self.alpha),
@@ -78,6 +78,7 @@ class NOLAAdapter(nn.Module):
             a0=self.offset(x.device),
             distribution=self.config.distribution,
             backend=backend,
+            add_to=add_to,
         )
 
     def factors(self, backend="auto"):
@@ -176,7 +177,7 @@ class NOLALinear(nn.Module):
         out = self.base(x)
         if self.active_adapter is None or self.merged_adapter is not None:
             return out
-        return out + self.adapters[self.active_adapter].delta(x, self.backend)
+        return self.adapters[self.active_adapter].delta(x, self.backend, add_to=out)
 
     def merge(self):
         """Fold the active adapter's scaling * B A into the base weight (forward then skips it)."""
