@@ -1,0 +1,25 @@
+"""`python -m sass` from bench/ (`make perf-static`): prints the SASS budget table, writes
+bench/results/sass-sm90.json, and exits non-zero when a loop is over budget."""
+
+import json
+import sys
+from pathlib import Path
+
+from .budget import PHILOX_RATIO, SASS_RATIO, as_json, format_table, measure
+
+RESULTS = Path(__file__).resolve().parents[1] / "results" / "sass-sm90.json"
+
+
+def main():
+    rows = measure()
+    print("\n".join(format_table(rows)))
+    RESULTS.write_text(json.dumps(as_json(rows), indent=1) + "\n")
+    over = [r for r in rows if not r.within_budget]
+    for r in over:
+        print(f"over budget: {r.backend} {r.kernel} ({r.distribution})", file=sys.stderr)
+    print(f"budget: SASS/entry <= {SASS_RATIO} x reference, Philox calls/entry <= {PHILOX_RATIO} x minimum; wrote {RESULTS}")
+    return 1 if over else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
