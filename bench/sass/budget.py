@@ -130,9 +130,10 @@ def _fused_loops():
             )  # fmt: skip
 
 
-# Entries a lane generates per basis index in generate.cu (Items<D>::kPerLane * kEntries) and in
-# philox_rate.cu (kChains calls of 4).
-CUDA_ENTRIES_PER_ITERATION = {"uniform": 16, "rademacher": 32}
+# Entries a lane generates per iteration of its basis loop: in generate.cu, one basis index of
+# kPerLane * kEntries entries (uniform) or four of 32 (rademacher); in philox_rate.cu, kChains
+# calls of 4.
+CUDA_ENTRIES_PER_ITERATION = {"uniform": 16, "rademacher": 4 * 32}
 PHILOX_RATE_ENTRIES_PER_ITERATION = 16
 _CUDA_MODES = (("mix", True, False), ("project", False, True), ("mix+project", True, True))
 
@@ -198,15 +199,17 @@ def _reference_entries(loop, cuda_entries):
     )
 
 
-def measure():
+def measure(backends=("triton", "cuda")):
     """Every hot loop's Row: the kernels and their references compiled two at a time."""
     loops, compiles = [], []
-    for loop, warps in [*_flat_loops(), *_fused_loops()]:
-        loops.append(loop)
-        compiles.append((loop.compile, _triton_reference(loop, warps)))
-    for loop in _cuda_loops():
-        loops.append(loop)
-        compiles.append((loop.compile, _cuda_reference(loop)))
+    if "triton" in backends:
+        for loop, warps in [*_flat_loops(), *_fused_loops()]:
+            loops.append(loop)
+            compiles.append((loop.compile, _triton_reference(loop, warps)))
+    if "cuda" in backends:
+        for loop in _cuda_loops():
+            loops.append(loop)
+            compiles.append((loop.compile, _cuda_reference(loop)))
     with ThreadPoolExecutor(2) as pool:
         counts = list(pool.map(lambda pair: (_measure(pair[0]), _measure(pair[1])), compiles))
     return [_row(loop, count, reference) for loop, (count, reference) in zip(loops, counts, strict=True)]
