@@ -226,15 +226,19 @@ def test_tf32_set_by_the_fp32_precision_api(restore_fp32_precision, device, sett
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_gradients_do_not_depend_on_the_tokens_per_step(monkeypatch, device):
-    # Tokens per step of the streamed products change with the token count: each setting must sum
-    # over the tokens in the same order.
-    tensors, kwargs, grad_out = _fused_inputs((16, 7, 7, 256, 33, "uniform"), torch.float32, (300,), device)
+    # Tokens per step of the streamed products change with the token count: the backward must sum
+    # over the tokens in the same order whatever it is.
+    tensors, kwargs, _ = _fused_inputs((16, 7, 7, 256, 33, "uniform"), torch.float32, (300,), device)
+    x, alpha, beta, a0, b0 = (tensors[name] for name in ("x", "alpha", "beta", "a0", "b0"))
+    family = dict(seed_a=kwargs["seed_a"], seed_b=kwargs["seed_b"], rank=16, out_features=33, scaling=0.75)
+    _, h = lowrank.forward(x, alpha, beta, a0, b0, **family, distribution="uniform", rounds=10)
+    grad = torch.randn(300, 33, device=device)
     grads = []
     for tokens_per_step in (16, 128):
         monkeypatch.setattr(lowrank, "stream_tokens", lambda tokens, step=tokens_per_step: step)
-        grads.append(_forward_backward(nola_matmul, tensors, kwargs, grad_out, backend="triton")[1])
-    for name in grads[0]:
-        assert torch.equal(grads[0][name], grads[1][name]), name
+        grads.append(lowrank.backward(grad, x, h, alpha, beta, a0, b0, **family, distribution="uniform", rounds=10))
+    for name, first, second in zip(["x", "alpha", "beta", "a", "b"], *grads, strict=True):
+        assert torch.equal(first, second), name
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -19,11 +19,15 @@ def main():
     print("\n".join(format_table(rows)))
     if backend is None:
         RESULTS.write_text(json.dumps(as_json(rows), indent=1) + "\n")
-    over = [r for r in rows if not r.within_budget]
-    for r in over:
-        print(f"over budget: {r.backend} {r.kernel} ({r.distribution})", file=sys.stderr)
+    for r in rows:
+        if r.known_over_budget:
+            print(f"known over budget: {r.backend} {r.kernel} ({r.distribution}): {r.known_over_budget}")
+    failing = [r for r in rows if r.fails]
+    for r in failing:
+        verdict = "now within budget: remove it from KNOWN_OVER_BUDGET" if r.within_budget else "over budget"
+        print(f"{verdict}: {r.backend} {r.kernel} ({r.distribution})", file=sys.stderr)
     print(f"budget: SASS/entry <= {SASS_RATIO} x reference, Philox calls/entry <= {PHILOX_RATIO} x minimum")
-    return 1 if over else 0
+    return 1 if failing else 0
 
 
 if __name__ == "__main__":

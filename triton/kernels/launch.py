@@ -28,9 +28,11 @@ _CALLS_PER_THREAD = {"uniform": 4, "rademacher": 1}
 GRID_TARGET_WARPS = 4 if INTERPRETED else 132 * 32
 # Fewer basis indices than this per split spend more on adding partials than they save.
 MIN_SPLIT_INDICES = 1 if INTERPRETED else 16
-# Basis matrices generated together per loop step: one on a GPU (registers hold the tile), many
-# in the interpreter.
+# Basis matrices generated together per loop step, many in the interpreter. On a GPU: one in the
+# flat kernels (each thread already makes several calls), four in the factor tiles of the fused
+# kernels, whose projections then store their per-row sums once per four basis indices.
 BLOCK_I = 32 if INTERPRETED else 1
+FACTOR_BLOCK_I = 32 if INTERPRETED else 4
 # Interpreted flat blocks: whole rademacher Philox calls (128 entries), so every call is made once.
 _INTERPRETED_BLOCK_MIN, _INTERPRETED_BLOCK_MAX = 128, 1024
 

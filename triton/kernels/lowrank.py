@@ -25,7 +25,7 @@ import triton.language as tl
 
 from nola_kernels.basis import COUNTER_SHIFT
 
-from .launch import BLOCK_I, INTERPRETED, ceil_div, on_device, output_buffer
+from .launch import FACTOR_BLOCK_I, INTERPRETED, ceil_div, on_device, output_buffer
 from .philox_tiles import mixed_tile
 
 # Tokens per step of the streamed products: a heuristic of the token count, not a tuning, so
@@ -46,15 +46,16 @@ def _factor_tile(
     RADEMACHER: tl.constexpr, ALIGNED: tl.constexpr, ROUNDS: tl.constexpr, PROJECT: tl.constexpr,
 ):  # fmt: skip
     """Rows row0.. (ROWS) and columns col0.. (WIDTH) of a factor offset + mix(coeffs) of shape
-    (n_rows, n_cols), basis stream 0; 0 outside the factor. PROJECT: as mixed_tile."""
+    (n_rows, n_cols), basis stream 0; 0 outside the factor. PROJECT: as mixed_tile, tile row r's
+    share of the projection on basis i at projection_ptr + r * k + i."""
     rows = row0 + tl.arange(0, ROWS)
     cols = col0 + tl.arange(0, WIDTH)
     valid = (rows[:, None] < n_rows) & (cols[None, :] < n_cols)
     row_start = rows.to(tl.int64) * n_cols + col0
     # grad past the factor may hold 0 * x: NaN where x is infinite, which projects as 0.
     tile = mixed_tile(
-        coeffs_ptr, 0, k, scale, seed, 0, 0, row_start, valid, tl.where(valid, grad, 0.0), projection_ptr,
-        WIDTH, BLOCK_I, RADEMACHER, ALIGNED, ROUNDS, PROJECT,
+        coeffs_ptr, 0, k, scale, seed, 0, 0, row_start, valid, tl.where(valid, grad, 0.0),
+        projection_ptr + tl.arange(0, ROWS).to(tl.int64) * k, WIDTH, BLOCK_I, RADEMACHER, ALIGNED, ROUNDS, PROJECT,
     )  # fmt: skip
     if HAS_OFFSET:
         positions = rows[:, None].to(tl.int64) * n_cols + cols[None, :]
@@ -200,7 +201,7 @@ def _b_backward(
     _store_rows(grad_b_ptr, grad_b, out_features, outs, ranks, rank, False)
     b = _factor_tile(
         beta_ptr, k, scale, seed, b0_ptr, part * SLICE, out_features, 0, rank,
-        tl.trans(_first_rows(tl.trans(grad_b), RANK_GEN)), beta_partial_ptr + part.to(tl.int64) * k,
+        tl.trans(_first_rows(tl.trans(grad_b), RANK_GEN)), beta_partial_ptr + part.to(tl.int64) * SLICE * k,
         SLICE, RANK_GEN, HAS_OFFSET, BLOCK_I, RADEMACHER, ALIGNED, ROUNDS, True,
     )  # fmt: skip
     b = tl.trans(_pad_rows(tl.trans(b), RANK_BLOCK))
@@ -228,7 +229,7 @@ def _a_backward(
     _store_rows(grad_a_ptr, grad_a, rank, ranks, cols, in_features, False)
     a = _factor_tile(
         alpha_ptr, k, scale, seed, a0_ptr, 0, rank, part * SLICE, in_features, _first_rows(grad_a, RANK_GEN),
-        alpha_partial_ptr + part.to(tl.int64) * k, RANK_GEN, SLICE, HAS_OFFSET, BLOCK_I, RADEMACHER, ALIGNED, ROUNDS, True,
+        alpha_partial_ptr + part.to(tl.int64) * RANK_GEN * k, RANK_GEN, SLICE, HAS_OFFSET, BLOCK_I, RADEMACHER, ALIGNED, ROUNDS, True,
     )  # fmt: skip
     a = _pad_rows(a, RANK_BLOCK)
     _stream_products(
@@ -254,6 +255,7 @@ class _Plan:
     def __init__(self, x, rank, out_features, distribution, rounds):
         in_features = x.shape[1]
         rank_generated = triton.next_power_of_2(rank)  # factor rows (A) or columns (B) generated
+        self.rank_generated = rank_generated
         self.rank_block = max(16, rank_generated)  # tl.dot needs >= 16
         # A's slice is a (rank_block, a_slice) tile in registers, B's a (b_slice, rank_block) one.
         self.a_slice = min(128 if self.rank_block <= 32 else 64, max(16, triton.next_power_of_2(in_features)))
@@ -268,7 +270,7 @@ class _Plan:
         b_aligned = rank % call == 0 and rank_generated % call == 0
         allow_tf32 = x.dtype == torch.float32 and _tf32_allowed()
         common = dict(
-            RANK_BLOCK=self.rank_block, RANK_GEN=rank_generated, BLOCK_I=BLOCK_I, RADEMACHER=rademacher, ROUNDS=rounds,
+            RANK_BLOCK=self.rank_block, RANK_GEN=rank_generated, BLOCK_I=FACTOR_BLOCK_I, RADEMACHER=rademacher, ROUNDS=rounds,
             PRECISION="tf32" if allow_tf32 else "ieee", EMULATE_BF16=INTERPRETED and x.dtype == torch.bfloat16,
         )  # fmt: skip
         common.update(BLOCK_T=stream_tokens(x.shape[0]), num_stages=2 if INTERPRETED else 3)
@@ -330,7 +332,7 @@ def backward(grad, x, h, alpha, beta, a0, b0, seed_a, seed_b, rank, out_features
     b0, has_b0 = _offset(b0, beta)
     grad = grad.to(x.dtype).contiguous()
     grad_b = output_buffer((out_features, rank), torch.float32, x.device)
-    beta_partial = output_buffer((plan.b_parts, k_b), torch.float32, x.device)
+    beta_partial = output_buffer((plan.b_parts * plan.b_slice, k_b), torch.float32, x.device)
     grad_h_partial = output_buffer((plan.b_parts, tokens, rank), torch.float32, x.device)
     scale_b = 1 / math.sqrt(k_b)
     with on_device(x):
@@ -340,7 +342,7 @@ def backward(grad, x, h, alpha, beta, a0, b0, seed_a, seed_b, rank, out_features
         )  # fmt: skip
         grad_h = grad_h_partial.sum(0)
         grad_a = output_buffer((rank, in_features), torch.float32, x.device)
-        alpha_partial = output_buffer((plan.a_parts, k_a), torch.float32, x.device)
+        alpha_partial = output_buffer((plan.a_parts * plan.rank_generated, k_a), torch.float32, x.device)
         grad_x = output_buffer((tokens, in_features), x.dtype, x.device)
         scale_a = 1 / math.sqrt(k_a)
         _a_backward[(plan.a_parts,)](

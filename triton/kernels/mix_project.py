@@ -120,7 +120,7 @@ def _project_kernel(
             z0, z1, z2, z3 = _flat_words(seed, indices, call, stream_lo, stream_hi, ROUNDS)
             dots = _flat_entries(z0, g0, bits, RADEMACHER) + _flat_entries(z1, g1, bits, RADEMACHER)
             dots += _flat_entries(z2, g2, bits, RADEMACHER) + _flat_entries(z3, g3, bits, RADEMACHER)
-            projected = tl.sum(tl.sum(dots, axis=2), axis=1)
+            projected = tl.sum(tl.sum(dots, axis=1), axis=1)  # a thread's bits, then the warp's calls
             if block > first_block:
                 projected += tl.load(partial_ptr + indices, mask=live)
             tl.store(partial_ptr + indices, projected, mask=live)

@@ -145,6 +145,13 @@ def _interleaved(w0, w1, w2, w3):
 
 
 @triton.jit
+def _store_row_sums(projection_ptr, indices, live, products):
+    """products (BLOCK_I, ROWS, C) summed over C, row r's at projection_ptr[r] + i: a row lies
+    within a warp, so the sums take shuffles, not a block-wide reduction per basis index."""
+    tl.store(projection_ptr[None, :] + indices[:, None], tl.sum(products, axis=2), mask=live[:, None])
+
+
+@triton.jit
 def _mixed_uniform_words(
     coeffs_ptr, i_start, i_stop, seed, stream_lo, stream_hi, row_start, grad, projection_ptr,
     WIDTH: tl.constexpr, BLOCK_I: tl.constexpr, ROUNDS: tl.constexpr, PROJECT: tl.constexpr,
@@ -168,7 +175,7 @@ def _mixed_uniform_words(
         acc3 += tl.sum(coeffs * u3, axis=0)
         if PROJECT:
             dots = u0 * g0[None, :, :] + u1 * g1[None, :, :] + u2 * g2[None, :, :] + u3 * g3[None, :, :]
-            tl.store(projection_ptr + indices, tl.sum(tl.sum(dots, axis=2), axis=1), mask=live)
+            _store_row_sums(projection_ptr, indices, live, dots)
     return _interleaved(acc0, acc1, acc2, acc3)
 
 
@@ -194,8 +201,9 @@ def mixed_tile(
 ):
     """scale * sum_{i_start<=i<i_stop} coeffs[i] * U_i over the tile of basis_tile's positions,
     0 where not `valid`, walking BLOCK_I matrices at a time. With PROJECT, the same walk stores
-    <grad, U_i> at projection_ptr + i, so each U_i is generated once for both; `grad` (a tile,
-    or a scalar 0 without PROJECT) must be 0 where not valid."""
+    row r's share of <grad, U_i> at projection_ptr[r] + i (projection_ptr: (ROWS,) pointers), so
+    each U_i is generated once for both; `grad` (a tile, or a scalar 0 without PROJECT) must be 0
+    where not valid."""
     if ALIGNED and not RADEMACHER:
         acc = _mixed_uniform_words(
             coeffs_ptr, i_start, i_stop, seed, stream_lo, stream_hi, row_start, grad + tl.zeros(valid.shape, tl.float32),
@@ -210,6 +218,5 @@ def mixed_tile(
             coeffs = tl.load(coeffs_ptr + indices, mask=live, other=0.0)
             acc += tl.sum(coeffs[:, None, None] * u, axis=0)
             if PROJECT:
-                projected = tl.sum(tl.sum(u * grad[None, :, :], axis=2), axis=1)
-                tl.store(projection_ptr + indices, projected, mask=live)
+                _store_row_sums(projection_ptr, indices, live, u * grad[None, :, :])
     return tl.where(valid, acc * scale, 0.0)
