@@ -34,8 +34,8 @@ from .philox_tiles import mixed_tile
 # shape. The interpreter uses one small setting.
 _STREAM_T_SMALL, _STREAM_T_LARGE, _LARGE_TOKENS = 64, 128, 1024
 _INTERPRETED_STREAM_T = 32
-# Tokens per step of the sums over tokens (grad_a, grad_b): fixed, not tuned, because it sets the
-# order of their float32 additions, and gradients must not depend on which setting won the tuning.
+# Tokens per step of the sums over tokens (grad_a, grad_b): fixed, because it sets the order of
+# their float32 additions, and gradients must not depend on the streamed products' setting.
 _SUM_T: tl.constexpr = tl.constexpr(64)
 
 
