@@ -23,9 +23,9 @@ PROJECT_WARPS = 1
 # Philox calls per thread per basis index in the flat kernels: four independent uniform chains
 # hide the multiply latency; one rademacher call already feeds 128 entries.
 _CALLS_PER_THREAD = {"uniform": 4, "rademacher": 1}
-# Enough warps to fill a Hopper GPU (132 SMs) about half of its resident capacity; a few
+# Enough warps to fill a Hopper GPU (132 SMs) to about half of its resident capacity; a few
 # programs in the interpreter, so that the split code paths still run in CPU tests.
-GRID_TARGET_WARPS = 4 if INTERPRETED else 132 * 32
+GRID_TARGET_WARPS = 4 * MIX_WARPS if INTERPRETED else 132 * 32
 # Fewer basis indices than this per split spend more on adding partials than they save.
 MIN_SPLIT_INDICES = 1 if INTERPRETED else 16
 # Basis matrices generated together per loop step, many in the interpreter. On a GPU: one in the
