@@ -260,6 +260,7 @@ def test_autocast_gives_both_products_the_same_dtype(monkeypatch, device, fused)
 @pytest.mark.parametrize("infinite", ["x", "grad"])
 # NumPy inside the CPU interpreter warns when the infinities meet in a sum, as they should here.
 @pytest.mark.filterwarnings("ignore:invalid value encountered in reduce:RuntimeWarning")
+@pytest.mark.filterwarnings("ignore:invalid value encountered in add:RuntimeWarning")
 def test_an_infinite_input_gives_the_torch_backends_infinities(device, infinite):
     # Rank 1: the infinity reaches grad_alpha (x) or grad_beta (grad) as +-inf, not NaN, while
     # the padded rank rows hold 0 * inf.
