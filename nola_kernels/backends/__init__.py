@@ -1,6 +1,7 @@
 """Backends: each implements the same ops of the NOLA-Philox v1 contract.
 
-- "torch": pure PyTorch, any device (backends/torch_backend.py).
+- "torch": pure PyTorch, any device (backends/torch_backend.py); the reference.
+- "cpu": the compiled CPU kernels (csrc/cpu/), on CPU tensors (backends/cpu_backend.py).
 - "triton": the Triton kernels (triton/), on CUDA tensors, or on CPU tensors under
   TRITON_INTERPRET=1 (backends/triton_backend.py).
 - "cuda": the compiled CUDA extension (csrc/), on CUDA tensors (backends/cuda_backend.py).
@@ -21,8 +22,8 @@ and, where it has fused low-rank kernels (see nola_kernels/ops.py for their cont
 
 import importlib
 
-BACKEND_NAMES = ("torch", "triton", "cuda")
-AUTO_ORDER = ("cuda", "triton", "torch")
+BACKEND_NAMES = ("torch", "cpu", "triton", "cuda")
+AUTO_ORDER = ("cuda", "cpu", "triton", "torch")
 _MODULE_NAMES = {name: f"{__name__}.{name}_backend" for name in BACKEND_NAMES}
 _modules = {}
 _import_errors = {}
