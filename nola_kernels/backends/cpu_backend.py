@@ -125,7 +125,8 @@ def _problem(seed, stream, k, numel, distribution, scale=1.0, index_start=0, pos
 def _run(function, problem, *tensors):
     status = function(ctypes.byref(problem), *(tensor.data_ptr() for tensor in tensors))
     if status != 0:
-        raise RuntimeError(f"nola_kernels CPU kernel {function.__name__} failed: {_STATUS.get(status, status)}")
+        why = _STATUS.get(status, f"status {status}")
+        raise RuntimeError(f"nola_kernels CPU kernel {function.__name__} failed: {why}")
 
 
 def _kernel(prefix, dtype):
@@ -156,9 +157,8 @@ def project(grad, seed, stream, k, scale, distribution):
 def basis_block(seed, stream, i_start, i_stop, n_start, n_stop, distribution):
     """Entries (i, n) for i in [i_start, i_stop), n in [n_start, n_stop) as the kernels generate
     them: float32 of shape (i_stop - i_start, n_stop - n_start), as nola_kernels.basis.basis_block."""
-    out = torch.empty(i_stop - i_start, n_stop - n_start, dtype=torch.float32)
-    problem = _problem(
-        seed, stream, i_stop - i_start, n_stop - n_start, distribution, index_start=i_start, position_start=n_start
-    )
+    count, numel = i_stop - i_start, n_stop - n_start
+    problem = _problem(seed, stream, count, numel, distribution, index_start=i_start, position_start=n_start)
+    out = torch.empty(count, numel, dtype=torch.float32)
     _run(_library.nola_cpu_basis, problem, out)
     return out
