@@ -60,9 +60,12 @@ struct Layout {
 // Runs fn(item) for item < items on up to `threads` OpenMP threads, in any order.
 template <class Fn>
 void for_each_item(uint64_t items, int threads, uint64_t entries, const Fn& fn) {
-  const uint64_t most = std::min<uint64_t>(std::max(threads, 1), std::max<uint64_t>(items, 1));
-  const int team = entries < kMinParallelEntries ? 1 : static_cast<int>(most);
-#pragma omp parallel for schedule(dynamic, 1) num_threads(team) if (team > 1)
+  const uint64_t team = std::min<uint64_t>(std::max(threads, 1), items);
+  if (team <= 1 || entries < kMinParallelEntries) {
+    for (uint64_t item = 0; item < items; ++item) fn(item);
+    return;
+  }
+#pragma omp parallel for schedule(dynamic, 1) num_threads(static_cast<int>(team))
   for (int64_t item = 0; item < static_cast<int64_t>(items); ++item) fn(static_cast<uint64_t>(item));
 }
 
@@ -105,6 +108,34 @@ Acc fold_lanes(Acc* lanes) {
   return lanes[0];
 }
 
+// grad at positions [start, start + count) as whole lanes: in place, or copied into `padded` and
+// followed by zeros (the entries generated past the last position meet zeros).
+template <class Acc>
+const Acc* whole_lanes(const Acc* grad, uint64_t start, uint64_t count, Acc* padded) {
+  const uint64_t whole = ceil_div(count, kLanes) * kLanes;
+  if (count == whole) return grad + start;
+  std::fill(std::copy(grad + start, grad + start + count, padded), padded + whole, Acc{0});
+  return padded;
+}
+
+// lanes[l] += g[e] U[e] for the positions e = l mod 64 of [0, whole), in order.
+template <class Acc>
+void accumulate_lanes(Acc* lanes, const Acc* g, const float* values, uint64_t whole) {
+  for (uint64_t e = 0; e < whole; e += kLanes) {
+    for (int l = 0; l < kLanes; ++l) lanes[l] = lanes[l] + g[e + l] * static_cast<Acc>(values[e + l]);
+  }
+}
+
+// out[i] = scale * (partials[0 k + i] + partials[1 k + i] + ...), chunks in order.
+template <class Acc>
+void sum_partials(const Acc* partials, uint64_t chunks, uint64_t k, Acc scale, Acc* out) {
+  for (uint64_t i = 0; i < k; ++i) {
+    Acc sum = partials[i];
+    for (uint64_t chunk = 1; chunk < chunks; ++chunk) sum = sum + partials[chunk * k + i];
+    out[i] = sum * scale;
+  }
+}
+
 template <Distribution D, class Batch, class Acc>
 void project(const NolaCpuProblem& p, const Acc* grad, Acc* partials, Acc* out) {
   using L = Layout<D>;
@@ -115,31 +146,18 @@ void project(const NolaCpuProblem& p, const Acc* grad, Acc* partials, Acc* out) 
     const uint64_t first = chunk * plan.chunk_entries;
     const uint64_t stop = std::min(first + plan.chunk_entries, p.numel);
     alignas(64) float values[L::kTile];
-    alignas(64) Acc padded[L::kTile];  // the last tile's grad, then zeros up to whole lanes
+    alignas(64) Acc padded[L::kTile];
     for (uint64_t i = block * kIndexBlock; i < std::min(p.k, (block + 1) * kIndexBlock); ++i) {
       alignas(64) Acc lanes[kLanes] = {};
       for (uint64_t start = first; start < stop; start += L::kTile) {
         const uint64_t count = std::min(L::kTile, stop - start);
         L::template generate<Batch>(family, start, count, i, values);
-        const uint64_t whole = ceil_div(count, kLanes) * kLanes;  // generated: whole calls cover it
-        const Acc* g = grad + start;
-        if (count < whole) {
-          std::fill(std::copy(g, g + count, padded), padded + whole, Acc{0});
-          g = padded;
-        }
-        for (uint64_t e = 0; e < whole; e += kLanes) {
-          for (int l = 0; l < kLanes; ++l) lanes[l] = lanes[l] + g[e + l] * static_cast<Acc>(values[e + l]);
-        }
+        accumulate_lanes(lanes, whole_lanes(grad, start, count, padded), values, ceil_div(count, kLanes) * kLanes);
       }
       partials[chunk * p.k + i] = fold_lanes(lanes);
     }
   });
-  const Acc scale = static_cast<Acc>(p.scale);
-  for (uint64_t i = 0; i < p.k; ++i) {
-    Acc sum = partials[i];
-    for (uint64_t chunk = 1; chunk < plan.chunks; ++chunk) sum = sum + partials[chunk * p.k + i];
-    out[i] = sum * scale;
-  }
+  sum_partials(partials, plan.chunks, p.k, static_cast<Acc>(p.scale), out);
 }
 
 template <Distribution D, class Batch>
@@ -205,6 +223,10 @@ int mix_entry(const NolaCpuProblem* p, const Acc* coeffs, Acc* out) {
   });
 }
 
+uint64_t tile_of(const NolaCpuProblem& p) {
+  return p.distribution == static_cast<int32_t>(Distribution::kUniform) ? kUniformTile : kRademacherTile;
+}
+
 template <class Acc>
 int project_entry(const NolaCpuProblem* p, const Acc* grad, Acc* partials, Acc* out) {
   return dispatch(*p, [&](auto distribution, auto batch) {
@@ -228,8 +250,7 @@ int nola_cpu_mix_f64(const NolaCpuProblem* p, const double* coeffs, double* out)
 }
 
 uint64_t nola_cpu_project_partials(const NolaCpuProblem* p) {
-  const uint64_t tile = p->distribution == 0 ? nola::cpu::kUniformTile : nola::cpu::kRademacherTile;
-  return nola::cpu::ProjectPlan::of(*p, tile).chunks * p->k;
+  return nola::cpu::ProjectPlan::of(*p, nola::cpu::tile_of(*p)).chunks * p->k;
 }
 
 int nola_cpu_project_f32(const NolaCpuProblem* p, const float* grad, float* partials, float* out) {
