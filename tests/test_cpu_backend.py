@@ -65,14 +65,20 @@ def test_the_portable_code_runs_everywhere():
 def test_basis_matches_the_reference_bit_for_bit(
     code_path, distribution, seed, stream, i_start, count, n_start, numel
 ):
-    expected = basis_block(seed, stream, i_start, i_start + count, n_start, n_start + numel, distribution)
+    block = (seed, stream, i_start, i_start + count, n_start, n_start + numel, distribution)
+    expected = basis_block(*block)
     with cpu_backend.instruction_set(code_path):
-        got = cpu_backend.basis_block(seed, stream, i_start, i_start + count, n_start, n_start + numel, distribution)
+        got = cpu_backend.basis_block(*block)
     assert torch.equal(_bits(got), _bits(expected))
 
 
 # Shapes with several mix tiles and projection chunks, and enough work to run on several threads.
-SHAPES = [(40, (33, 257), "uniform"), (600, (5, 300), "uniform"), (9, (70, 100), "rademacher"), (3, (1, 5), "uniform")]
+SHAPES = [
+    (40, (33, 257), "uniform"),
+    (600, (5, 300), "uniform"),
+    (9, (70, 100), "rademacher"),
+    (3, (1, 5), "uniform"),
+]
 
 
 @built
@@ -133,7 +139,8 @@ def test_project_sums_in_lanes_then_folds(dtype, distribution, numel):
         lanes = torch.cat([lanes[:, :width] + lanes[:, width : 2 * width], lanes[:, 2 * width :]], dim=1)
         width //= 2
     expected = lanes[:, 0] * _float_scale(scale, dtype)
-    assert cpu_backend._library.nola_cpu_project_partials(cpu_backend._problem(4, 0, k, numel, distribution)) == k
+    problem = cpu_backend._problem(4, 0, k, numel, distribution)
+    assert cpu_backend._library.nola_cpu_project_partials(problem) == k  # one chunk
     got = cpu_backend.project(grad.view(1, numel), 4, 0, k, scale, distribution)
     assert torch.equal(_bits(got), _bits(expected))
 

@@ -56,10 +56,15 @@ def available_backends(device):
     return [name for name in AUTO_ORDER if unavailable_reason(name, device) is None]
 
 
+def native_backends(device):
+    """available_backends(device) without those that only emulate there (Triton's CPU interpreter)."""
+    return [name for name in available_backends(device) if not _emulated(name, device)]
+
+
 def resolve_backend(name, device):
     """The concrete backend name for `name` ("auto" or one of BACKEND_NAMES) on `device`."""
     if name == "auto":
-        return next(name for name in available_backends(device) if not _emulated(name, device))
+        return native_backends(device)[0]
     if name not in BACKEND_NAMES:
         raise ValueError(f"backend must be 'auto' or one of {BACKEND_NAMES}, got {name!r}")
     reason = unavailable_reason(name, device)
