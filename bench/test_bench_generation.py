@@ -50,11 +50,15 @@ def _median_seconds(fn, repeats=20):
     return sorted(times)[len(times) // 2]
 
 
-def _record(device, result):
+def _report(benchmark, capsys, device, result, line):
+    """Keep one case's result (in the benchmark's extra info and the device's JSON) and print `line`."""
+    benchmark.extra_info.update(result)
     _results[device].append(result)
     folder = Path(os.environ.get("OUT") or Path(__file__).resolve().parent / "results")
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"generation-rate-{device}.json").write_text(json.dumps(_results[device], indent=2) + "\n")
+    with capsys.disabled():
+        print("\n" + line)
 
 
 @pytest.mark.gpu
@@ -85,14 +89,12 @@ def test_generation_rate_cuda(benchmark, capsys, name, rows, cols, k):
         "fraction_of_bound": bound_s / mix_s,
         "target": TARGET_FRACTION,
     }
-    benchmark.extra_info.update(result)
-    _record("cuda", result)
-    with capsys.disabled():
-        print(
-            f"\n{name}: mix {result['mix_G_entries_per_s']:.1f} G entries/s, Philox only "
-            f"{result['philox_only_G_entries_per_s']:.1f}: {result['fraction_of_bound']:.0%} of the bound "
-            f"(target {TARGET_FRACTION:.0%})"
-        )
+    line = (
+        f"{name}: mix {result['mix_G_entries_per_s']:.1f} G entries/s, Philox only "
+        f"{result['philox_only_G_entries_per_s']:.1f}: {result['fraction_of_bound']:.0%} of the bound "
+        f"(target {TARGET_FRACTION:.0%})"
+    )
+    _report(benchmark, capsys, "cuda", result, line)
 
 
 @pytest.mark.skipif(not CPU_BUILT, reason="needs the built CPU library")
@@ -124,10 +126,8 @@ def test_generation_rate_cpu(benchmark, capsys, name, rows, cols, k, instruction
         "M_entries_per_s_per_core": rate / threads / 1e6,
         "target_per_core": CPU_TARGET_PER_CORE / 1e6,
     }
-    benchmark.extra_info.update(result)
-    _record("cpu", result)
-    with capsys.disabled():
-        print(
-            f"\n{name} {op} ({instruction_set}, {threads} threads): {rate / 1e6:.0f} M entries/s, "
-            f"{rate / threads / 1e6:.0f} per core (target {CPU_TARGET_PER_CORE / 1e6:.0f})"
-        )
+    line = (
+        f"{name} {op} ({instruction_set}, {threads} threads): {rate / 1e6:.0f} M entries/s, "
+        f"{rate / threads / 1e6:.0f} per core (target {CPU_TARGET_PER_CORE / 1e6:.0f})"
+    )
+    _report(benchmark, capsys, "cpu", result, line)
