@@ -72,11 +72,12 @@ def test_basis_matches_the_reference_bit_for_bit(
     assert torch.equal(_bits(got), _bits(expected))
 
 
-# Shapes with several mix tiles and projection chunks, and enough work to run on several threads.
+# Shapes with several mix tiles and projection chunks, all but the last with enough work (2^16
+# entries) to run on several threads.
 SHAPES = [
     (40, (33, 257), "uniform"),
     (600, (5, 300), "uniform"),
-    (9, (70, 100), "rademacher"),
+    (20, (70, 100), "rademacher"),
     (3, (1, 5), "uniform"),
 ]
 
