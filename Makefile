@@ -2,13 +2,19 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+REQUIREMENTS := $(VENV)/.requirements
 STAMP := $(VENV)/.installed
 
 .PHONY: demo test bench perf-static cuda-check clean
 
-$(STAMP): requirements-dev.txt setup.py
+$(REQUIREMENTS): requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+# The editable install also builds the CPU library into nola_kernels/ (setup.py), again whenever
+# its sources change.
+$(STAMP): $(REQUIREMENTS) setup.py $(wildcard csrc/cpu/*) csrc/philox.cuh
 	$(PY) -m pip install --quiet --no-build-isolation --no-deps -e .
 	touch $@
 
@@ -49,7 +55,7 @@ $(CUDA_VENV)/.installed: requirements-cuda.txt
 	$(CUDA_PY) -m pip install --quiet -r requirements-cuda.txt
 	touch $@
 
-$(CUDA_VENV)/.built: $(CUDA_VENV)/.installed setup.py $(wildcard csrc/* nola_kernels/*.py nola_kernels/backends/*.py)
+$(CUDA_VENV)/.built: $(CUDA_VENV)/.installed setup.py $(wildcard csrc/* csrc/cpu/* nola_kernels/*.py nola_kernels/backends/*.py)
 	$(CUDA_BUILD_ENV) NOLA_BUILD_CUDA=1 $(CUDA_PY) -m pip install --quiet --no-build-isolation --no-deps .
 	touch $@
 

@@ -1,6 +1,12 @@
-"""The CUDA mix kernel's basis generation rate against its integer-ALU bound: a Philox-only kernel
-that generates as many uniform entries and only sums them. Target: at least 60% of the bound.
-CUDA only; each case's rates go to generation-rate-cuda.json in $OUT (or bench/results/)."""
+"""Basis generation rates of the compiled kernels.
+
+- CUDA: the mix kernel against its integer-ALU bound, a Philox-only kernel that generates as many
+  uniform entries and only sums them. Target: at least 60% of the bound.
+- CPU: the mix and project kernels in uniform entries per second and per core, on 1 and 2
+  threads, with each instruction set's Philox code. Target: at least 3e8 per core.
+
+Each device's rates go to generation-rate-<device>.json in $OUT (or bench/results/).
+"""
 
 import json
 import os
@@ -8,9 +14,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from workloads import synchronized
+from report import device_name
+from workloads import synchronized, torch_threads
 
-from nola_kernels.backends import cuda_backend
+from nola_kernels.backends import cpu_backend, cuda_backend
 
 # (name, rows, cols, k): the A factors of the benchmark shapes, and one large enough to fill any GPU.
 CASES = [
@@ -19,7 +26,15 @@ CASES = [
     ("rank-64 4096 A", 64, 4096, 512),
 ]
 TARGET_FRACTION = 0.6
-_results = []
+CPU_CASES = CASES[:2]
+CPU_TARGET_PER_CORE = 3e8
+CPU_ROUNDS = 20
+CPU_BUILT = cpu_backend.unavailable_reason(torch.device("cpu")) is None
+# Each instruction set's own code ("best" is one of them).
+CPU_INSTRUCTION_SETS = (
+    [n for n in cpu_backend.supported_instruction_sets() if n != "best"] if CPU_BUILT else []
+)
+_results = {"cuda": [], "cpu": []}
 
 
 def _median_seconds(fn, repeats=20):
@@ -35,10 +50,15 @@ def _median_seconds(fn, repeats=20):
     return sorted(times)[len(times) // 2]
 
 
-def _write(results):
+def _report(benchmark, capsys, device, result, line):
+    """Keep one case's result (in the benchmark's extra info and the device's JSON) and print `line`."""
+    benchmark.extra_info.update(result)
+    _results[device].append(result)
     folder = Path(os.environ.get("OUT") or Path(__file__).resolve().parent / "results")
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "generation-rate-cuda.json").write_text(json.dumps(results, indent=2) + "\n")
+    (folder / f"generation-rate-{device}.json").write_text(json.dumps(_results[device], indent=2) + "\n")
+    with capsys.disabled():
+        print("\n" + line)
 
 
 @pytest.mark.gpu
@@ -69,12 +89,45 @@ def test_generation_rate_cuda(benchmark, capsys, name, rows, cols, k):
         "fraction_of_bound": bound_s / mix_s,
         "target": TARGET_FRACTION,
     }
-    benchmark.extra_info.update(result)
-    _results.append(result)
-    _write(_results)
-    with capsys.disabled():
-        print(
-            f"\n{name}: mix {result['mix_G_entries_per_s']:.1f} G entries/s, Philox only "
-            f"{result['philox_only_G_entries_per_s']:.1f}: {result['fraction_of_bound']:.0%} of the bound "
-            f"(target {TARGET_FRACTION:.0%})"
-        )
+    line = (
+        f"{name}: mix {result['mix_G_entries_per_s']:.1f} G entries/s, Philox only "
+        f"{result['philox_only_G_entries_per_s']:.1f}: {result['fraction_of_bound']:.0%} of the bound "
+        f"(target {TARGET_FRACTION:.0%})"
+    )
+    _report(benchmark, capsys, "cuda", result, line)
+
+
+@pytest.mark.skipif(not CPU_BUILT, reason="needs the built CPU library")
+@pytest.mark.parametrize("op", ["mix", "project"])
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("instruction_set", CPU_INSTRUCTION_SETS)
+@pytest.mark.parametrize("name, rows, cols, k", CPU_CASES, ids=[case[0] for case in CPU_CASES])
+def test_generation_rate_cpu(benchmark, capsys, name, rows, cols, k, instruction_set, threads, op):
+    coeffs, grad = torch.randn(k), torch.randn(rows, cols)
+    calls = {
+        "mix": lambda: cpu_backend.mix(coeffs, 1, 0, rows, cols, 1.0, "uniform"),
+        "project": lambda: cpu_backend.project(grad, 1, 0, k, 1.0, "uniform"),
+    }
+    benchmark.group = "cpu generation rate"
+    with cpu_backend.instruction_set(instruction_set), torch_threads(threads):
+        benchmark.pedantic(calls[op], rounds=CPU_ROUNDS, warmup_rounds=2, iterations=1)
+    if benchmark.stats is None:  # --benchmark-disable: nothing was timed
+        return
+    entries = k * rows * cols
+    rate = entries / benchmark.stats.stats.min  # the fastest round: the machine is shared
+    result = {
+        "case": name,
+        "op": op,
+        "instruction_set": instruction_set,
+        "threads": threads,
+        "cpu": device_name("cpu"),
+        "entries": entries,
+        "M_entries_per_s": rate / 1e6,
+        "M_entries_per_s_per_core": rate / threads / 1e6,
+        "target_per_core": CPU_TARGET_PER_CORE / 1e6,
+    }
+    line = (
+        f"{name} {op} ({instruction_set}, {threads} threads): {rate / 1e6:.0f} M entries/s, "
+        f"{rate / threads / 1e6:.0f} per core (target {CPU_TARGET_PER_CORE / 1e6:.0f})"
+    )
+    _report(benchmark, capsys, "cpu", result, line)

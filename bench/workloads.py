@@ -1,13 +1,14 @@
 """The benchmark cases: shapes, the implementations of a LoRA-style delta, and their inputs."""
 
+import contextlib
 import functools
 import math
 from dataclasses import asdict, dataclass, field
 
 import torch
 
-from nola_kernels import available_backends, nola_basis, nola_matmul
-from nola_kernels.backends import get_backend
+from nola_kernels import nola_basis, nola_matmul
+from nola_kernels.backends import get_backend, native_backends
 from nola_kernels.lowrank import lowrank_delta
 from nola_kernels.reference import naive_matmul, official_matmul
 from nola_kernels.routing import lowrank_path
@@ -23,6 +24,12 @@ class Shape:
     tokens: int
     dtype: torch.dtype = torch.float32
     passes: tuple = field(default=("forward", "forward_backward"))
+    threads: int | None = None  # torch.set_num_threads for the case (CPU); None leaves torch's default
+
+    @property
+    def label(self):
+        """The name, with the thread count where the case sets one: gpt2-medium-1t."""
+        return self.name if self.threads is None else f"{self.name}-{self.threads}t"
 
     def fields(self):
         """The shape as a flat dict, for reports."""
@@ -35,10 +42,11 @@ class Shape:
 GPU_PASSES = ("forward", "backward", "forward_backward", "layer")
 SHAPES = {
     "cpu": [
-        Shape("gpt2-medium", in_features=1024, out_features=1024, rank=8, k=512, tokens=512),
+        # On 1 thread and on both cores of this project's 2-core machine.
+        *(Shape("gpt2-medium", 1024, 1024, rank=8, k=512, tokens=512, threads=n) for n in (1, 2)),
         # Wider layers but a smaller k, so each basis is as big as gpt2-medium's x2 and the suite
         # stays fast on a 2-core CPU.
-        Shape("wide-4096", in_features=4096, out_features=4096, rank=16, k=128, tokens=256),
+        Shape("wide-4096", in_features=4096, out_features=4096, rank=16, k=128, tokens=256, threads=2),
     ],
     "cuda": [
         # GPT-2 medium q/v (the official NOLA GPT-2 setting) and LLaMA-2-7B q_proj, each at
@@ -54,6 +62,20 @@ SHAPES = {
 }
 
 SEED_A, SEED_B = 1, 2
+
+
+@contextlib.contextmanager
+def torch_threads(threads):
+    """torch.set_num_threads(threads) inside the block; None leaves the count as it is."""
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 SCALING = 2.0
 
 
@@ -70,18 +92,17 @@ def _forced(backend, path):
 
 def basis_implementations(device):
     """Each NOLA implementation's delta on `device`, by name: nola_matmul on every backend that
-    runs there natively (fused and composed for backends with fused kernels), the naive
-    baselines, and on CUDA a stored bfloat16 basis. "lora" is built in Workload.delta."""
-    if device == "cpu":
-        nola = {"nola": functools.partial(nola_matmul, backend="torch")}
-    else:
-        nola = {}
-        for backend in available_backends(torch.device(device)):
-            if hasattr(get_backend(backend), "prefers_fused"):
-                for path in ("fused", "composed"):
-                    nola[f"nola-{backend}-{path}"] = _forced(backend, path)
-            else:
-                nola[f"nola-{backend}"] = functools.partial(nola_matmul, backend=backend)
+    runs there natively (fused and composed for backends with fused kernels; not Triton's CPU
+    interpreter), the naive baselines, and on CUDA a stored bfloat16 basis. "lora" is built in
+    Workload.delta."""
+    nola = {}
+    for backend in native_backends(torch.device(device)):
+        if hasattr(get_backend(backend), "prefers_fused"):
+            for path in ("fused", "composed"):
+                nola[f"nola-{backend}-{path}"] = _forced(backend, path)
+        else:
+            nola[f"nola-{backend}"] = functools.partial(nola_matmul, backend=backend)
+    if device == "cuda":
         nola["stored-bf16"] = None  # needs its basis: Workload builds it
     return {**nola, "naive": naive_matmul, "official": official_matmul}
 

@@ -1,6 +1,7 @@
 """Backends: each implements the same ops of the NOLA-Philox v1 contract.
 
-- "torch": pure PyTorch, any device (backends/torch_backend.py).
+- "torch": pure PyTorch, any device (backends/torch_backend.py); the reference.
+- "cpu": the compiled CPU kernels (csrc/cpu/), on CPU tensors (backends/cpu_backend.py).
 - "triton": the Triton kernels (triton/), on CUDA tensors, or on CPU tensors under
   TRITON_INTERPRET=1 (backends/triton_backend.py).
 - "cuda": the compiled CUDA extension (csrc/), on CUDA tensors (backends/cuda_backend.py).
@@ -23,8 +24,8 @@ A backend module provides:
 
 import importlib
 
-BACKEND_NAMES = ("torch", "triton", "cuda")
-AUTO_ORDER = ("cuda", "triton", "torch")
+BACKEND_NAMES = ("torch", "cpu", "triton", "cuda")
+AUTO_ORDER = ("cuda", "cpu", "triton", "torch")
 _MODULE_NAMES = {name: f"{__name__}.{name}_backend" for name in BACKEND_NAMES}
 _modules = {}
 _import_errors = {}
@@ -57,10 +58,15 @@ def available_backends(device):
     return [name for name in AUTO_ORDER if unavailable_reason(name, device) is None]
 
 
+def native_backends(device):
+    """available_backends(device) without those that only emulate there (Triton's CPU interpreter)."""
+    return [name for name in available_backends(device) if not _emulated(name, device)]
+
+
 def resolve_backend(name, device):
     """The concrete backend name for `name` ("auto" or one of BACKEND_NAMES) on `device`."""
     if name == "auto":
-        return next(name for name in available_backends(device) if not _emulated(name, device))
+        return native_backends(device)[0]
     if name not in BACKEND_NAMES:
         raise ValueError(f"backend must be 'auto' or one of {BACKEND_NAMES}, got {name!r}")
     reason = unavailable_reason(name, device)

@@ -1,0 +1,269 @@
+// mix and project over a basis family on the CPU, behind the C interface of nola_cpu.h.
+//
+// Work is cut into items by the problem's shape alone, and every sum runs in a fixed order inside
+// its item, so results are the same bits for any thread count and either generator:
+// - mix: items are tiles of positions; each tile's sums run over i = 0..k-1 in order, as
+//   sum = sum + (coeffs[i] * scale) * U_i[n], from 0.
+// - project: items are (chunk of positions, block of basis indices); for each index a chunk
+//   accumulates into 64 lanes (lane = position mod 64, positions in increasing order), the lanes
+//   fold pairwise (lane l += lane l + w for w = 32, 16, ..., 1) into the chunk's partial, and
+//   out[i] = scale * (partial_0 + partial_1 + ...) in chunk order.
+// Multiplies and adds stay separate (the build passes -ffp-contract=off), so no target fuses them
+// differently.
+#include <algorithm>
+#include <cstdint>
+#include <type_traits>
+
+#include "nola_cpu.h"
+#include "philox_batch.h"
+
+namespace nola::cpu {
+namespace {
+
+constexpr uint64_t kMaxIndices = uint64_t{1} << 32;   // basis index: counter word 1
+constexpr uint64_t kMaxPositions = uint64_t{1} << 34;  // flat position: counter word 0 after the shift
+// Entries generated at a time: a mix tile, and the step of a projection chunk (whole step calls
+// for both distributions). Its values and sums stay in L1.
+constexpr uint64_t kUniformTile = 512;
+constexpr uint64_t kRademacherTile = 2048;
+constexpr int kLanes = 64;
+constexpr uint64_t kIndexBlock = 16;  // basis indices per projection item
+// Projection items to aim for (enough to balance a few cores), and the fewest tiles a chunk holds.
+constexpr uint64_t kTargetItems = 64;
+constexpr uint64_t kMinChunkTiles = 2;
+// Below this many generated entries a call runs on one thread: waking the team costs more.
+constexpr uint64_t kMinParallelEntries = uint64_t{1} << 16;
+
+uint64_t ceil_div(uint64_t a, uint64_t b) { return (a + b - 1) / b; }
+
+template <Distribution D>
+struct Layout {
+  static constexpr int kShift = D == Distribution::kUniform ? kUniformCounterShift : kRademacherCounterShift;
+  static constexpr uint64_t kTile = D == Distribution::kUniform ? kUniformTile : kRademacherTile;
+  // A tile is whole steps of calls, and a step whole lanes of projection sums.
+  static_assert(kTile % (uint64_t{kStepCalls} << kShift) == 0 && (uint64_t{kStepCalls} << kShift) % kLanes == 0);
+
+  // Entries of the whole steps of calls that cover positions [first, first + count), first a
+  // multiple of a call: count rounded up to a step, at most a tile.
+  template <class Batch>
+  static void generate(const Family& family, uint64_t first, uint64_t count, uint64_t index, float* out) {
+    const auto call = static_cast<uint32_t>(first >> kShift);
+    const auto calls = static_cast<uint32_t>(ceil_div(ceil_div(count, uint64_t{1} << kShift), kStepCalls) * kStepCalls);
+    if constexpr (D == Distribution::kUniform) {
+      Batch::uniform(family, call, calls, static_cast<uint32_t>(index), out);
+    } else {
+      Batch::rademacher(family, call, calls, static_cast<uint32_t>(index), out);
+    }
+  }
+};
+
+// Runs fn(item) for item < items on up to `threads` OpenMP threads, in any order.
+template <class Fn>
+void for_each_item(uint64_t items, int threads, uint64_t entries, const Fn& fn) {
+  const uint64_t team = std::min<uint64_t>(std::max(threads, 1), items);
+  if (team <= 1 || entries < kMinParallelEntries) {
+    for (uint64_t item = 0; item < items; ++item) fn(item);
+    return;
+  }
+#pragma omp parallel for schedule(dynamic, 1) num_threads(static_cast<int>(team))
+  for (int64_t item = 0; item < static_cast<int64_t>(items); ++item) fn(static_cast<uint64_t>(item));
+}
+
+template <Distribution D, class Batch, class Acc>
+void mix(const NolaCpuProblem& p, const Acc* coeffs, Acc* out) {
+  using L = Layout<D>;
+  const Family family = Family::of(p.seed, p.stream);
+  const Acc scale = static_cast<Acc>(p.scale);
+  for_each_item(ceil_div(p.numel, L::kTile), p.threads, p.k * p.numel, [&](uint64_t tile) {
+    const uint64_t first = tile * L::kTile, count = std::min(L::kTile, p.numel - first);
+    alignas(64) Acc sums[L::kTile] = {};
+    alignas(64) float values[L::kTile];
+    for (uint64_t i = 0; i < p.k; ++i) {
+      const Acc weight = coeffs[i] * scale;
+      L::template generate<Batch>(family, first, count, i, values);
+      for (uint64_t e = 0; e < count; ++e) sums[e] = sums[e] + weight * static_cast<Acc>(values[e]);
+    }
+    std::copy(sums, sums + count, out + first);
+  });
+}
+
+// How a projection splits: chunks of whole tiles, times blocks of kIndexBlock basis indices.
+struct ProjectPlan {
+  uint64_t chunk_entries, chunks, index_blocks;
+
+  static ProjectPlan of(const NolaCpuProblem& p, uint64_t tile) {
+    const uint64_t tiles = std::max<uint64_t>(ceil_div(p.numel, tile), 1);
+    const uint64_t index_blocks = ceil_div(p.k, kIndexBlock);
+    const uint64_t wanted = std::max<uint64_t>(ceil_div(kTargetItems, std::max<uint64_t>(index_blocks, 1)), 1);
+    const uint64_t chunk_tiles = ceil_div(tiles, std::min(wanted, std::max<uint64_t>(tiles / kMinChunkTiles, 1)));
+    return ProjectPlan{chunk_tiles * tile, ceil_div(tiles, chunk_tiles), index_blocks};
+  }
+};
+
+template <class Acc>
+Acc fold_lanes(Acc* lanes) {
+  for (int width = kLanes / 2; width > 0; width /= 2) {
+    for (int l = 0; l < width; ++l) lanes[l] = lanes[l] + lanes[l + width];
+  }
+  return lanes[0];
+}
+
+// grad at positions [start, start + count) as whole lanes: in place, or copied into `padded` and
+// followed by zeros (the entries generated past the last position meet zeros).
+template <class Acc>
+const Acc* whole_lanes(const Acc* grad, uint64_t start, uint64_t count, Acc* padded) {
+  const uint64_t whole = ceil_div(count, kLanes) * kLanes;
+  if (count == whole) return grad + start;
+  std::fill(std::copy(grad + start, grad + start + count, padded), padded + whole, Acc{0});
+  return padded;
+}
+
+// lanes[l] += g[e] U[e] for the positions e = l mod 64 of [0, whole), in order.
+template <class Acc>
+void accumulate_lanes(Acc* lanes, const Acc* g, const float* values, uint64_t whole) {
+  for (uint64_t e = 0; e < whole; e += kLanes) {
+    for (int l = 0; l < kLanes; ++l) lanes[l] = lanes[l] + g[e + l] * static_cast<Acc>(values[e + l]);
+  }
+}
+
+// out[i] = scale * (partials[0 k + i] + partials[1 k + i] + ...), chunks in order.
+template <class Acc>
+void sum_partials(const Acc* partials, uint64_t chunks, uint64_t k, Acc scale, Acc* out) {
+  for (uint64_t i = 0; i < k; ++i) {
+    Acc sum = partials[i];
+    for (uint64_t chunk = 1; chunk < chunks; ++chunk) sum = sum + partials[chunk * k + i];
+    out[i] = sum * scale;
+  }
+}
+
+template <Distribution D, class Batch, class Acc>
+void project(const NolaCpuProblem& p, const Acc* grad, Acc* partials, Acc* out) {
+  using L = Layout<D>;
+  const Family family = Family::of(p.seed, p.stream);
+  const ProjectPlan plan = ProjectPlan::of(p, L::kTile);
+  for_each_item(plan.chunks * plan.index_blocks, p.threads, p.k * p.numel, [&](uint64_t item) {
+    const uint64_t chunk = item / plan.index_blocks, block = item % plan.index_blocks;
+    const uint64_t first = chunk * plan.chunk_entries;
+    const uint64_t stop = std::min(first + plan.chunk_entries, p.numel);
+    alignas(64) float values[L::kTile];
+    alignas(64) Acc padded[L::kTile];
+    for (uint64_t i = block * kIndexBlock; i < std::min(p.k, (block + 1) * kIndexBlock); ++i) {
+      alignas(64) Acc lanes[kLanes] = {};
+      for (uint64_t start = first; start < stop; start += L::kTile) {
+        const uint64_t count = std::min(L::kTile, stop - start);
+        L::template generate<Batch>(family, start, count, i, values);
+        accumulate_lanes(lanes, whole_lanes(grad, start, count, padded), values, ceil_div(count, kLanes) * kLanes);
+      }
+      partials[chunk * p.k + i] = fold_lanes(lanes);
+    }
+  });
+  sum_partials(partials, plan.chunks, p.k, static_cast<Acc>(p.scale), out);
+}
+
+template <Distribution D, class Batch>
+void basis(const NolaCpuProblem& p, float* out) {
+  using L = Layout<D>;
+  const Family family = Family::of(p.seed, p.stream);
+  const uint64_t stop = p.position_start + p.numel;
+  for_each_item(p.k, p.threads, p.k * p.numel, [&](uint64_t i) {
+    alignas(64) float values[L::kTile];
+    // Tiles start at whole calls; the first and last may stick out of the positions asked for.
+    for (uint64_t tile = p.position_start >> L::kShift << L::kShift; tile < stop; tile += L::kTile) {
+      const uint64_t low = std::max(tile, p.position_start), high = std::min(tile + L::kTile, stop);
+      L::template generate<Batch>(family, tile, high - tile, p.index_start + i, values);
+      std::copy(values + (low - tile), values + (high - tile), out + i * p.numel + (low - p.position_start));
+    }
+  });
+}
+
+bool runs(int32_t isa) {
+#ifdef NOLA_CPU_HAVE_AVX2
+  if (isa == NOLA_CPU_ISA_AVX2) return __builtin_cpu_supports("avx2");
+#endif
+  return isa == NOLA_CPU_ISA_GENERIC || isa == NOLA_CPU_ISA_BEST;
+}
+
+int checked(const NolaCpuProblem& p) {
+  if (p.distribution != static_cast<int32_t>(Distribution::kUniform) &&
+      p.distribution != static_cast<int32_t>(Distribution::kRademacher)) {
+    return NOLA_CPU_BAD_DISTRIBUTION;
+  }
+  if (p.k > kMaxIndices || p.index_start > kMaxIndices - p.k || p.numel > kMaxPositions ||
+      p.position_start > kMaxPositions - p.numel) {
+    return NOLA_CPU_BAD_SHAPE;
+  }
+  return runs(p.isa) ? NOLA_CPU_OK : NOLA_CPU_ISA_UNSUPPORTED;
+}
+
+// Calls fn(Distribution constant, Batch{}) for the problem's distribution and generator.
+template <class Fn>
+int dispatch(const NolaCpuProblem& p, const Fn& fn) {
+  if (const int status = checked(p); status != NOLA_CPU_OK) return status;
+  const auto with_batch = [&](auto batch) {
+    if (p.distribution == static_cast<int32_t>(Distribution::kUniform)) {
+      fn(std::integral_constant<Distribution, Distribution::kUniform>{}, batch);
+    } else {
+      fn(std::integral_constant<Distribution, Distribution::kRademacher>{}, batch);
+    }
+  };
+#ifdef NOLA_CPU_HAVE_AVX2
+  if (p.isa == NOLA_CPU_ISA_AVX2 || (p.isa == NOLA_CPU_ISA_BEST && runs(NOLA_CPU_ISA_AVX2))) {
+    with_batch(Avx2Batch{});
+    return NOLA_CPU_OK;
+  }
+#endif
+  with_batch(PortableBatch{});
+  return NOLA_CPU_OK;
+}
+
+template <class Acc>
+int mix_entry(const NolaCpuProblem* p, const Acc* coeffs, Acc* out) {
+  return dispatch(*p, [&](auto distribution, auto batch) {
+    mix<decltype(distribution)::value, decltype(batch)>(*p, coeffs, out);
+  });
+}
+
+uint64_t tile_of(const NolaCpuProblem& p) {
+  return p.distribution == static_cast<int32_t>(Distribution::kUniform) ? kUniformTile : kRademacherTile;
+}
+
+template <class Acc>
+int project_entry(const NolaCpuProblem* p, const Acc* grad, Acc* partials, Acc* out) {
+  return dispatch(*p, [&](auto distribution, auto batch) {
+    project<decltype(distribution)::value, decltype(batch)>(*p, grad, partials, out);
+  });
+}
+
+}  // namespace
+}  // namespace nola::cpu
+
+extern "C" {
+
+int nola_cpu_isa_supported(int32_t isa) { return nola::cpu::runs(isa) ? 1 : 0; }
+
+int nola_cpu_mix_f32(const NolaCpuProblem* p, const float* coeffs, float* out) {
+  return nola::cpu::mix_entry(p, coeffs, out);
+}
+
+int nola_cpu_mix_f64(const NolaCpuProblem* p, const double* coeffs, double* out) {
+  return nola::cpu::mix_entry(p, coeffs, out);
+}
+
+uint64_t nola_cpu_project_partials(const NolaCpuProblem* p) {
+  return nola::cpu::ProjectPlan::of(*p, nola::cpu::tile_of(*p)).chunks * p->k;
+}
+
+int nola_cpu_project_f32(const NolaCpuProblem* p, const float* grad, float* partials, float* out) {
+  return nola::cpu::project_entry(p, grad, partials, out);
+}
+
+int nola_cpu_project_f64(const NolaCpuProblem* p, const double* grad, double* partials, double* out) {
+  return nola::cpu::project_entry(p, grad, partials, out);
+}
+
+int nola_cpu_basis(const NolaCpuProblem* p, float* out) {
+  return nola::cpu::dispatch(*p, [&](auto distribution, auto batch) {
+    nola::cpu::basis<decltype(distribution)::value, decltype(batch)>(*p, out);
+  });
+}
+}
