@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# One call on a GPU machine, at most 8 minutes: build the CUDA extension, the GPU tests, then
-# the CUDA benchmarks.
+# One call on a GPU machine, at most 8 minutes: build the CUDA extension, the GPU tests, every
+# nola_matmul path beside the performance model (bench/device_paths.py: fused and composed per
+# backend, LoRA, official, both distributions, GPT-2 medium and LLaMA-2-7B q_proj), then the CUDA
+# benchmarks.
 # Logs and results go under $OUT (bench/results/device-run when run by hand); the comparison
 # table prints last. Needs only what the GPU image has: python3 with torch, triton, pytest,
 # pytest-benchmark and hypothesis (PYTHON names another interpreter). Run from the repository
@@ -11,8 +13,9 @@ mkdir -p "$OUT"
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 PYTHON=${PYTHON:-python3}
 # Each step gets a share of the 8 minutes; SIGINT lets pytest still print its summary.
-TESTS_SECONDS=${TESTS_SECONDS:-170}
-BENCH_SECONDS=${BENCH_SECONDS:-230}
+TESTS_SECONDS=${TESTS_SECONDS:-150}
+PATHS_SECONDS=${PATHS_SECONDS:-120}
+BENCH_SECONDS=${BENCH_SECONDS:-150}
 
 bash bench/build_extension.sh 2>&1 | tee "$OUT/build-summary.txt"  # failing, the cuda backend is skipped
 
@@ -28,10 +31,16 @@ NOLA_TRITON_AUTOTUNE=0 timeout -s INT "$TESTS_SECONDS" \
     "$PYTHON" -m pytest tests -m gpu -q -p no:cacheprovider 2>&1 | tee "$OUT/tests.log"
 tests_status=${PIPESTATUS[0]}
 
+# Measured against modelled microseconds per path, and which path each backend should pick; the
+# model's own table first, for the same figures.
+"$PYTHON" bench/perf_model.py 2>&1 | tee "$OUT/perf-model.txt"
+timeout -s INT "$PATHS_SECONDS" "$PYTHON" bench/device_paths.py --out "$OUT" 2>&1 | tee "$OUT/paths.log"
+paths_status=${PIPESTATUS[0]}
+
 timeout -s INT "$BENCH_SECONDS" \
     "$PYTHON" -m pytest bench --benchmark-only -k cuda -q -p no:cacheprovider 2>&1 | tee "$OUT/bench.log"
 bench_status=${PIPESTATUS[0]}
 cp bench/results/latest-cuda.json "$OUT/" 2>/dev/null && "$PYTHON" bench/report.py "$OUT/latest-cuda.json"
 
-echo "tests exit $tests_status, benchmarks exit $bench_status"
-exit $((tests_status || bench_status))
+echo "tests exit $tests_status, paths exit $paths_status, benchmarks exit $bench_status"
+exit $((tests_status || paths_status || bench_status))

@@ -10,6 +10,7 @@ from nola_kernels import available_backends, nola_basis, nola_matmul
 from nola_kernels.backends import get_backend
 from nola_kernels.lowrank import lowrank_delta
 from nola_kernels.reference import naive_matmul, official_matmul
+from nola_kernels.routing import lowrank_path
 
 
 @dataclass(frozen=True)
@@ -56,18 +57,13 @@ SEED_A, SEED_B = 1, 2
 SCALING = 2.0
 
 
-def _forced(backend, fused):
-    """nola_matmul on `backend` with its dispatcher overridden: always fused, or always composed
-    (mix, then two matmuls), so that both are timed at every shape."""
-    module = get_backend(backend)
+def _forced(backend, path):
+    """nola_matmul on `backend` forced onto `path` ("fused" or "composed": mix, then two
+    matmuls), whatever its prefers_fused would pick, so that both are timed at every shape."""
 
     def delta(*args, **kwargs):
-        prefers_fused = module.prefers_fused
-        module.prefers_fused = lambda *shape: fused
-        try:
+        with lowrank_path(path):
             return nola_matmul(*args, **kwargs, backend=backend)
-        finally:
-            module.prefers_fused = prefers_fused
 
     return delta
 
@@ -82,8 +78,8 @@ def basis_implementations(device):
         nola = {}
         for backend in available_backends(torch.device(device)):
             if hasattr(get_backend(backend), "prefers_fused"):
-                nola[f"nola-{backend}-fused"] = _forced(backend, True)
-                nola[f"nola-{backend}-composed"] = _forced(backend, False)
+                for path in ("fused", "composed"):
+                    nola[f"nola-{backend}-{path}"] = _forced(backend, path)
             else:
                 nola[f"nola-{backend}"] = functools.partial(nola_matmul, backend=backend)
         nola["stored-bf16"] = None  # needs its basis: Workload builds it
@@ -119,8 +115,9 @@ def generated_entries(implementation, pass_name, shape):
 class Workload:
     """One case's inputs and trainable parameters on one device, and the pass it times."""
 
-    def __init__(self, implementation, pass_name, shape, device):
+    def __init__(self, implementation, pass_name, shape, device, distribution="uniform"):
         self.implementation, self.pass_name, self.shape = implementation, pass_name, shape
+        self.distribution = distribution
         self.x = torch.randn(shape.tokens, shape.in_features, device=device, dtype=shape.dtype)
         if implementation == "lora":
             sizes = [(shape.rank, shape.in_features), (shape.out_features, shape.rank)]
@@ -139,7 +136,9 @@ class Workload:
             ]
         self.delta_fn = basis_implementations(device).get(implementation)
 
-    def delta(self):
+    def delta(self, **extra):
+        """The delta; `extra` (add_to) goes to nola_matmul, the only implementation that takes it
+        (and the distribution, which the official code does not have)."""
         first, second = self.params
         if self.implementation == "lora":
             return lowrank_delta(self.x, first, second * SCALING)
@@ -158,12 +157,17 @@ class Workload:
             rank=self.shape.rank,
             out_features=self.shape.out_features,
             scaling=SCALING,
+            **extra,
+            **({} if self.implementation == "official" else {"distribution": self.distribution}),
         )
 
     def output(self):
-        if self.pass_name == "layer":
-            return self.x @ self.weight.T + self.delta()
-        return self.delta()
+        if self.pass_name != "layer":
+            return self.delta()
+        base = self.x @ self.weight.T
+        if self.implementation.startswith("nola"):  # as NOLALinear does: the add in the last GEMM
+            return self.delta(add_to=base)
+        return base + self.delta()
 
     def prepare(self):
         """Untimed set-up before each timed call: drop the last gradients, and for the backward

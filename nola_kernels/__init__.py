@@ -14,6 +14,7 @@ __version__ = "0.1.0"
 # After SPEC_VERSION: checkpoints record it.
 from .adapters import (  # noqa: E402
     AdapterConfig,
+    AdapterFileError,
     AdapterMismatchError,
     NOLALinear,
     NotMergeableError,
@@ -33,6 +34,7 @@ from .adapters import (  # noqa: E402
 __all__ = [
     "SPEC_VERSION",
     "AdapterConfig",
+    "AdapterFileError",
     "AdapterMismatchError",
     "BackendUnavailableError",
     "NOLALinear",

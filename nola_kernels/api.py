@@ -1,14 +1,13 @@
 """The public API. Each function validates its arguments, resolves the backend, then calls the
 torch.library ops (nola_kernels/ops.py), which carry the autograd."""
 
-import math
-
 import torch
 
 from . import ops
 from .backends import get_backend, resolve_backend
 from .basis import basis_block, chunk_budget, iter_blocks
-from .lowrank import lowrank_delta, with_offset
+from .lowrank import LowRankSpec
+from .routing import runs_fused
 from .validation import (
     check_basis_count,
     check_coeffs,
@@ -38,7 +37,7 @@ def nola_basis(seed, k, shape, *, stream=0, distribution="uniform", device=None)
 
 
 def _mix_scale(scale, k):
-    return 1.0 / math.sqrt(k) if scale is None else check_real("scale", scale)
+    return ops.default_scale(k) if scale is None else check_real("scale", scale)
 
 
 def nola_mix(coeffs, seed, shape, *, scale=None, stream=0, distribution="uniform", backend="auto"):
@@ -80,10 +79,12 @@ def nola_matmul(
     b0=None,
     distribution="uniform",
     backend="auto",
+    add_to=None,
 ):
     """delta(x) = scaling * (x A^T) B^T with A = a0 + mix(alpha) (rank x in) and
-    B = b0 + mix(beta) (out x rank); returns (..., out_features) in x.dtype.
-    Differentiable in x, alpha, beta, a0 and b0."""
+    B = b0 + mix(beta) (out x rank); returns (..., out_features) in x.dtype, or add_to + delta
+    when `add_to` (a layer's base output, (..., out_features)) is given: the composed path then
+    adds it inside the last GEMM. Differentiable in x, alpha, beta, a0, b0 and add_to."""
     check_float_tensor("x", x)
     if x.dim() < 1 or x.shape[-1] == 0:
         raise ValueError(f"x must have shape (..., in_features) with in_features >= 1, got {tuple(x.shape)}")
@@ -105,27 +106,25 @@ def nola_matmul(
     scaling = check_real("scaling", scaling)
     distribution = check_distribution(distribution)
     backend = resolve_backend(backend, x.device)
+    _check_add_to(add_to, x, out_features)
 
-    if _runs_fused(backend, x, alpha, beta, rank, out_features):
-        flat = _autocast_operand(x).reshape(-1, in_features).contiguous()
-        delta, _ = ops.lowrank_forward(
-            flat, alpha, beta, a0, b0, seed_a, seed_b, rank, out_features, scaling, distribution, backend
-        )
-        return delta.view(*x.shape[:-1], out_features)
-    a = _factor(alpha, seed_a, a_shape, a0, distribution, backend)
-    b = _factor(beta, seed_b, b_shape, b0, distribution, backend) * scaling
-    return lowrank_delta(x, a, b)
+    spec = LowRankSpec(seed_a, seed_b, rank, out_features, scaling, distribution)
+    if not runs_fused(get_backend(backend), x, alpha, beta, a0, b0, spec):
+        return ops.composed_delta(x, alpha, beta, a0, b0, spec, backend, add_to)
+    flat = _autocast_operand(x).reshape(-1, in_features).contiguous()
+    delta, _ = ops.lowrank_forward(flat, alpha, beta, a0, b0, *spec.schema_args(), backend)
+    delta = delta.view(*x.shape[:-1], out_features)
+    return delta if add_to is None else add_to + delta
 
 
-def _runs_fused(backend, x, alpha, beta, rank, out_features):
-    """Whether the backend's fused kernels take this product. float64 (and float64 coefficients)
-    always takes the composed path: the fused kernels accumulate in float32."""
-    prefers_fused = getattr(get_backend(backend), "prefers_fused", None)
-    if prefers_fused is None or torch.float64 in (x.dtype, alpha.dtype, beta.dtype):
-        return False
-    in_features = x.shape[-1]
-    tokens = x.numel() // in_features
-    return prefers_fused(tokens, in_features, out_features, rank, alpha.numel(), beta.numel(), x.dtype)
+def _check_add_to(add_to, x, out_features):
+    if add_to is None:
+        return
+    check_float_tensor("add_to", add_to)
+    expected = (*x.shape[:-1], out_features)
+    if tuple(add_to.shape) != expected:
+        raise ValueError(f"add_to must have shape {expected} (x's leading dimensions, out_features), got {tuple(add_to.shape)}")
+    check_same_device(x=x, add_to=add_to)
 
 
 def _autocast_operand(x):
@@ -136,10 +135,3 @@ def _autocast_operand(x):
     if torch.is_autocast_enabled(device_type):
         return x.to(torch.get_autocast_dtype(device_type))
     return x
-
-
-def _factor(coeffs, seed, shape, offset, distribution, backend):
-    rows, cols = shape
-    return with_offset(
-        ops.mix(coeffs, seed, 0, rows, cols, _mix_scale(None, coeffs.numel()), distribution, backend), offset
-    )

@@ -2,13 +2,27 @@
 
 `nola_kernels::mix` and `nola_kernels::project` are adjoint linear maps between coefficients and
 a matrix, so each one's backward is the other: gradients regenerate the basis instead of saving
-it. Each op takes a resolved backend name and hands the work to that backend's module.
+it. Each op takes a resolved backend name and hands the work to that backend's module; float64
+work goes to the PyTorch backend (the dtype rule, nola_kernels/dtypes.py). The low-rank ops'
+schemas take the LowRankSpec's fields as flat scalars; backends receive the LowRankSpec.
 """
+
+import math
 
 import torch
 
 from .backends import get_backend
 from .dtypes import accumulation_dtype
+from .lowrank import LowRankSpec, lowrank_delta, with_offset
+
+
+def default_scale(k):
+    """A basis of k matrices is mixed with scale 1/sqrt(k) unless told otherwise (docs/spec.md)."""
+    return 1.0 / math.sqrt(k)
+
+
+def _backend_for(tensor, backend):
+    return get_backend("torch" if accumulation_dtype(tensor) == torch.float64 else backend)
 
 
 @torch.library.custom_op("nola_kernels::mix", mutates_args=())
@@ -22,7 +36,7 @@ def mix(
     distribution: str,
     backend: str,
 ) -> torch.Tensor:
-    return get_backend(backend).mix(coeffs, seed, stream, rows, cols, scale, distribution)
+    return _backend_for(coeffs, backend).mix(coeffs, seed, stream, rows, cols, scale, distribution)
 
 
 @mix.register_fake
@@ -34,7 +48,7 @@ def _(coeffs, seed, stream, rows, cols, scale, distribution, backend):
 def project(
     grad: torch.Tensor, seed: int, stream: int, k: int, scale: float, distribution: str, backend: str
 ) -> torch.Tensor:
-    return get_backend(backend).project(grad, seed, stream, k, scale, distribution)
+    return _backend_for(grad, backend).project(grad, seed, stream, k, scale, distribution)
 
 
 @project.register_fake
@@ -67,11 +81,20 @@ torch.library.register_autograd("nola_kernels::mix", _mix_backward, setup_contex
 torch.library.register_autograd("nola_kernels::project", _project_backward, setup_context=_setup_project)
 
 
+def composed_delta(x, alpha, beta, a0, b0, spec, backend, add_to=None):
+    """The composed path: A and B from two mix ops, then torch's matmuls (lowrank_delta), every
+    step differentiable to any order. scaling multiplies B (out x rank, small) before the
+    products, as the reference does; as addmm's alpha it would turn an infinite scaling's
+    inf/NaN pattern into another."""
+    in_features = x.shape[-1]
+    a = mix(alpha, spec.seed_a, 0, spec.rank, in_features, default_scale(alpha.numel()), spec.distribution, backend)
+    b = mix(beta, spec.seed_b, 0, spec.out_features, spec.rank, default_scale(beta.numel()), spec.distribution, backend)
+    return lowrank_delta(x, with_offset(a, a0), with_offset(b, b0) * spec.scaling, add_to)
+
+
 # The fused low-rank product, for backends with fused kernels. x: (tokens, in) contiguous,
 # float16/bfloat16/float32 (float64 takes the composed path); alpha (k,), beta (l,) float32.
-# A = a0 + mix(alpha, seed_a) (rank x in), B = b0 + mix(beta, seed_b) (out x rank), both stream 0
-# with scales 1/sqrt(k) and 1/sqrt(l). Returns delta = scaling * h B^T in x's dtype and
-# h = x A^T in float32, which the backward reuses.
+# Returns delta = scaling * h B^T in x's dtype and h = x A^T in float32, which the backward reuses.
 @torch.library.custom_op("nola_kernels::lowrank_forward", mutates_args=())
 def lowrank_forward(
     x: torch.Tensor,
@@ -87,15 +110,15 @@ def lowrank_forward(
     distribution: str,
     backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    return get_backend(backend).lowrank_forward(
-        x, alpha, beta, a0, b0, seed_a, seed_b, rank, out_features, scaling, distribution
-    )
+    spec = LowRankSpec(seed_a, seed_b, rank, out_features, scaling, distribution)
+    return get_backend(backend).lowrank_forward(x, alpha, beta, a0, b0, spec)
 
 
 @lowrank_forward.register_fake
-def _(x, alpha, beta, a0, b0, seed_a, seed_b, rank, out_features, scaling, distribution, backend):
+def _(x, alpha, beta, a0, b0, *constants):
+    spec = LowRankSpec(*constants[:-1])
     tokens = x.shape[0]
-    return x.new_empty((tokens, out_features)), x.new_empty((tokens, rank), dtype=torch.float32)
+    return x.new_empty((tokens, spec.out_features)), x.new_empty((tokens, spec.rank), dtype=torch.float32)
 
 
 # grad_b = scaling * grad^T h, grad_beta = project(grad_b), grad_h = scaling * grad B,
@@ -118,13 +141,14 @@ def lowrank_backward(
     distribution: str,
     backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    return get_backend(backend).lowrank_backward(
-        grad, x, h, alpha, beta, a0, b0, seed_a, seed_b, rank, out_features, scaling, distribution
-    )
+    spec = LowRankSpec(seed_a, seed_b, rank, out_features, scaling, distribution)
+    return get_backend(backend).lowrank_backward(grad, x, h, alpha, beta, a0, b0, spec)
 
 
 @lowrank_backward.register_fake
-def _(grad, x, h, alpha, beta, a0, b0, seed_a, seed_b, rank, out_features, scaling, distribution, backend):
+def _(grad, x, h, alpha, beta, a0, b0, *constants):
+    spec = LowRankSpec(*constants[:-1])
+
     def float32(*shape):
         return x.new_empty(shape, dtype=torch.float32)
 
@@ -132,25 +156,41 @@ def _(grad, x, h, alpha, beta, a0, b0, seed_a, seed_b, rank, out_features, scali
         torch.empty_like(x),
         float32(alpha.numel()),
         float32(beta.numel()),
-        float32(rank, x.shape[1]),
-        float32(out_features, rank),
+        float32(spec.rank, x.shape[1]),
+        float32(spec.out_features, spec.rank),
     )
 
 
 def _setup_lowrank(ctx, inputs, output):
-    x, alpha, beta, a0, b0, *ctx.constants = inputs
+    x, alpha, beta, a0, b0, *constants, ctx.backend = inputs
+    ctx.spec = LowRankSpec(*constants)
     ctx.save_for_backward(x, output[1], alpha, beta, a0, b0)
     ctx.mark_non_differentiable(output[1])
 
 
+_NO_CONSTANT_GRADS = (None,) * (len(LowRankSpec.__dataclass_fields__) + 1)  # and the backend
+
+
 def _lowrank_backward(ctx, grad_delta, _grad_h):
     x, h, alpha, beta, a0, b0 = ctx.saved_tensors
+    if torch.is_grad_enabled():  # create_graph=True: gradients that can be differentiated again
+        return (*_composed_gradients(ctx, grad_delta, (x, alpha, beta, a0, b0)), *_NO_CONSTANT_GRADS)
     grad_x, grad_alpha, grad_beta, grad_a, grad_b = lowrank_backward(
-        grad_delta.contiguous(), x, h, alpha, beta, a0, b0, *ctx.constants
+        grad_delta.contiguous(), x, h, alpha, beta, a0, b0, *ctx.spec.schema_args(), ctx.backend
     )
     grad_a0 = None if a0 is None else grad_a.to(a0.dtype)
     grad_b0 = None if b0 is None else grad_b.to(b0.dtype)
-    return (grad_x, grad_alpha, grad_beta, grad_a0, grad_b0, *[None] * len(ctx.constants))
+    return (grad_x, grad_alpha, grad_beta, grad_a0, grad_b0, *_NO_CONSTANT_GRADS)
+
+
+def _composed_gradients(ctx, grad_delta, inputs):
+    """The gradients of the same delta through the composed ops, whose backward is itself
+    differentiable (mix and project are each other's), as a graph for double backward."""
+    needed = ctx.needs_input_grad[: len(inputs)]
+    wanted = [t for t, need in zip(inputs, needed, strict=True) if need]
+    delta = composed_delta(*inputs, ctx.spec, ctx.backend)
+    grads = iter(torch.autograd.grad(delta, wanted, grad_delta, create_graph=True))
+    return [next(grads) if need else None for need in needed]
 
 
 torch.library.register_autograd(

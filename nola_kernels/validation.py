@@ -1,11 +1,15 @@
 """Argument checks shared by the public API: every bad input raises a TypeError or ValueError
 that names the argument and what was expected, before any work is done."""
 
+import math
 import numbers
 import operator
+import re
+import sys
 
 import torch
 
+from .backends import BACKEND_NAMES
 from .basis import DISTRIBUTIONS
 from .dtypes import COEFF_DTYPES, FLOAT_DTYPES
 
@@ -24,7 +28,8 @@ def check_int(name, value, low, high=None):
         raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}") from None
     if value < low or (high is not None and value >= high):
         bound = f"in [{low}, {high})" if high is not None else f">= {low}"
-        raise ValueError(f"{name} must be an int {bound}, got {value}")
+        shown = value if value.bit_length() <= 128 else f"an int of {value.bit_length()} bits"
+        raise ValueError(f"{name} must be an int {bound}, got {shown}")
     return value
 
 
@@ -32,13 +37,62 @@ def check_seed(name, value):
     return check_int(name, value, 0, SEED_LIMIT)
 
 
-def check_basis_count(k):
+def check_basis_count(k, name="k"):
     """k, the number of basis matrices: 1 <= k <= 2^32 (the basis index is one counter word)."""
-    return check_int("k", k, 1, MAX_BASIS_INDEX + 1)
+    return check_int(name, k, 1, MAX_BASIS_INDEX + 1)
+
+
+def check_bool(name, value):
+    """A real bool: strings such as 'no' and ints are refused, not read as truth values."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
+    return value
+
+
+def check_module(name, value):
+    if not isinstance(value, torch.nn.Module):
+        raise TypeError(f"{name} must be a torch.nn.Module, got {type(value).__name__}")
+    return value
+
+
+def check_name(name, value):
+    """An adapter name: a non-empty str without '.', which torch's module paths reserve."""
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str, got {type(value).__name__} {value!r}")
+    if not value or "." in value:
+        raise ValueError(f"{name} must be a non-empty name without '.', got {value!r}")
+    return value
+
+
+def check_target_modules(value):
+    """PEFT's target_modules: a regex (str) or a non-empty list or tuple of non-empty names."""
+    if isinstance(value, str):
+        try:
+            re.compile(value)
+        except re.error as error:
+            raise ValueError(f"target_modules is not a valid regular expression: {error}") from error
+        if not value:
+            raise ValueError("target_modules must not be empty")
+        return value
+    if not isinstance(value, list | tuple) or not value:
+        raise ValueError(
+            f"target_modules must be a regex or a non-empty list of names, got {value!r}"
+        )
+    for item in value:
+        if not isinstance(item, str) or not item:
+            raise ValueError(f"target_modules must hold non-empty names (str), got {item!r} in {value!r}")
+    return value
+
+
+def check_backend_name(value):
+    """'auto' or one of BACKEND_NAMES; whether it runs on a device is decided at the first call."""
+    if not isinstance(value, str) or (value != "auto" and value not in BACKEND_NAMES):
+        raise ValueError(f"backend must be 'auto' or one of {BACKEND_NAMES}, got {value!r}")
+    return value
 
 
 def check_distribution(value):
-    if value not in DISTRIBUTIONS:
+    if not isinstance(value, str) or value not in DISTRIBUTIONS:
         raise ValueError(f"distribution must be one of {DISTRIBUTIONS}, got {value!r}")
     return value
 
@@ -56,10 +110,18 @@ def check_shape(name, shape):
     return rows, cols
 
 
-def check_real(name, value):
+def check_real(name, value, finite=False):
+    """`value` as a float. inf and NaN pass (they propagate) unless `finite`; a number beyond
+    float's range (an int such as 10**400) is a ValueError, not Python's OverflowError."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
-    return float(value)
+    try:
+        value = float(value)
+    except OverflowError:
+        raise ValueError(f"{name} is out of float range (magnitude above {sys.float_info.max:.4g})") from None
+    if finite and not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    return value
 
 
 def check_float_tensor(name, tensor, dtypes=FLOAT_DTYPES):
@@ -108,12 +170,18 @@ def check_family(seed, stream, distribution):
 
 
 def check_device(device):
-    """`device` as a torch.device (None: the default device)."""
+    """`device` as a torch.device (None: the default device) that exists on this machine: an
+    empty tensor is made there, so 'cuda' without a GPU is refused here, by name."""
     if device is None:
         return torch.empty(0).device
     try:
-        return torch.device(device)
+        device = torch.device(device)
     except (RuntimeError, TypeError):
         raise ValueError(
             f"device must be a torch.device or a device string such as 'cuda:0', got {device!r}"
         ) from None
+    try:
+        torch.empty(0, device=device)
+    except (AssertionError, RuntimeError, ImportError) as error:  # what torch raises varies by device type
+        raise ValueError(f"device {str(device)!r} is not available here: {error}") from error
+    return device

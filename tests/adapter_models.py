@@ -61,3 +61,41 @@ def coefficients(model, adapter_name="default"):
         for n, m in adapted_modules(model).items()
         for role in ("alpha", "beta")
     }
+
+
+def _bits(tensor):
+    if tensor.device.type == "meta":
+        return None
+    return tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+
+
+def _tensor_state(tensor):
+    return (type(tensor).__name__, tensor.dtype, tuple(tensor.shape), str(tensor.device), tensor.requires_grad,
+            _bits(tensor))  # fmt: skip
+
+
+def snapshot(model):
+    """Everything a refused call must leave alone: the module tree (names, types, identities,
+    training flags), every parameter and buffer bit for bit with its requires_grad flag, and each
+    adapted layer's adapters, active and merged adapter, seeds and configs."""
+    modules = [
+        (name, type(module).__name__, id(module), module.training)
+        for name, module in model.named_modules(remove_duplicate=False)
+    ]
+    tensors = {
+        name: (id(tensor), _tensor_state(tensor))
+        for name, tensor in [
+            *model.named_parameters(remove_duplicate=False),
+            *model.named_buffers(remove_duplicate=False),
+        ]
+    }
+    layers = {
+        name: (
+            layer.active_adapter,
+            layer.merged_adapter,
+            layer.backend,
+            [(n, a.config, a.seed_a, a.seed_b) for n, a in layer.adapters.items()],
+        )
+        for name, layer in adapted_modules(model).items()
+    }
+    return modules, tensors, layers

@@ -14,8 +14,8 @@ from safetensors.torch import save_file
 
 import nola_kernels
 from nola_kernels import AdapterMismatchError, adapted_modules, inject, load_adapter, save_adapter, unload
-from nola_kernels.adapters import atomic
-from nola_kernels.adapters.checkpoint import read_adapter
+from nola_kernels.adapters import AdapterFileError, atomic
+from nola_kernels.adapters.checkpoint_file import encode_checkpoint, read_adapter
 
 TARGETS = ["query", "value", "mlp.0", "mlp.2"]
 K, L = 24, 10
@@ -88,19 +88,23 @@ def test_a_crash_mid_write_leaves_the_old_file(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == ["adapter.safetensors"]  # no temporary file left behind
 
 
+def rewrite_signed(path, header, tensors):
+    """Write a changed checkpoint with a valid digest, as a crafted (not corrupted) file would be."""
+    header = {key: value for key, value in header.items() if key != "digest"}
+    path.write_bytes(encode_checkpoint(header, tensors))
+
+
 def test_every_mismatch_is_named_and_nothing_is_loaded(tmp_path):
     path = tmp_path / "adapter.safetensors"
     save_adapter(trained_model(), path)
     header, tensors = read_adapter(path)
-    header["spec_version"] = "NOLA-Philox v0"
     header["modules"]["blocks.9.query"] = header["modules"].pop("blocks.1.query")
     header["modules"]["blocks.0.value"]["out_features"] = 7
-    tensors["blocks.0.query.beta"] = tensors["blocks.0.query.beta"][:-1]
     tensors["blocks.9.query.alpha"], tensors["blocks.9.query.beta"] = (
         tensors.pop("blocks.1.query.alpha"),
         tensors.pop("blocks.1.query.beta"),
     )
-    save_file(tensors, path, metadata={"nola_config": json.dumps(header)})
+    rewrite_signed(path, header, tensors)
 
     target = trained_model(seed=3)
     target_coefficients = coefficients(target)
@@ -108,11 +112,9 @@ def test_every_mismatch_is_named_and_nothing_is_loaded(tmp_path):
         load_adapter(target, path)
     message = str(error.value)
     for expected in (
-        "spec version 'NOLA-Philox v0'",
         "module blocks.9.query: in the checkpoint, not adapted in the model",
         "module blocks.1.query: adapted in the model, not in the checkpoint",
         "module blocks.0.value: out_features 7 in the checkpoint, 24 in the model",
-        "module blocks.0.query: tensor beta is (9,) torch.float32, expected (10,) float32",
     ):
         assert expected in message
     assert all(torch.equal(v, coefficients(target)[k]) for k, v in target_coefficients.items())
@@ -120,7 +122,22 @@ def test_every_mismatch_is_named_and_nothing_is_loaded(tmp_path):
     fresh = TinyViT()
     with pytest.raises(AdapterMismatchError):
         load_adapter(fresh, path)
-    assert not adapted_modules(fresh)  # what load injected is gone again
+    assert not adapted_modules(fresh)  # nothing was injected
+
+
+def test_every_problem_of_a_file_is_named(tmp_path):
+    path = tmp_path / "adapter.safetensors"
+    save_adapter(trained_model(), path)
+    header, tensors = read_adapter(path)
+    header["spec_version"] = "NOLA-Philox v0"
+    tensors["blocks.0.query.beta"] = tensors["blocks.0.query.beta"][:-1]
+    rewrite_signed(path, header, tensors)
+    with pytest.raises(AdapterFileError) as error:
+        load_adapter(TinyViT(), path)
+    message = str(error.value)
+    assert str(path) in message
+    assert "spec version 'NOLA-Philox v0'" in message
+    assert "tensor blocks.0.query.beta is (9,) torch.float32, expected (10,) float32" in message
 
 
 def test_other_settings_are_mismatches(tmp_path):
@@ -143,9 +160,11 @@ def test_not_an_adapter_file(tmp_path):
 
 def test_unreadable_config_is_a_mismatch(tmp_path):
     path = tmp_path / "adapter.safetensors"
-    header = {"format": "nola_kernels adapter 1", "config": {"rank": 0, "num_basis": 4}, "modules": {}}
-    save_file({"w": torch.zeros(2)}, path, metadata={"nola_config": json.dumps(header)})
-    with pytest.raises(AdapterMismatchError, match="unreadable adapter config: rank must be"):
+    save_adapter(trained_model(), path)
+    header, tensors = read_adapter(path)
+    header["config"]["rank"] = 0
+    rewrite_signed(path, header, tensors)
+    with pytest.raises(AdapterFileError, match="config: rank must be"):
         load_adapter(TinyViT(), path)
 
 

@@ -6,7 +6,9 @@ import warnings
 import pytest
 import torch
 
+from nola_kernels import perf_model
 from nola_kernels.backends import cuda_backend
+from nola_kernels.lowrank import LowRankShape
 
 OPS = ("mix", "project", "lowrank_forward", "lowrank_backward", "philox_rate")
 built = pytest.mark.skipif(cuda_backend._ops is None, reason="the CUDA extension is not built here")
@@ -48,10 +50,14 @@ def test_gpus_before_sm80_are_unavailable(monkeypatch, capability, available):
         assert f"{capability[0]}.{capability[1]}" in reason and "8.0" in reason
 
 
-def test_fused_path_for_generation_bound_shapes_only():
-    assert cuda_backend.prefers_fused(512, 1024, 1024, 8, 512, 512, torch.float32)
-    assert not cuda_backend.prefers_fused(1 << 20, 1024, 1024, 8, 16, 16, torch.bfloat16)
-    assert not cuda_backend.prefers_fused(1, 16, 16, 1, 4, 4, torch.float64)
+def test_fused_path_only_where_the_model_says_it_beats_cublas():
+    # LLaMA-2-7B q_proj: the float32 FMA GEMM's products cost several times cuBLAS's.
+    assert not cuda_backend.prefers_fused(LowRankShape(4096, 4096, 4096, 16, 512, 512, torch.bfloat16))
+    assert not cuda_backend.prefers_fused(LowRankShape(1 << 20, 1024, 1024, 8, 16, 16, torch.bfloat16))
+    for tokens in (1, 64, 512, 4096):
+        for dtype in (torch.float32, torch.bfloat16):
+            shape = LowRankShape(tokens, 1024, 1024, 8, 512, 512, dtype, "rademacher")
+            assert cuda_backend.prefers_fused(shape) == perf_model.fused_wins("cuda", shape), shape
 
 
 @built

@@ -14,6 +14,7 @@ from numerics import rel_err
 
 from nola_kernels import available_backends, nola_basis, nola_mix, nola_project
 from nola_kernels.backends import cuda_backend
+from nola_kernels.lowrank import LowRankSpec
 from nola_kernels.reference import naive_matmul
 
 _UNAVAILABLE = cuda_backend.unavailable_reason(torch.device("cuda")) if torch.cuda.is_available() else None
@@ -122,10 +123,10 @@ def _inputs(tokens, in_f, out_f, rank, k_a, k_b, dtype, offsets=True):
 
 
 def _fused(inputs, grad, kw):
-    args = (kw["seed_a"], kw["seed_b"], kw["rank"], kw["out_features"], kw["scaling"], kw["distribution"])
+    spec = LowRankSpec(**kw)
     x, alpha, beta, a0, b0 = inputs.values()
-    delta, h = cuda_backend.lowrank_forward(x, alpha, beta, a0, b0, *args)
-    grads = cuda_backend.lowrank_backward(grad.to(x.dtype), x, h, alpha, beta, a0, b0, *args)
+    delta, h = cuda_backend.lowrank_forward(x, alpha, beta, a0, b0, spec)
+    grads = cuda_backend.lowrank_backward(grad.to(x.dtype), x, h, alpha, beta, a0, b0, spec)
     return delta, h, dict(zip(("x", "alpha", "beta", "a0", "b0"), grads, strict=True))
 
 
@@ -201,14 +202,15 @@ SANITIZED = textwrap.dedent(
     """
     import torch
     from nola_kernels.backends import cuda_backend as c
+    from nola_kernels.lowrank import LowRankSpec
     x, alpha, beta = torch.randn(5, 37, device="cuda"), torch.randn(9, device="cuda"), torch.randn(6, device="cuda")
     a0 = torch.randn(3, 37, device="cuda")
     for distribution in ("uniform", "rademacher"):
         c.mix(alpha, 1, 0, 7, 13, 0.5, distribution)
         c.project(torch.randn(7, 13, device="cuda"), 1, 0, 9, 0.5, distribution)
-        delta, h = c.lowrank_forward(x.half(), alpha, beta, a0, None, 1, 2, 3, 11, 0.5, distribution)
-        c.lowrank_backward(torch.randn(5, 11, device="cuda").half(), x.half(), h, alpha, beta, a0, None,
-                           1, 2, 3, 11, 0.5, distribution)
+        spec = LowRankSpec(1, 2, 3, 11, 0.5, distribution)
+        delta, h = c.lowrank_forward(x.half(), alpha, beta, a0, None, spec)
+        c.lowrank_backward(torch.randn(5, 11, device="cuda").half(), x.half(), h, alpha, beta, a0, None, spec)
     torch.cuda.synchronize()
     """
 )

@@ -8,7 +8,9 @@ import torch
 from numerics import rel_err
 
 from nola_kernels import nola_matmul
+from nola_kernels.backends import get_backend
 from nola_kernels.reference import naive_matmul
+from nola_kernels.routing import lowrank_path
 
 
 def _random_case(rng):
@@ -150,14 +152,100 @@ def test_rademacher_matches_reference(backend):
         assert rel_err(grad, ref_grads[name]) <= 1e-5, name
 
 
+@pytest.fixture(params=["fused", "composed"])
+def path(request, backend):
+    """Both paths of nola_matmul, forced (routing.lowrank_path); "fused" only on backends with fused
+    kernels."""
+    return _path(request.param, backend)
+
+
+@pytest.fixture(params=["auto", "fused", "composed"])
+def gpu_path(request, gpu_backend):
+    return _path(request.param, gpu_backend)
+
+
+def _path(path, backend):
+    if path == "fused" and not hasattr(get_backend(backend), "lowrank_forward"):
+        pytest.skip(f"backend {backend!r} has no fused kernels")
+    return path
+
+
+def _second_order(tensors, kwargs, probes, fn, **extra):
+    """The gradients of <probes, d loss / d (x, alpha, beta)>, loss = <weights, delta>: double
+    backward through every input."""
+    leaves = {name: t.detach().clone().requires_grad_() for name, t in tensors.items()}
+    delta = fn(**leaves, **kwargs, **extra)
+    loss = (delta * probes["weights"].to(delta.dtype)).sum()
+    first = torch.autograd.grad(loss, [leaves[n] for n in ("x", "alpha", "beta")], create_graph=True)
+    sum((g * probes[n].to(g.dtype)).sum() for g, n in zip(first, ("x", "alpha", "beta"), strict=True)).backward()
+    return [g.detach() for g in first], {name: t.grad for name, t in leaves.items()}
+
+
+def _check_double_backward(backend, path, device):
+    case = dict(rank=3, k=5, l=4, in_features=7, out_features=6)
+    tensors, kwargs = _inputs(case, lead=(4,))
+    tensors = {name: t.to(device) for name, t in tensors.items()}
+    probes = {name: torch.randn(tensors[name].shape, dtype=torch.float64) for name in ("x", "alpha", "beta")}
+    probes["weights"] = torch.randn(4, case["out_features"], dtype=torch.float64)
+    with lowrank_path(path):
+        first, second = _second_order(
+            tensors, kwargs, {n: p.to(device) for n, p in probes.items()}, nola_matmul, backend=backend
+        )
+    ref_first, ref_second = _second_order(_float64({n: t.cpu() for n, t in tensors.items()}), kwargs, probes, naive_matmul)
+    for got, ref in zip(first, ref_first, strict=True):
+        assert rel_err(got.cpu(), ref) <= 1e-5
+    for name, grad in second.items():
+        assert grad.dtype == tensors[name].dtype, name
+        assert rel_err(grad.cpu(), ref_second[name]) <= 1e-5, name
+
+
+def test_double_backward_matches_float64_reference(backend, path):
+    _check_double_backward(backend, path, "cpu")
+
+
+@pytest.mark.gpu
+def test_double_backward_on_the_gpu(gpu_backend, gpu_path):
+    _check_double_backward(gpu_backend, gpu_path, "cuda")
+
+
+def test_infinite_scaling_gives_the_references_inf_and_nan(backend, path):
+    # B * inf is +-inf, so each output sums infinities of both signs (NaN) or of one (+-inf).
+    case = dict(rank=2, k=3, l=4, in_features=5, out_features=40)
+    tensors, kwargs = _inputs(case)
+    for scaling in (float("inf"), float("-inf")):
+        kwargs["scaling"] = scaling
+        with lowrank_path(path):
+            out = nola_matmul(**tensors, **kwargs, backend=backend)
+        ref = naive_matmul(**_float64(tensors), **kwargs)
+        assert ref.isnan().any() and ref.isinf().any()  # both in the pattern
+        assert torch.equal(out.isnan(), ref.isnan())
+        assert torch.equal(out.isinf() & (out > 0), ref.isinf() & (ref > 0))
+
+
+def test_add_to_is_the_base_output_plus_delta(backend, path):
+    case = dict(rank=4, k=10, l=12, in_features=9, out_features=8)
+    tensors, kwargs = _inputs(case, lead=(3, 5))
+    tensors["add_to"] = torch.randn(3, 5, 8)
+    grad_out = torch.randn(3, 5, 8, dtype=torch.float64)
+    with lowrank_path(path):
+        out, grads = _forward_backward(nola_matmul, tensors, kwargs, grad_out, backend=backend)
+    ref_tensors = _float64({name: t for name, t in tensors.items() if name != "add_to"})
+    ref = tensors["add_to"].double() + naive_matmul(**ref_tensors, **kwargs)
+    assert rel_err(out, ref) <= 1e-5
+    assert torch.equal(grads["add_to"], grad_out.float())  # the add passes the gradient on as it is
+    with pytest.raises(ValueError, match="add_to must have shape \\(3, 5, 8\\)"):
+        nola_matmul(**{**tensors, "add_to": torch.randn(3, 8)}, **kwargs, backend=backend)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-def test_cuda_matches_float64_reference(gpu_backend, dtype):
+def test_cuda_matches_float64_reference(gpu_backend, gpu_path, dtype):
     case = dict(rank=16, k=512, l=512, in_features=1024, out_features=1024)
     tensors, kwargs = _inputs(case, dtype=dtype, lead=(2, 64))
     grad_out = torch.randn(2, 64, 1024, dtype=torch.float64)
     cuda = {name: t.cuda() for name, t in tensors.items()}
-    out, grads = _forward_backward(nola_matmul, cuda, kwargs, grad_out.cuda(), backend=gpu_backend)
+    with lowrank_path(gpu_path):
+        out, grads = _forward_backward(nola_matmul, cuda, kwargs, grad_out.cuda(), backend=gpu_backend)
     naive_out, naive_grads = _forward_backward(naive_matmul, cuda, kwargs, grad_out.cuda())
     ref_out, ref_grads = _forward_backward(naive_matmul, _float64(tensors), kwargs, grad_out)
 

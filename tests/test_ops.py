@@ -1,12 +1,16 @@
 """The torch.library ops: opcheck (schema, fake tensors, autograd registration) and
 torch.compile(fullgraph=True) through nola_matmul, forward and backward."""
 
+import dataclasses
+
 import pytest
 import torch
 from numerics import rel_err
 
 from nola_kernels import available_backends, nola_matmul, ops
 from nola_kernels.backends import get_backend
+from nola_kernels.lowrank import LowRankSpec
+from nola_kernels.routing import lowrank_path
 
 FUSED_BACKENDS = [name for name in available_backends("cpu") if hasattr(get_backend(name), "lowrank_forward")]
 
@@ -25,26 +29,48 @@ def test_opcheck_project(backend, dtype):
         torch.library.opcheck(ops.project, (grad, 5, 0, 9, 0.3, "rademacher", backend))
 
 
-def _lowrank_arguments(offsets, requires_grad):
-    tokens, in_f, out_f, rank = 5, 20, 12, 3
+def _lowrank_tensors(spec, offsets, requires_grad):
+    tokens, in_f = 5, 20
     x = torch.randn(tokens, in_f, requires_grad=requires_grad)
     alpha, beta = torch.randn(7, requires_grad=requires_grad), torch.randn(6, requires_grad=requires_grad)
-    a0 = torch.randn(rank, in_f, requires_grad=requires_grad) if offsets else None
-    b0 = torch.randn(out_f, rank, requires_grad=requires_grad) if offsets else None
-    return x, alpha, beta, a0, b0, 2**40, 3, rank, out_f, 0.5
+    a0 = torch.randn(spec.rank, in_f, requires_grad=requires_grad) if offsets else None
+    b0 = torch.randn(spec.out_features, spec.rank, requires_grad=requires_grad) if offsets else None
+    return x, alpha, beta, a0, b0
 
 
 @pytest.mark.skipif(not FUSED_BACKENDS, reason="no backend with fused kernels runs on the CPU here")
 @pytest.mark.parametrize("backend", FUSED_BACKENDS)
 @pytest.mark.parametrize("offsets", [False, True])
 def test_opcheck_lowrank(backend, offsets):
+    spec = LowRankSpec(seed_a=2**40, seed_b=3, rank=3, out_features=12, scaling=0.5, distribution="rademacher")
     for requires_grad in (False, True):
-        arguments = (*_lowrank_arguments(offsets, requires_grad), "rademacher", backend)
+        arguments = (*_lowrank_tensors(spec, offsets, requires_grad), *spec.schema_args(), backend)
         torch.library.opcheck(ops.lowrank_forward, arguments)
-    x, alpha, beta, a0, b0, *constants = _lowrank_arguments(offsets, False)
-    _, h = ops.lowrank_forward(x, alpha, beta, a0, b0, *constants, "uniform", backend)
-    grad = torch.randn(x.shape[0], constants[3])
-    torch.library.opcheck(ops.lowrank_backward, (grad, x, h, alpha, beta, a0, b0, *constants, "uniform", backend))
+    spec = dataclasses.replace(spec, distribution="uniform")
+    x, alpha, beta, a0, b0 = _lowrank_tensors(spec, offsets, False)
+    _, h = ops.lowrank_forward(x, alpha, beta, a0, b0, *spec.schema_args(), backend)
+    grad = torch.randn(x.shape[0], spec.out_features)
+    torch.library.opcheck(ops.lowrank_backward, (grad, x, h, alpha, beta, a0, b0, *spec.schema_args(), backend))
+
+
+def test_lowrank_path_forces_the_path_inside_its_block_only(monkeypatch, backend):
+    with pytest.raises(ValueError, match="path must be one of"), lowrank_path("fast"):
+        pass
+    module = get_backend(backend)
+    if hasattr(module, "lowrank_forward"):
+        monkeypatch.setattr(module, "prefers_fused", lambda shape: True)
+    calls = []
+    monkeypatch.setattr(ops, "composed_delta", lambda *args: calls.append("composed") or torch.zeros(2, 3))
+    x, alpha, beta = torch.randn(2, 5), torch.randn(3), torch.randn(4)
+    kwargs = dict(seed_a=1, seed_b=2, rank=2, out_features=3, backend=backend)
+    with lowrank_path("composed"):
+        nola_matmul(x, alpha, beta, **kwargs)
+        with lowrank_path("fused"):  # a backend without fused kernels composes, and float64 does
+            nola_matmul(x, alpha, beta, **kwargs)
+            nola_matmul(x.double(), alpha.double(), beta.double(), **kwargs)
+    nola_matmul(x, alpha, beta, **kwargs)  # auto again: prefers_fused
+    expected = ["composed"] * 4 if not hasattr(module, "lowrank_forward") else ["composed"] * 2
+    assert calls == expected
 
 
 # aot_eager checks tracing and the fake implementations; inductor also compiles (about 30 s on CPU).

@@ -10,7 +10,9 @@ from philox_oracle import philox
 
 from nola_kernels import available_backends, nola_basis, nola_matmul, nola_mix, nola_project
 from nola_kernels.backends import get_backend
+from nola_kernels.lowrank import LowRankShape
 from nola_kernels.reference import naive_matmul
+from nola_kernels.routing import lowrank_path
 
 # Skipped only without Triton: where Triton imports, a backend that does not (a stale install,
 # say) fails here rather than skipping every test.
@@ -26,6 +28,14 @@ DEVICES = [
     pytest.param("cuda", marks=pytest.mark.gpu),
 ]
 CALL_ENTRIES = {"uniform": 4, "rademacher": 128}
+
+
+@pytest.fixture(autouse=True)
+def _fused_unless_told():
+    """These tests check the fused kernels: nola_matmul runs them at any shape, unless a test
+    forces the composed path."""
+    with lowrank_path("fused"):
+        yield
 
 
 @triton.jit
@@ -164,24 +174,23 @@ def test_fused_product_matches_float64_reference(device, dtype, lead, case):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_both_products_are_reachable(monkeypatch, device):
-    triton_backend = get_backend("triton")
     tensors, kwargs, _ = _fused_inputs((3, 5, 6, 20, 12, "uniform"), torch.float32, (4,), device)
-    monkeypatch.setattr(triton_backend, "prefers_fused", lambda *shape: True)
-    fused = nola_matmul(**tensors, **kwargs, backend="triton")
-    monkeypatch.setattr(triton_backend, "prefers_fused", lambda *shape: False)
-    monkeypatch.setattr(triton_backend, "lowrank_forward", None)  # would fail if called
-    composed = nola_matmul(**tensors, **kwargs, backend="triton")
+    with lowrank_path("fused"):
+        fused = nola_matmul(**tensors, **kwargs, backend="triton")
+    monkeypatch.setattr(get_backend("triton"), "lowrank_forward", None)  # would fail if called
+    with lowrank_path("composed"):
+        composed = nola_matmul(**tensors, **kwargs, backend="triton")
     assert rel_err(fused, composed) <= 1e-5
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("fused", [True, False], ids=["fused", "composed"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_triton_matches_torch_backend_on_the_same_gpu(monkeypatch, fused, dtype):
+def test_triton_matches_torch_backend_on_the_same_gpu(fused, dtype):
     # 2^24 basis entries: auto would run these composed; both products run.
-    monkeypatch.setattr(get_backend("triton"), "prefers_fused", lambda *shape: fused)
     tensors, kwargs, grad_out = _fused_inputs((16, 512, 512, 1024, 1024, "uniform"), dtype, (2, 64), "cuda")
-    out, grads = _forward_backward(nola_matmul, tensors, kwargs, grad_out, backend="triton")
+    with lowrank_path("fused" if fused else "composed"):
+        out, grads = _forward_backward(nola_matmul, tensors, kwargs, grad_out, backend="triton")
     torch_out, torch_grads = _forward_backward(nola_matmul, tensors, kwargs, grad_out, backend="torch")
     bound = 1e-5 if dtype == torch.float32 else 1e-2
     assert rel_err(out, torch_out) <= bound
@@ -192,11 +201,11 @@ def test_triton_matches_torch_backend_on_the_same_gpu(monkeypatch, fused, dtype)
 @pytest.mark.gpu
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
 @pytest.mark.parametrize("fused", [True, False], ids=["fused", "composed"])
-def test_kernels_run_on_their_tensors_device(monkeypatch, fused):
+def test_kernels_run_on_their_tensors_device(fused):
     # The current device stays cuda:0 while the tensors live on cuda:1.
-    monkeypatch.setattr(get_backend("triton"), "prefers_fused", lambda *shape: fused)
     tensors, kwargs, grad_out = _fused_inputs((3, 5, 6, 20, 12, "uniform"), torch.float32, (4,), "cuda:1")
-    out, grads = _forward_backward(nola_matmul, tensors, kwargs, grad_out, backend="triton")
+    with lowrank_path("fused" if fused else "composed"):
+        out, grads = _forward_backward(nola_matmul, tensors, kwargs, grad_out, backend="triton")
     torch_out, torch_grads = _forward_backward(nola_matmul, tensors, kwargs, grad_out, backend="torch")
     assert rel_err(out, torch_out) <= 1e-5
     for name, grad in grads.items():
@@ -248,10 +257,9 @@ def test_gradients_do_not_depend_on_the_tuned_setting(monkeypatch, device):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("fused", [True, False], ids=["fused", "composed"])
-def test_autocast_gives_both_products_the_same_dtype(monkeypatch, device, fused):
-    monkeypatch.setattr(get_backend("triton"), "prefers_fused", lambda *shape: fused)
+def test_autocast_gives_both_products_the_same_dtype(device, fused):
     tensors, kwargs, grad_out = _fused_inputs((3, 5, 6, 20, 12, "uniform"), torch.float32, (4,), device)
-    with torch.autocast(torch.device(device).type, dtype=torch.bfloat16):
+    with lowrank_path("fused" if fused else "composed"), torch.autocast(torch.device(device).type, dtype=torch.bfloat16):
         out, grads = _forward_backward(nola_matmul, tensors, kwargs, grad_out, backend="triton")
         torch_out = nola_matmul(**tensors, **kwargs, backend="torch")
     assert out.dtype == torch_out.dtype == torch.bfloat16
@@ -297,12 +305,13 @@ def test_project_partials_stay_bounded():
     assert groups * blocks_per_group * block >= 4096 * 4096 and splits * per_split >= 65536
 
 
-def test_large_ranks_run_composed():
+def test_large_ranks_run_composed(monkeypatch):
     # Padded rank 256 and up outgrow Hopper's shared memory in the backward kernels.
-    prefers_fused = get_backend("triton").prefers_fused
-    assert prefers_fused(64, 512, 512, 128, 8, 8, torch.float32)
+    triton_backend = get_backend("triton")
+    monkeypatch.setattr(triton_backend.perf_model, "fused_wins", lambda backend, shape: True)
+    assert triton_backend.prefers_fused(LowRankShape(64, 512, 512, 128, 8, 8, torch.float32))
     for rank in (129, 256, 512):
-        assert not prefers_fused(64, 512, 512, rank, 8, 8, torch.float32), rank
+        assert not triton_backend.prefers_fused(LowRankShape(64, 512, 512, rank, 8, 8, torch.float32)), rank
 
 
 @pytest.mark.skipif(not INTERPRETED, reason="Triton's interpreter is off")

@@ -1,5 +1,6 @@
 """Every bad input raises a clear TypeError/ValueError naming the argument, before any work."""
 
+import math
 import os
 import subprocess
 import sys
@@ -178,3 +179,28 @@ def test_chunk_budget_from_environment():
         else:
             assert result.returncode != 0
             assert f"NOLA_CHUNK_BYTES must be a positive int of bytes, got '{value}'" in result.stderr
+
+
+@pytest.mark.parametrize("value", [10**400, -(10**400), 10**5000], ids=["1e400", "-1e400", "1e5000"])
+def test_numbers_beyond_float_range_are_value_errors(value):
+    from nola_kernels.validation import check_real
+
+    with pytest.raises(ValueError, match="scale is out of float range"):
+        check_real("scale", value)
+
+
+@pytest.mark.parametrize("value", [math.inf, -math.inf, math.nan])
+def test_non_finite_numbers_pass_unless_finite_is_asked(value):
+    from nola_kernels.validation import check_real
+
+    assert math.isnan(check_real("scale", value)) or math.isinf(check_real("scale", value))
+    with pytest.raises(ValueError, match="lora_alpha must be finite"):
+        check_real("lora_alpha", value, finite=True)
+
+
+def test_a_huge_int_is_described_not_printed():
+    # str() of an int of more than 4300 digits raises in Python >= 3.11; the message must not.
+    from nola_kernels.validation import check_int
+
+    with pytest.raises(ValueError, match="rank must be an int in \\[1, 5\\), got an int of 16610 bits"):
+        check_int("rank", 10**5000, 1, 5)

@@ -2,7 +2,8 @@
 (docs/adapters.md)."""
 
 from .base_layer import NotMergeableError
-from .checkpoint import AdapterMismatchError, load_adapter, save_adapter
+from .checkpoint import load_adapter, save_adapter
+from .checkpoint_file import AdapterFileError, AdapterMismatchError, UnsignedCheckpointWarning
 from .config import AdapterConfig
 from .inject import adapted_modules, delete_adapter, inject, set_active_adapter, unload
 from .layer import NOLALinear
@@ -21,10 +22,12 @@ from .seeds import derive_seed
 __all__ = [
     "GPU_LAYOUTS",
     "AdapterConfig",
+    "AdapterFileError",
     "AdapterMismatchError",
     "CudaLayout",
     "NOLALinear",
     "NotMergeableError",
+    "UnsignedCheckpointWarning",
     "adapted_modules",
     "delete_adapter",
     "derive_seed",

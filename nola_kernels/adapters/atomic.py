@@ -1,14 +1,22 @@
 """Atomic file writes: the bytes go to a temporary file beside the target, reach the disk, then
-replace the target in one rename, so a crash leaves either the old file or the new one."""
+replace the target in one rename, so a crash leaves either the old file or the new one.
+
+The temporary file is created with mode 0666 less the umask, as open() would create the target
+itself. Its name, ".<target>.<pid>.<random>.tmp", records the writing process: a save removes the
+temporary files of the same target whose process is gone (a save killed mid-write), and those of
+the older ".<target>.<8 characters>.tmp" form, which no current save writes."""
 
 import os
-import tempfile
+import re
+import secrets
 from pathlib import Path
 
 
 def atomic_write_bytes(path, data):
     path = Path(path)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    remove_stale_temporaries(path)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(8)}.tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(descriptor, "wb") as file:
             file.write(data)
@@ -16,5 +24,42 @@ def atomic_write_bytes(path, data):
             os.fsync(file.fileno())
         os.replace(temporary, path)
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         raise
+
+
+def _temporary_pattern(path):
+    return re.compile(rf"\.{re.escape(path.name)}\.(?:(?P<pid>\d+)\.[0-9a-f]{{16}}|[A-Za-z0-9_]{{8}})\.tmp")
+
+
+def stale_temporaries(path):
+    """Temporary files of saves to `path` that no running process is writing."""
+    path = Path(path)
+    pattern = _temporary_pattern(path)
+    try:
+        candidates = list(path.parent.iterdir())
+    except OSError:
+        return []
+    stale = []
+    for candidate in candidates:
+        match = pattern.fullmatch(candidate.name)
+        if match and (match["pid"] is None or not _running(int(match["pid"]))):
+            stale.append(candidate)
+    return stale
+
+
+def remove_stale_temporaries(path):
+    for temporary in stale_temporaries(path):
+        temporary.unlink(missing_ok=True)
+
+
+def _running(pid):
+    if pid == os.getpid():
+        return True  # another thread of this process may be writing it
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
+        return False  # gone, or a number no process can have
+    except PermissionError:
+        return True  # another user's process
+    return True

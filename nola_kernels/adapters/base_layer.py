@@ -3,6 +3,10 @@ dense update into its weight (nn.Linear keeps (out, in); GPT-2's Conv1D keeps (i
 
 import torch
 
+from ..validation import check_int
+
+FEATURE_NAMES = ("in_features", "out_features")
+
 
 class NotMergeableError(TypeError):
     """The base layer's weight cannot take a dense update (quantized or not a plain tensor)."""
@@ -14,15 +18,17 @@ def is_transposed(base):
 
 
 def features(base, name="the module"):
-    """(in_features, out_features) of a layer mapping in -> out."""
+    """(in_features, out_features) of a layer mapping in -> out, both ints >= 1."""
     if is_transposed(base):
-        return base.nx, base.nf
-    if hasattr(base, "in_features") and hasattr(base, "out_features"):
-        return base.in_features, base.out_features
-    raise TypeError(
-        f"cannot adapt {name} ({type(base).__name__}): it needs in_features/out_features "
-        "(as nn.Linear) or nx/nf (as transformers' Conv1D)"
-    )
+        sizes = base.nx, base.nf
+    elif hasattr(base, "in_features") and hasattr(base, "out_features"):
+        sizes = base.in_features, base.out_features
+    else:
+        raise TypeError(
+            f"cannot adapt {name} ({type(base).__name__}): it needs in_features/out_features "
+            "(as nn.Linear) or nx/nf (as transformers' Conv1D)"
+        )
+    return tuple(check_int(f"{role} of {name}", size, 1) for role, size in zip(FEATURE_NAMES, sizes, strict=True))
 
 
 def mergeable_weight(base):

@@ -1,22 +1,33 @@
 """Adapter checkpoints: one safetensors file holding only the coefficients (alpha and beta of
-each adapted module, float32) with the adapter's JSON config in its header. The bases follow from
-the seeds, so a module costs 4 * (k + l) bytes plus its header entries. See docs/adapters.md."""
+each adapted module, float32) with the adapter's JSON config and a digest in its header
+(checkpoint_file.py). The bases follow from the seeds, so a module costs 4 * (k + l) bytes plus
+its header entries. See docs/adapters.md.
 
-import json
+load_adapter plans first: the file is checked completely, then against the model (and, for a
+model without the adapter, the injection is planned without doing it); only then does it inject
+and copy the coefficients. A refused load leaves the model as it was."""
+
+import dataclasses
+import os
+from pathlib import Path
 
 import torch
 
 from .. import SPEC_VERSION
+from ..validation import check_bool, check_module, check_name
 from .atomic import atomic_write_bytes
-from .config import AdapterConfig
-from .inject import adapted_modules, delete_adapter, inject
+from .checkpoint_file import (
+    CONFIG_FIELDS,
+    FORMAT,
+    RECORD_FIELDS,
+    ROLES,
+    AdapterMismatchError,
+    encode_checkpoint,
+    read_checkpoint,
+)
+from .inject import adapted_modules, apply_injection, plan_injection
 
-FORMAT = "nola_kernels adapter 1"
-CONFIG_KEY = "nola_config"
-
-
-class AdapterMismatchError(ValueError):
-    """A checkpoint does not fit the model; the message lists every mismatch."""
+COMPARED_SETTINGS = tuple(field for field in CONFIG_FIELDS if field != "target_modules")
 
 
 def _adapters(model, adapter_name):
@@ -28,16 +39,24 @@ def _adapters(model, adapter_name):
 
 
 def _module_record(adapter):
-    return {
-        "in_features": adapter.in_features,
-        "out_features": adapter.out_features,
-        "seed_a": adapter.seed_a,
-        "seed_b": adapter.seed_b,
-    }
+    return {field: getattr(adapter, field) for field in RECORD_FIELDS}
+
+
+def _check_save_path(path):
+    if not isinstance(path, str | os.PathLike):
+        raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__} {path!r}")
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"path {str(path)!r} is a directory: give a file name")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"path {str(path)!r}: its folder does not exist")
 
 
 def save_adapter(model, path, adapter_name="default"):
     """Write adapter `adapter_name` of `model` to `path` atomically; returns the file size."""
+    check_module("model", model)
+    check_name("adapter_name", adapter_name)
+    _check_save_path(path)
     adapters = _adapters(model, adapter_name)
     if not adapters:
         raise KeyError(f"the model has no adapter named {adapter_name!r}")
@@ -50,91 +69,112 @@ def save_adapter(model, path, adapter_name="default"):
         "config": configs.pop().to_dict(),
         "modules": {name: _module_record(adapter) for name, adapter in adapters.items()},
     }
-    tensors = {}
-    for name, adapter in adapters.items():
-        tensors[f"{name}.alpha"] = adapter.alpha.detach().float().cpu().contiguous()
-        tensors[f"{name}.beta"] = adapter.beta.detach().float().cpu().contiguous()
-    from safetensors.torch import save  # imported when used: the kernels import without it
-
-    data = save(tensors, metadata={CONFIG_KEY: json.dumps(header, sort_keys=True)})
+    tensors = {
+        f"{name}.{role}": getattr(adapter, role).detach().float().cpu().contiguous()
+        for name, adapter in adapters.items()
+        for role in ROLES
+    }
+    data = encode_checkpoint(header, tensors)
     atomic_write_bytes(path, data)
     return len(data)
 
 
-def read_adapter(path):
-    """(header dict, {key: tensor}) of a checkpoint file."""
-    from safetensors import safe_open
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """A layer a load writes into, as the model has it or as the planned injection will make it."""
 
-    with safe_open(path, framework="pt") as file:
-        metadata = file.metadata() or {}
-        if CONFIG_KEY not in metadata:
-            raise AdapterMismatchError(
-                f"{path} is not a nola_kernels adapter (no {CONFIG_KEY!r} in its header)"
-            )
-        return json.loads(metadata[CONFIG_KEY]), {key: file.get_tensor(key) for key in file.keys()}
+    record: dict
+    config: object
+    merged: bool = False
 
 
-def load_adapter(model, path, adapter_name="default"):
+def load_adapter(model, path, adapter_name="default", *, allow_nonfinite=False):
     """Load the adapter saved at `path` into `model` as `adapter_name`: into the layers that have
     it, or, if the model has none, into layers injected from the saved config (the master seed
-    rebuilds the same bases; the saved module list is then checked). Every mismatch is named in
-    one AdapterMismatchError, and then nothing is loaded (and nothing injected). Returns the
-    loaded module names."""
-    header, tensors = read_adapter(path)
-    try:
-        config = AdapterConfig(**header["config"])
-    except (KeyError, TypeError, ValueError) as error:
-        raise AdapterMismatchError(f"{path} has an unreadable adapter config: {error}") from None
-    injected = not _adapters(model, adapter_name)
-    if injected:
-        if config.seed is None:
-            raise AdapterMismatchError(
-                f"{path} was saved from layers with explicit seeds (no master seed): "
-                f"add adapter {adapter_name!r} to the model first"
-            )
-        inject(model, adapter_name=adapter_name, **header["config"])
-    adapters = _adapters(model, adapter_name)
-    problems = _mismatches(header, tensors, config, adapters)
+    rebuilds the same bases; the saved module list is then checked). A file that is unreadable,
+    malformed, incomplete or corrupted raises AdapterFileError; a file that does not fit the
+    model raises AdapterMismatchError naming every mismatch. Either way the model is unchanged.
+    NaN or infinite coefficients are refused unless allow_nonfinite=True. Returns the loaded
+    module names."""
+    check_module("model", model)
+    check_name("adapter_name", adapter_name)
+    check_bool("allow_nonfinite", allow_nonfinite)
+    checkpoint = read_checkpoint(path, allow_nonfinite)
+    targets = _existing_targets(model, adapter_name)
+    plan = None if targets else _plan_injection(model, checkpoint, adapter_name)
+    targets = targets or _planned_targets(plan)
+    problems = _mismatches(checkpoint, targets)
     if problems:
-        if injected:
-            delete_adapter(model, adapter_name)
         raise AdapterMismatchError(f"cannot load {path} into the model:\n  - " + "\n  - ".join(problems))
+    if plan is not None:
+        apply_injection(model, plan)
+    adapters = _adapters(model, adapter_name)
     with torch.no_grad():
         for name, adapter in adapters.items():
-            adapter.alpha.copy_(tensors[f"{name}.alpha"])
-            adapter.beta.copy_(tensors[f"{name}.beta"])
+            for role in ROLES:
+                getattr(adapter, role).copy_(checkpoint.tensors[f"{name}.{role}"])
     return list(adapters)
 
 
-def _mismatches(header, tensors, config, adapters):
-    problems = []
-    if header.get("format") != FORMAT:
-        problems.append(f"format {header.get('format')!r}, expected {FORMAT!r}")
-    if header.get("spec_version") != SPEC_VERSION:
-        problems.append(
-            f"spec version {header.get('spec_version')!r}, this library implements {SPEC_VERSION!r}"
+def _plan_injection(model, checkpoint, adapter_name):
+    config = checkpoint.config
+    if config.seed is None:
+        raise AdapterMismatchError(
+            f"{checkpoint.path} was saved from layers with explicit seeds (no master seed): "
+            f"add adapter {adapter_name!r} to the model first"
         )
-    saved = header.get("modules", {})
-    for name in sorted(saved.keys() - adapters.keys()):
-        problems.append(f"module {name}: in the checkpoint, not adapted in the model")
-    for name in sorted(adapters.keys() - saved.keys()):
-        problems.append(f"module {name}: adapted in the model, not in the checkpoint")
-    for name in sorted(saved.keys() & adapters.keys()):
-        adapter = adapters[name]
+    settings = {field: getattr(config, field) for field in COMPARED_SETTINGS}
+    try:
+        return plan_injection(model, config.target_modules, adapter_name=adapter_name, **settings)
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise AdapterMismatchError(
+            f"cannot inject the adapter of {checkpoint.path} into the model: {error}"
+        ) from error
+
+
+def _existing_targets(model, adapter_name):
+    targets = {}
+    for name, layer in adapted_modules(model).items():
+        if adapter_name in layer.adapters:
+            adapter = layer.adapters[adapter_name]
+            targets[name] = Target(
+                _module_record(adapter), adapter.config, layer.merged_adapter == adapter_name
+            )
+    return targets
+
+
+def _planned_targets(plan):
+    return {
+        p.name: Target({field: getattr(p, field) for field in RECORD_FIELDS}, plan.config)
+        for p in plan.placements
+    }
+
+
+def _mismatches(checkpoint, targets):
+    saved = checkpoint.modules
+    problems = [
+        f"module {n}: in the checkpoint, not adapted in the model"
+        for n in sorted(saved.keys() - targets.keys())
+    ]
+    problems += [
+        f"module {n}: adapted in the model, not in the checkpoint"
+        for n in sorted(targets.keys() - saved.keys())
+    ]
+    for name in sorted(saved.keys() & targets.keys()):
+        target = targets[name]
         problems += [
-            f"module {name}: {key} {value} in the checkpoint, {current} in the model"
+            f"module {name}: {key} {value} in the checkpoint, {target.record[key]} in the model"
             for key, value in saved[name].items()
-            if (current := _module_record(adapter).get(key)) != value
+            if target.record[key] != value
         ]
-        for setting in ("rank", "k", "l", "distribution", "scaling"):
-            if getattr(config, setting) != getattr(adapter.config, setting):
-                problems.append(
-                    f"module {name}: {setting} {getattr(config, setting)!r} in the checkpoint, "
-                    f"{getattr(adapter.config, setting)!r} in the model"
-                )
-        for role, count in (("alpha", adapter.config.k), ("beta", adapter.config.l)):
-            tensor = tensors.get(f"{name}.{role}")
-            if tensor is None or tuple(tensor.shape) != (count,) or tensor.dtype != torch.float32:
-                found = "missing" if tensor is None else f"{tuple(tensor.shape)} {tensor.dtype}"
-                problems.append(f"module {name}: tensor {role} is {found}, expected ({count},) float32")
+        problems += [
+            f"module {name}: {setting} {getattr(checkpoint.config, setting)!r} in the checkpoint, "
+            f"{getattr(target.config, setting)!r} in the model"
+            for setting in COMPARED_SETTINGS
+            if getattr(checkpoint.config, setting) != getattr(target.config, setting)
+        ]
+        if target.merged:
+            problems.append(
+                f"module {name}: the adapter is merged into the weight (unmerge it before loading)"
+            )
     return problems

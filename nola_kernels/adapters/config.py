@@ -2,7 +2,15 @@
 
 import dataclasses
 
-from ..validation import check_basis_count, check_distribution, check_int, check_real, check_seed
+from ..validation import (
+    check_basis_count,
+    check_bool,
+    check_distribution,
+    check_int,
+    check_real,
+    check_seed,
+    check_target_modules,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -10,7 +18,8 @@ class AdapterConfig:
     """rank r, num_basis k (for A), num_basis_b l (for B, default k), scaling = lora_alpha / rank
     (lora_alpha defaults to rank, i.e. scaling 1). `seed` is the master seed the per-module seeds
     derive from (None for a layer built with explicit seeds); `target_modules` is what inject
-    was asked for, kept so that a checkpoint can rebuild the adapter on a fresh model."""
+    was asked for, kept so that a checkpoint can rebuild the adapter on a fresh model.
+    Every field is checked here under its own name."""
 
     rank: int
     num_basis: int
@@ -24,16 +33,19 @@ class AdapterConfig:
 
     def __post_init__(self):
         check_int("rank", self.rank, 1)
-        check_basis_count(self.num_basis)
+        check_basis_count(self.num_basis, "num_basis")
         if self.num_basis_b is not None:
-            check_basis_count(self.num_basis_b)
-        check_distribution(self.distribution)
+            check_basis_count(self.num_basis_b, "num_basis_b")
+        if self.lora_alpha is not None:
+            check_real("lora_alpha", self.lora_alpha, finite=True)
         if not 0.0 <= check_real("dropout", self.dropout) < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.lora_alpha is not None:
-            check_real("lora_alpha", self.lora_alpha)
+        check_distribution(self.distribution)
         if self.seed is not None:
             check_seed("seed", self.seed)
+        check_bool("share_basis", self.share_basis)
+        if self.target_modules is not None:
+            check_target_modules(self.target_modules)
         if isinstance(self.target_modules, list):
             object.__setattr__(self, "target_modules", tuple(self.target_modules))
 

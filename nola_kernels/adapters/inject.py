@@ -1,11 +1,16 @@
 """Put NOLA adapters into a model, PEFT style: pick target modules by name or regex, wrap each in
-a NOLALinear, train only the coefficients; switch or remove adapters model-wide."""
+a NOLALinear, train only the coefficients; switch or remove adapters model-wide.
 
+Each function that changes a model first plans: it checks every argument and every module it
+would touch and raises before anything changes; only a plan that passed is applied."""
+
+import dataclasses
 import re
 
+from ..validation import check_backend_name, check_module, check_name, check_seed, check_target_modules
 from .base_layer import features
 from .config import AdapterConfig
-from .layer import NOLALinear
+from .layer import NOLALinear, check_factor_shapes, check_foldable
 from .seeds import module_seeds
 
 
@@ -32,6 +37,80 @@ def _targets(model, target_modules):
     }
 
 
+@dataclasses.dataclass(frozen=True)
+class Placement:
+    """One module an injection changes: a NOLALinear gets one more adapter, any other module is
+    wrapped in a new NOLALinear."""
+
+    name: str
+    module: object
+    in_features: int
+    out_features: int
+    seed_a: int
+    seed_b: int
+
+
+@dataclasses.dataclass(frozen=True)
+class InjectionPlan:
+    adapter_name: str
+    config: AdapterConfig
+    backend: str
+    placements: tuple[Placement, ...]
+
+    @property
+    def names(self):
+        return [placement.name for placement in self.placements]
+
+
+def plan_injection(model, target_modules, *, seed, adapter_name="default", backend="auto", **settings):
+    """What inject(model, target_modules, ...) would do, checked in full; changes nothing.
+    `settings` are AdapterConfig's other fields (rank, num_basis, ...)."""
+    check_module("model", model)
+    check_target_modules(target_modules)
+    check_seed("seed", seed)
+    check_name("adapter_name", adapter_name)
+    check_backend_name(backend)
+    config = AdapterConfig(seed=seed, target_modules=target_modules, **settings)
+    targets = _targets(model, target_modules)
+    if not targets:
+        raise ValueError(f"no module of the model matches target_modules={target_modules!r}")
+    placements = tuple(_placement(name, module, config, adapter_name) for name, module in targets.items())
+    _check_switch(adapted_modules(model), adapter_name, adding=targets)
+    return InjectionPlan(adapter_name, config, backend, placements)
+
+
+def _placement(name, module, config, adapter_name):
+    in_features, out_features = features(module, name)
+    seed_a, seed_b = module_seeds(config.seed, name, in_features, out_features, config.share_basis)
+    if isinstance(module, NOLALinear):
+        try:
+            module.check_adapter(adapter_name, config, seed_a, seed_b)
+        except (RuntimeError, ValueError) as error:
+            raise type(error)(f"{name}: {error}") from error
+    else:
+        check_factor_shapes(config, in_features, out_features, name)
+    return Placement(name, module, in_features, out_features, seed_a, seed_b)
+
+
+def apply_injection(model, plan):
+    """Carry out a plan from plan_injection; returns the adapted module names."""
+    for placement in plan.placements:
+        if isinstance(placement.module, NOLALinear):
+            placement.module.add_adapter(plan.adapter_name, plan.config, placement.seed_a, placement.seed_b)
+        else:
+            layer = NOLALinear(
+                placement.module,
+                seed_a=placement.seed_a,
+                seed_b=placement.seed_b,
+                adapter_name=plan.adapter_name,
+                backend=plan.backend,
+                **plan.config.to_dict(),
+            )
+            replace_module(model, placement.name, layer)
+    _activate(model, plan.adapter_name)
+    return plan.names
+
+
 def inject(
     model,
     target_modules,
@@ -49,45 +128,24 @@ def inject(
 ):
     """Add adapter `adapter_name` to every module matching `target_modules` (see `matches`),
     make it active and freeze everything else in the model. Each module's seeds derive from
-    `seed` and its name (from its shape with share_basis=True): see docs/adapters.md.
-    Returns the adapted module names."""
-    if not target_modules or not isinstance(target_modules, str | list | tuple):
-        raise ValueError(
-            f"target_modules must be a regex or a non-empty list of names, got {target_modules!r}"
-        )
-    config = AdapterConfig(
+    `seed` and its name (from its shape with share_basis=True): see docs/adapters.md. New layers
+    take the training mode of the module they replace. Any bad argument or module raises before
+    the model changes. Returns the adapted module names."""
+    plan = plan_injection(
+        model,
+        target_modules,
         rank=rank,
         num_basis=num_basis,
+        seed=seed,
         num_basis_b=num_basis_b,
         lora_alpha=lora_alpha,
         dropout=dropout,
         distribution=distribution,
-        seed=seed,
         share_basis=share_basis,
-        target_modules=target_modules,
+        adapter_name=adapter_name,
+        backend=backend,
     )
-    targets = _targets(model, target_modules)
-    if not targets:
-        raise ValueError(f"no module of the model matches target_modules={target_modules!r}")
-    for name, module in targets.items():
-        if isinstance(module, NOLALinear):
-            if adapter_name in module.adapters:
-                raise ValueError(f"{name} already has an adapter named {adapter_name!r}")
-            seed_a, seed_b = module_seeds(seed, name, module.in_features, module.out_features, share_basis)
-            module.add_adapter(adapter_name, config, seed_a, seed_b)
-        else:
-            seed_a, seed_b = module_seeds(seed, name, *features(module, name), share_basis)
-            layer = NOLALinear(
-                module,
-                seed_a=seed_a,
-                seed_b=seed_b,
-                adapter_name=adapter_name,
-                backend=backend,
-                **config.to_dict(),
-            )
-            replace_module(model, name, layer)
-    set_active_adapter(model, adapter_name)
-    return list(targets)
+    return apply_injection(model, plan)
 
 
 def replace_module(model, name, module):
@@ -96,14 +154,38 @@ def replace_module(model, name, module):
     setattr(model.get_submodule(parent_name), child, module)
 
 
+def _check_switch(layers, adapter_name, adding=()):
+    """A layer cannot switch away from its merged adapter: find any such layer before switching.
+    `adding`: names of layers about to get adapter `adapter_name`."""
+    for name, layer in layers.items():
+        active = adapter_name if adapter_name in layer.adapters or name in adding else None
+        if layer.merged_adapter is not None and layer.merged_adapter != active:
+            raise RuntimeError(
+                f"{name} has adapter {layer.merged_adapter!r} merged: unmerge it before switching "
+                f"to {adapter_name!r}"
+            )
+
+
+def _check_known(layers, adapter_name):
+    if not any(adapter_name in layer.adapters for layer in layers.values()):
+        raise KeyError(f"the model has no adapter named {adapter_name!r}")
+
+
 def set_active_adapter(model, adapter_name):
     """Make `adapter_name` active in every adapted layer (None: the base model alone) and its
     coefficients the only trainable parameters of the model."""
+    check_module("model", model)
     layers = adapted_modules(model)
-    if adapter_name is not None and not any(adapter_name in layer.adapters for layer in layers.values()):
-        raise KeyError(f"the model has no adapter named {adapter_name!r}")
+    if adapter_name is not None:
+        check_name("adapter_name", adapter_name)
+        _check_known(layers, adapter_name)
+    _check_switch(layers, adapter_name)
+    _activate(model, adapter_name)
+
+
+def _activate(model, adapter_name):
     model.requires_grad_(False)
-    for layer in layers.values():
+    for layer in adapted_modules(model).values():
         layer.set_active(adapter_name if adapter_name in layer.adapters else None)
         if layer.active_adapter is not None:
             layer.adapters[adapter_name].alpha.requires_grad_(True)
@@ -111,9 +193,16 @@ def set_active_adapter(model, adapter_name):
 
 
 def delete_adapter(model, adapter_name):
-    """Remove adapter `adapter_name` from every layer; a layer left without adapters becomes its
-    base layer again."""
-    for name, layer in adapted_modules(model).items():
+    """Remove adapter `adapter_name` from every layer (KeyError if no layer has it); a layer left
+    without adapters becomes its base layer again."""
+    check_module("model", model)
+    check_name("adapter_name", adapter_name)
+    layers = adapted_modules(model)
+    _check_known(layers, adapter_name)
+    for name, layer in layers.items():
+        if layer.merged_adapter == adapter_name:
+            check_foldable(name, layer)
+    for name, layer in layers.items():
         if adapter_name in layer.adapters:
             layer.delete_adapter(adapter_name)
         if not layer.adapters:
@@ -123,7 +212,12 @@ def delete_adapter(model, adapter_name):
 def unload(model):
     """Remove every adapter (unmerging merged ones): the model's own layers come back, the very
     same module objects. Their trainable flags are the caller's to restore."""
-    for name, layer in adapted_modules(model).items():
+    check_module("model", model)
+    layers = adapted_modules(model)
+    for name, layer in layers.items():
+        if layer.merged_adapter is not None:
+            check_foldable(name, layer)
+    for name, layer in layers.items():
         if layer.merged_adapter is not None:
             layer.unmerge()
         replace_module(model, name, layer.base)

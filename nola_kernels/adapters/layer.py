@@ -11,14 +11,32 @@ import torch
 from torch import nn
 
 from ..api import nola_basis, nola_matmul, nola_mix
+from ..backends import resolve_backend
 from ..dtypes import COEFF_DTYPES
-from .base_layer import add_to_weight, features
+from ..validation import check_backend_name, check_module, check_name, check_seed, check_shape
+from .base_layer import add_to_weight, features, mergeable_weight
 from .config import AdapterConfig
 
 
 def generated_offset(seed_a, rank, in_features, device=None):
     """a0: basis 0 of stream 1 scaled by 1/sqrt(in), uniform(-1/sqrt(in), 1/sqrt(in))."""
     return nola_basis(seed_a, 1, (rank, in_features), stream=1, device=device)[0] / math.sqrt(in_features)
+
+
+def check_factor_shapes(config, in_features, out_features, where):
+    """A (rank, in) and B (out, rank) within the basis contract's limits, checked before any
+    layer is built (a0 alone is rank * in floats)."""
+    check_shape(f"(rank, in_features) of {where}", (config.rank, in_features))
+    check_shape(f"(out_features, rank) of {where}", (out_features, config.rank))
+
+
+def check_foldable(name, layer):
+    """What merging into or unmerging from `layer` would refuse (a base weight that cannot take a
+    dense update, a backend that cannot run beside it), raised now with the layer's name."""
+    try:
+        resolve_backend(layer.backend, mergeable_weight(layer.base).device)
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise type(error)(f"{name}: {error}") from error
 
 
 def _as_coeffs(parameter):
@@ -47,7 +65,7 @@ class NOLAAdapter(nn.Module):
             self._a0 = generated_offset(self.seed_a, self.config.rank, self.in_features, device)
         return self._a0
 
-    def delta(self, x, backend):
+    def delta(self, x, backend, add_to=None):
         return nola_matmul(
             self.dropout(x),
             _as_coeffs(self.alpha),
@@ -60,6 +78,7 @@ class NOLAAdapter(nn.Module):
             a0=self.offset(x.device),
             distribution=self.config.distribution,
             backend=backend,
+            add_to=add_to,
         )
 
     def factors(self, backend="auto"):
@@ -94,23 +113,49 @@ class NOLALinear(nn.Module):
     the seeds). add_adapter adds more; set_active picks the one in use (None: the base alone)."""
 
     def __init__(self, base, *, seed_a, seed_b, adapter_name="default", backend="auto", **options):
+        check_module("base", base)
+        in_features, out_features = features(base, "base")
+        check_backend_name(backend)
+        config = AdapterConfig(**options)
+        self._check_new_adapter(adapter_name, config, seed_a, seed_b, (in_features, out_features))
         super().__init__()
         self.base = base
-        self.in_features, self.out_features = features(base)
+        self.in_features, self.out_features = in_features, out_features
         self.adapters = nn.ModuleDict()
         self.backend = backend
         self.active_adapter = None
         self.merged_adapter = None
-        self.add_adapter(adapter_name, AdapterConfig(**options), seed_a, seed_b)
+        # The new layer takes the mode of the module it wraps (eval stays eval: no dropout).
+        self.training = self.adapters.training = base.training
+        self.add_adapter(adapter_name, config, seed_a, seed_b)
 
-    def add_adapter(self, name, config, seed_a, seed_b):
-        """Add adapter `name` and make it the active one."""
+    def check_adapter(self, name, config, seed_a, seed_b):
+        """What add_adapter refuses, raised without changing anything."""
+        self._check_new_adapter(name, config, seed_a, seed_b, (self.in_features, self.out_features))
         if name in self.adapters:
             raise ValueError(f"adapter {name!r} already exists on this layer")
+        if self.merged_adapter is not None:
+            raise RuntimeError(
+                f"adapter {self.merged_adapter!r} is merged: unmerge it before adding adapter {name!r}"
+            )
+
+    @staticmethod
+    def _check_new_adapter(name, config, seed_a, seed_b, sizes):
+        check_name("adapter_name", name)
+        if not isinstance(config, AdapterConfig):
+            raise TypeError(f"config must be an AdapterConfig, got {type(config).__name__}")
+        check_seed("seed_a", seed_a)
+        check_seed("seed_b", seed_b)
+        check_factor_shapes(config, *sizes, "the layer")
+
+    def add_adapter(self, name, config, seed_a, seed_b):
+        """Add adapter `name` (in this layer's training mode) and make it the active one."""
+        self.check_adapter(name, config, seed_a, seed_b)
         adapter = NOLAAdapter(self.in_features, self.out_features, config, seed_a, seed_b)
         weight = getattr(self.base, "weight", None)
         if isinstance(weight, torch.Tensor):
             adapter.to(weight.device)  # the coefficients live beside the base weight
+        adapter.train(self.training)
         self.adapters[name] = adapter
         self.set_active(name)
 
@@ -132,7 +177,7 @@ class NOLALinear(nn.Module):
         out = self.base(x)
         if self.active_adapter is None or self.merged_adapter is not None:
             return out
-        return out + self.adapters[self.active_adapter].delta(x, self.backend)
+        return self.adapters[self.active_adapter].delta(x, self.backend, add_to=out)
 
     def merge(self):
         """Fold the active adapter's scaling * B A into the base weight (forward then skips it)."""

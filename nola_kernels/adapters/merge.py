@@ -1,28 +1,47 @@
 """Fold adapters into the base weights and back, model-wide: scaling * B A, with A and B mixed once
-in float32, added to each weight and rounded once to its dtype."""
+in float32, added to each weight and rounded once to its dtype. Every layer is checked before the
+first weight changes, so a refused call (a quantized base, an unavailable backend) changes
+nothing."""
 
+from ..validation import check_module
 from .inject import adapted_modules, replace_module
+from .layer import check_foldable
+
+
+def _layers(model, wanted):
+    check_module("model", model)
+    layers = {name: layer for name, layer in adapted_modules(model).items() if wanted(layer)}
+    for name, layer in layers.items():
+        check_foldable(name, layer)
+    return layers
+
+
+def _to_merge(layer):
+    return layer.active_adapter is not None and layer.merged_adapter is None
 
 
 def merge_and_unload(model):
     """Fold the active adapter into every base weight and drop the adapters: a plain model with
     no NOLA layers left (what inference servers take)."""
+    to_merge = _layers(model, _to_merge)
+    for layer in to_merge.values():
+        layer.merge()
     for name, layer in adapted_modules(model).items():
-        if layer.active_adapter is not None and layer.merged_adapter is None:
-            layer.merge()
         replace_module(model, name, layer.base)
     return model
 
 
 def merge_adapter(model):
     """Fold the active adapter into the base weights of every adapted layer (reversible)."""
-    for layer in adapted_modules(model).values():
-        if layer.active_adapter is not None:
-            layer.merge()
+    to_merge = _layers(model, _to_merge)
+    merged = [name for name, layer in adapted_modules(model).items() if layer.merged_adapter is not None]
+    if merged:
+        raise RuntimeError(f"already merged: {', '.join(merged)} (unmerge_adapter first)")
+    for layer in to_merge.values():
+        layer.merge()
 
 
 def unmerge_adapter(model):
     """Undo merge_adapter."""
-    for layer in adapted_modules(model).values():
-        if layer.merged_adapter is not None:
-            layer.unmerge()
+    for layer in _layers(model, lambda layer: layer.merged_adapter is not None).values():
+        layer.unmerge()

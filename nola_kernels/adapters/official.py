@@ -15,7 +15,9 @@ from pathlib import Path
 import torch
 
 from ..philox import MASK32, philox4x32
-from .base_layer import add_to_weight
+from ..validation import check_real
+from .base_layer import add_to_weight, features, mergeable_weight
+from .checkpoint_file import AdapterFileError
 
 _FACTOR_KEY = re.compile(r"(?P<module>.+)\.lora_(?P<role>[AB])\.(?P<field>coefficients|seed|weight)$")
 _BLOCK_THREADS = 256  # torch's launch block for random fills
@@ -107,17 +109,22 @@ def official_mix(coefficients, seed, shape, *, device="cpu", layout=None, dtype=
     return out
 
 
+def _load_state_dict(path):
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(path)
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # safetensors', pickle's and the OS's errors alike
+        raise AdapterFileError(f"cannot read {path} as a state dict: {error}") from error
+
+
 def read_official_checkpoint(source):
     """{module prefix: {"A": {...}, "B": {...}}} with each factor's coefficients, seed and dense
     weight, from a state dict or a file (.bin/.pt via torch.load, .safetensors)."""
     if not isinstance(source, dict):
-        source = Path(source)
-        if source.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            source = load_file(source)
-        else:
-            source = torch.load(source, map_location="cpu", weights_only=True)
+        source = _load_state_dict(Path(source))
     modules = {}
     for key, tensor in source.items():
         match = _FACTOR_KEY.fullmatch(key)
@@ -182,6 +189,30 @@ def strip_peft_prefix(factors, prefix="base_model.model."):
 
 
 def merge_factors(model, factors, scaling):
-    """Add scaling * B A to the weight of each named module of `model` (a plain model)."""
+    """Add scaling * B A to the weight of each named module of `model` (a plain model). Every
+    module and factor pair is checked before the first weight changes."""
+    scaling = check_real("scaling", scaling, finite=True)
+    modules = {name: _merge_target(model, name, pair) for name, pair in factors.items()}
     for name, (a, b) in factors.items():
-        add_to_weight(model.get_submodule(name), scaling * (b.float() @ a.float()))
+        add_to_weight(modules[name], scaling * (b.float() @ a.float()))
+
+
+def _merge_target(model, name, pair):
+    try:
+        module = model.get_submodule(name)
+    except AttributeError as error:
+        raise ValueError(f"factors: the model has no module {name!r}") from error
+    mergeable_weight(module)
+    in_features, out_features = features(module, name)
+    a, b = pair
+    if (
+        a.dim() != 2
+        or b.dim() != 2
+        or a.shape[0] != b.shape[1]
+        or (b.shape[0], a.shape[1]) != (out_features, in_features)
+    ):
+        raise ValueError(
+            f"factors[{name!r}] must be A (rank, {in_features}) and B ({out_features}, rank), "
+            f"got {tuple(a.shape)} and {tuple(b.shape)}"
+        )
+    return module

@@ -13,10 +13,12 @@ A backend module provides:
     mix(coeffs, seed, stream, rows, cols, scale, distribution) -> (rows, cols) tensor
     project(grad, seed, stream, k, scale, distribution) -> (k,) tensor
 
-and, where it has fused low-rank kernels (see nola_kernels/ops.py for their contract):
+(float32 work only: ops.py sends float64 to "torch") and, where it has fused low-rank kernels
+(see nola_kernels/ops.py for their contract; spec is a nola_kernels.lowrank.LowRankSpec):
 
-    prefers_fused(tokens, in_features, out_features, rank, k, l, dtype) -> bool
-    lowrank_forward(...), lowrank_backward(...)
+    prefers_fused(shape: LowRankShape) -> bool      (nola_kernels/lowrank.py)
+    lowrank_forward(x, alpha, beta, a0, b0, spec) -> (delta, h)
+    lowrank_backward(grad, x, h, alpha, beta, a0, b0, spec) -> (grad_x, grad_alpha, grad_beta, grad_a, grad_b)
 """
 
 import importlib

@@ -1,0 +1,171 @@
+"""Prints the performance model's tables (nola_kernels/perf_model.py): predicted microseconds of
+every nola_matmul path at the GPU benchmark shapes, and the ratios NOLA layer / LoRA layer and
+NOLA delta / official, before (main's routing, a separate add) and after (prefers_fused as the
+model says, the add inside the last GEMM). A model, not a measurement.
+
+    .venv/bin/python bench/perf_model.py [--gpu h200] [--sass FILE] [--steps SHAPE PATH]
+
+Loop counts come from nola_kernels.perf_model.REVIEW_COUNTS; where FILE (default
+bench/results/sass-sm90.json, written by `make perf-static`) exists, its rows replace the
+entries with the same (kernel, backend, distribution).
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from workloads import SHAPES
+
+from nola_kernels import perf_model as model
+from nola_kernels.lowrank import LowRankShape
+
+SASS_JSON = Path(__file__).parent / "results" / "sass-sm90.json"
+GPUS = {"h100": model.H100, "h200": model.H200}
+BENCH_SHAPES = ("gpt2-medium", "llama2-7b-q")
+# main's routing before the model (commit 498619d): cuda_backend.prefers_fused picked the fused
+# path at both shapes (its products <= generation estimate), triton_backend's 4M-entry limit the
+# composed one.
+BEFORE_DEFAULT = {"cuda": "cuda-fused", "triton": "triton-composed"}
+TARGETS = {"layer_fwd_bwd_over_lora": 1.15, "delta_fwd_bwd_over_official": 0.3}  # at llama2-7b-q
+
+
+def load_counts(path=SASS_JSON):
+    """REVIEW_COUNTS with the rows of `path` (a JSON list of objects, or an object holding one
+    under "loops") in place of the same keys. Returns (counts, rows of the file the model has no
+    kernel for)."""
+    counts = dict(model.REVIEW_COUNTS)
+    unused = []
+    if not Path(path).exists():
+        return counts, unused
+    rows = json.loads(Path(path).read_text())
+    for row in rows["loops"] if isinstance(rows, dict) else rows:
+        key = (row["kernel"], row["backend"], row["distribution"])
+        if key in counts:
+            counts[key] = model.LoopCount(
+                float(row["sass_per_entry"]), float(row["philox_calls_per_entry"]), f"{Path(path).name}"
+            )
+        else:
+            unused.append(key)
+    return counts, unused
+
+
+def shape_of(name, distribution="uniform"):
+    shape = next(s for s in SHAPES["cuda"] if s.name == name)
+    return LowRankShape(
+        shape.tokens, shape.in_features, shape.out_features, shape.rank, shape.k, shape.k, shape.dtype, distribution
+    )
+
+
+def rows_for(shape, gpu, counts):
+    """(label, path, fold) -> the four predicted times in us and the four ratios."""
+
+    def us(path, layer, backward, fold):
+        return 1e6 * model.predict_s(path, shape, layer=layer, backward=backward, fold=fold, gpu=gpu, counts=counts)
+
+    lora = {b: us("lora", True, b, False) for b in (False, True)}
+    official = {b: us("official", False, b, False) for b in (False, True)}
+    variants = [("lora", "lora", False), ("official", "official", False)]
+    for path in ("cuda-fused", "cuda-composed", "triton-fused", "triton-composed"):
+        if path in model.FOLDS_ADD:
+            variants += [(f"{path} (separate add)", path, False), (f"{path} (add in GEMM)", path, True)]
+        else:
+            variants.append((path, path, False))
+    table = {}
+    for label, path, fold in variants:
+        times = [us(path, layer, b, fold) for layer in (False, True) for b in (False, True)]
+        ratios = [times[2] / lora[False], times[3] / lora[True], times[0] / official[False], times[1] / official[True]]
+        table[label] = (path, fold, times, ratios)
+    return table
+
+
+def after_default(backend, shape):
+    fused = model.fused_wins(backend, shape)
+    return f"{backend}-fused" if fused else f"{backend}-composed (add in GEMM)"
+
+
+def before_default(backend):
+    path = BEFORE_DEFAULT[backend]
+    return path if path.endswith("fused") else f"{path} (separate add)"
+
+
+def format_shape(name, shape, gpu, counts):
+    table = rows_for(shape, gpu, counts)
+    dtype = str(shape.dtype).removeprefix("torch.")
+    lines = [
+        f"### {name}: {shape.tokens} tokens, {shape.in_features} x {shape.out_features}, rank {shape.rank}, "
+        f"k = l = {shape.k}, {dtype}, {shape.distribution} ({gpu.name}, model)",
+        "",
+        "| path | delta fwd us | delta fwd+bwd us | layer fwd us | layer fwd+bwd us "
+        "| layer / LoRA fwd | layer / LoRA fwd+bwd | delta / official fwd | delta / official fwd+bwd | default |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    defaults = {}
+    for backend in ("cuda", "triton"):
+        defaults.setdefault(before_default(backend), []).append(f"before ({backend})")
+        defaults.setdefault(after_default(backend, shape), []).append(f"after ({backend})")
+    for label, (_, _, times, ratios) in table.items():
+        cells = [f"{t:.1f}" for t in times] + [f"{q:.2f}x" for q in ratios]
+        if label in ("lora", "official"):
+            cells[4:] = ["1.00x" if label == "lora" else "-"] * 2 + ["1.00x" if label == "official" else "-"] * 2
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {', '.join(defaults.get(label, []))} |")
+    return lines, table
+
+
+def targets_met(table, label):
+    _, _, _, ratios = table[label]
+    return ratios[1] <= TARGETS["layer_fwd_bwd_over_lora"] and ratios[3] <= TARGETS["delta_fwd_bwd_over_official"]
+
+
+def report(gpu, counts, unused):
+    lines = [
+        f"Performance model (not a measurement): {gpu.name}; the figures and assumptions are in "
+        "nola_kernels/perf_model.py. LoRA is PEFT's layer (its add separate); x takes a gradient.",
+        "",
+    ]
+    sources = sorted({count.source for count in counts.values()})
+    lines += [f"Loop counts from: {'; '.join(sources)}", ""]
+    if unused:
+        lines += [f"Rows of the SASS file with no kernel in the model: {unused}", ""]
+    for name in BENCH_SHAPES:
+        for distribution in ("uniform", "rademacher"):
+            shape = shape_of(name, distribution)
+            shape_lines, table = format_shape(name, shape, gpu, counts)
+            lines += [*shape_lines, ""]
+            if name == "llama2-7b-q" and distribution == "uniform":
+                label = after_default("cuda", shape)
+                verdict = "met" if targets_met(table, label) else "NOT met"
+                lines += [
+                    f"Targets at {name} (layer fwd+bwd <= {TARGETS['layer_fwd_bwd_over_lora']}x LoRA, delta "
+                    f"fwd+bwd <= {TARGETS['delta_fwd_bwd_over_official']}x official) by the default "
+                    f"path after ({label}): {verdict}.",
+                    "",
+                ]
+    return lines
+
+
+def format_steps(shape, path, gpu, counts):
+    lines = []
+    for backward in (False, True):
+        for step in model.pass_steps(path, shape, layer=True, backward=backward, gpu=gpu, counts=counts):
+            lines.append(f"{'backward' if backward else 'forward'}: {step.name}: {1e6 * step.gpu_s:.2f} us ({step.host})")
+    return lines
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--gpu", choices=sorted(GPUS), default="h100")
+    parser.add_argument("--sass", type=Path, default=SASS_JSON)
+    parser.add_argument("--steps", nargs=2, metavar=("SHAPE", "PATH"), help="print one path's kernels")
+    args = parser.parse_args(argv)
+    counts, unused = load_counts(args.sass)
+    gpu = GPUS[args.gpu]
+    if args.steps:
+        lines = format_steps(shape_of(args.steps[0]), args.steps[1], gpu, counts)
+    else:
+        lines = report(gpu, counts, unused)
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

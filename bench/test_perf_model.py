@@ -1,0 +1,74 @@
+"""The performance model runs, meets the targets it is held to at LLaMA-2-7B q_proj, takes its loop
+counts from the SASS file when one exists, and the device script's Python runs on the CPU."""
+
+import json
+
+import device_paths
+import perf_model
+import pytest
+import torch
+
+from nola_kernels import perf_model as model
+from nola_kernels.lowrank import LowRankShape
+
+
+def test_the_tables_print_before_and_after_for_both_shapes(capsys, tmp_path):
+    perf_model.main(["--sass", str(tmp_path / "absent.json")])
+    printed = capsys.readouterr().out
+    assert "not a measurement" in printed
+    for name in perf_model.BENCH_SHAPES:
+        assert f"### {name}" in printed
+    assert printed.count("before (cuda)") == printed.count("after (cuda)") == 4
+    assert "Targets at llama2-7b-q" in printed and ": met." in printed
+
+
+def test_q_proj_targets_by_the_model_after_and_not_before():
+    shape = perf_model.shape_of("llama2-7b-q")
+    table = perf_model.rows_for(shape, model.H100, model.REVIEW_COUNTS)
+    assert perf_model.after_default("cuda", shape) == "cuda-composed (add in GEMM)"
+    assert perf_model.targets_met(table, "cuda-composed (add in GEMM)")
+    assert not perf_model.targets_met(table, perf_model.before_default("cuda"))
+
+
+def test_the_sass_file_replaces_the_counts_it_has(tmp_path):
+    path = tmp_path / "sass-sm90.json"
+    rows = [
+        dict(kernel="mix", backend="cuda", distribution="uniform", sass_per_entry=10.0,
+             philox_calls_per_entry=0.25, bound_sass_per_entry=9.0),
+        dict(kernel="unknown", backend="cuda", distribution="uniform", sass_per_entry=1.0,
+             philox_calls_per_entry=1.0, bound_sass_per_entry=1.0),
+    ]  # fmt: skip
+    path.write_text(json.dumps(rows))
+    counts, unused = perf_model.load_counts(path)
+    assert counts[("mix", "cuda", "uniform")].sass_per_entry == 10.0
+    assert counts[("project", "cuda", "uniform")] == model.REVIEW_COUNTS[("project", "cuda", "uniform")]
+    assert unused == [("unknown", "cuda", "uniform")]
+
+
+def test_every_kernel_of_every_path_has_a_count_and_a_positive_time():
+    for name in perf_model.BENCH_SHAPES:
+        for distribution in ("uniform", "rademacher"):
+            shape = perf_model.shape_of(name, distribution)
+            for path in model.PATHS:
+                for layer in (False, True):
+                    for backward in (False, True):
+                        steps = model.pass_steps(path, shape, layer=layer, backward=backward)
+                        assert steps and all(step.gpu_s >= 0 for step in steps), (name, path)
+                        assert model.total_s(steps) > 0
+
+
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_prefers_fused_follows_the_model(backend):
+    module = pytest.importorskip(f"nola_kernels.backends.{backend}_backend")
+    for tokens in (1, 64, 512, 4096):
+        for dtype in (torch.float32, torch.bfloat16):
+            shape = LowRankShape(tokens, 1024, 4096, 16, 512, 512, dtype)
+            assert module.prefers_fused(shape) == model.fused_wins(backend, shape), shape
+
+
+def test_device_paths_runs_on_the_cpu(tmp_path, capsys):
+    assert device_paths.main(["--smoke", "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "paths-cpu.json").read_text())["rows"]
+    assert {row["pass_name"] for row in rows} == set(device_paths.PASSES)
+    assert {row["implementation"] for row in rows} == {"nola", "lora", "official"}
+    assert all(row["measured_us"] > 0 for row in rows)
