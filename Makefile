@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench cuda-check clean
+.PHONY: demo test bench perf-static cuda-check clean
 
 $(STAMP): requirements-dev.txt setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,12 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m pytest bench --benchmark-only
+
+# The SASS budget without a GPU (CI runs it after `make test`): every hot generation loop compiled
+# for sm_90 (Triton's compiler, nvcc), counted per generated entry against a minimal reference
+# loop; prints the table, writes bench/results/sass-sm90.json, fails on a loop over budget.
+perf-static: $(STAMP)
+	cd bench && TRITON_DEFAULT_FP_FUSION=1 ../$(PY) -m sass
 
 # The CUDA extension without a GPU (CI runs it after `make test`): a second venv with a CUDA build
 # of torch installs the package with the extension (setup.py), imports it and checks its ops

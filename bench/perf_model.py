@@ -12,6 +12,7 @@ entries with the same (kernel, backend, distribution).
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -39,15 +40,26 @@ def load_counts(path=SASS_JSON):
     if not Path(path).exists():
         return counts, unused
     rows = json.loads(Path(path).read_text())
+    measured = set()
     for row in rows["loops"] if isinstance(rows, dict) else rows:
-        key = (row["kernel"], row["backend"], row["distribution"])
-        if key in counts:
-            counts[key] = model.LoopCount(
-                float(row["sass_per_entry"]), float(row["philox_calls_per_entry"]), f"{Path(path).name}"
-            )
-        else:
+        key = (model_kernel_name(row["kernel"]), row["backend"], row["distribution"])
+        if key not in counts:
             unused.append(key)
+            continue
+        loop = model.LoopCount(
+            float(row["sass_per_entry"]), float(row["philox_calls_per_entry"]), f"{Path(path).name}"
+        )
+        # A kernel compiled at several shapes: the model takes its slowest loop.
+        if key not in measured or loop.sass_per_entry > counts[key].sass_per_entry:
+            counts[key] = loop
+        measured.add(key)
     return counts, unused
+
+
+def model_kernel_name(name):
+    """The model's name of a kernel as the SASS file writes it ("fused A forward" ->
+    "fused_a_forward", "mix+project" -> "mix_project")."""
+    return re.sub(r"[ +]", "_", name.lower())
 
 
 def shape_of(name, distribution="uniform"):

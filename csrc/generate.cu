@@ -25,8 +25,8 @@ constexpr int64_t kMaxMixPartialEntries = 1 << 22;
 constexpr int64_t kMaxProjectPartialEntries = 1 << 22;
 
 // A lane's "item" is the run of positions it fills from one Philox call: the call's four
-// words (uniform), or one word's 32 bits (rademacher; the four lanes sharing a call each
-// recompute it, which is cheaper than exchanging words at 32 entries per call).
+// words (uniform), or one word's 32 bits (rademacher: the four lanes of a call group share each
+// call, see rademacher_walk).
 template <Distribution D>
 struct Items;
 
@@ -34,22 +34,12 @@ template <>
 struct Items<Distribution::kUniform> {
   static constexpr int kEntries = 4;
   static constexpr int kPerLane = 4;  // independent Philox chains per lane hide latency
-  __device__ static Words call(const Family& family, int64_t item, uint32_t index) {
-    return family.call(static_cast<uint32_t>(item), index);
-  }
-  __device__ static float times(float v, const Words& w, int64_t, int e) { return v * uniform_value(w.x[e]); }
 };
 
 template <>
 struct Items<Distribution::kRademacher> {
   static constexpr int kEntries = 32;
   static constexpr int kPerLane = 1;
-  __device__ static Words call(const Family& family, int64_t item, uint32_t index) {
-    return family.call(static_cast<uint32_t>(item >> 2), index);
-  }
-  __device__ static float times(float v, const Words& w, int64_t item, int e) {
-    return apply_sign_bit(v, w.x[item & 3], e);
-  }
 };
 
 struct GenerateArgs {
@@ -65,71 +55,163 @@ struct GenerateArgs {
   float* projected_partials;  // (gridDim.x, k)
 };
 
+// One lane's view of one slice: its basis steps (i_begin + step for step = warp, warp + kWarps, ...
+// below steps), its items and where its projections go.
+struct LaneWalk {
+  int warp, lane;
+  int64_t slice, first_item, steps;
+  uint32_t i_begin;  // with step, < 2^32
+  const float* coeffs;
+  float* partials;
+  float scale;
+  bool first_slice;  // this block's first: its partials start from 0
+
+  // Only this warp of this block adds to basis index i_begin + step, slice after slice.
+  __device__ void add_projection(int64_t step, float dot) const {
+    dot = warp_sum(dot);
+    if (lane == 0) {
+      float& partial = partials[step];
+      partial = (first_slice ? 0.0f : partial) + dot;
+    }
+  }
+};
+
+// Uniform: each lane makes its kPerLane calls for every basis step.
+template <bool kMix, bool kProject>
+__device__ void uniform_walk(const Family& family, const LaneWalk& walk, float (&mixed)[4][4], const float (&grad)[4][4]) {
+  using It = Items<Distribution::kUniform>;
+#pragma unroll 1  // one basis index per iteration: the SASS budget counts per iteration
+  for (int64_t step = walk.warp; step < walk.steps; step += kWarps) {
+    const float weight = kMix ? __ldg(walk.coeffs + step) * walk.scale : 0.0f;
+    float dot = 0.0f;
+#pragma unroll
+    for (int j = 0; j < It::kPerLane; ++j) {
+      const Words words = family.call(static_cast<uint32_t>(walk.first_item + j * kWarpSize),
+                                      walk.i_begin + static_cast<uint32_t>(step));
+#pragma unroll
+      for (int e = 0; e < It::kEntries; ++e) {
+        if (kMix) mixed[j][e] += weight * uniform_value(words.x[e]);
+        if (kProject) dot += grad[j][e] * uniform_value(words.x[e]);
+      }
+    }
+    if (kProject) walk.add_projection(step, dot);
+  }
+}
+
+__device__ __forceinline__ uint32_t word_at(const Words& w, int x) {
+  return x & 2 ? (x & 1 ? w.x[3] : w.x[2]) : (x & 1 ? w.x[1] : w.x[0]);
+}
+
+// Rademacher: the 4 lanes of a call group (lane = 4 g + w fills word w of one call) take four
+// basis steps at a time; lane w makes the call of the w-th and loads its weight, and in round r
+// each lane reads from lane (w + r) & 3 the word it owns of that lane's call, and the weight.
+// Each call is made once, at the cost of 8 shuffles and a few selects per 128 entries.
+template <bool kMix, bool kProject>
+__device__ void rademacher_walk(const Family& family, const LaneWalk& walk, float (&mixed)[1][32], const float (&grad)[1][32]) {
+  const int word = walk.lane & 3;
+  const uint32_t call = static_cast<uint32_t>(walk.first_item >> 2);
+  int sources[4];  // the lane this lane reads from in round r
+#pragma unroll
+  for (int r = 0; r < 4; ++r) sources[r] = (walk.lane & ~3) | ((word + r) & 3);
+#pragma unroll 1  // four basis indices per iteration: the SASS budget counts per iteration
+  for (int64_t first = walk.warp; first < walk.steps; first += 4 * kWarps) {
+    const int64_t own_step = first + word * kWarps;
+    const bool own_live = own_step < walk.steps;
+    const Words own = family.call(call, walk.i_begin + static_cast<uint32_t>(own_step));
+    const float own_weight = kMix && own_live ? __ldg(walk.coeffs + own_step) * walk.scale : 0.0f;
+    float dots[4];  // dots[r]: this lane's entries against step (word + r) & 3 of the four
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      const uint32_t bits = __shfl_sync(0xffffffffu, word_at(own, (word - r) & 3), sources[r]);
+      const float weight = kMix ? __shfl_sync(0xffffffffu, own_weight, sources[r]) : 0.0f;
+      float dot = apply_sign_bit(grad[0][0], bits, 0);
+#pragma unroll
+      for (int e = 0; e < 32; ++e) {
+        if (kMix) mixed[0][e] += apply_sign_bit(weight, bits, e);
+        if (kProject && e > 0) dot += apply_sign_bit(grad[0][e], bits, e);
+      }
+      dots[r] = dot;
+    }
+    if (kProject) {
+      // Sum each step's dots over the warp, ending in the lanes of word = that step: first within
+      // the call group, where each exchange halves the steps a lane holds, then across groups.
+      const bool odd = word & 1;
+      const float from_odd = __shfl_xor_sync(0xffffffffu, dots[1], 1);
+      const float from_three = __shfl_xor_sync(0xffffffffu, dots[3], 1);
+      const float same = dots[0] + (odd ? from_odd : from_three);        // step word
+      const float opposite = dots[2] + (odd ? from_three : from_odd);    // step word + 2
+      float dot = same + __shfl_xor_sync(0xffffffffu, opposite, 2);
+#pragma unroll
+      for (int offset = 4; offset < kWarpSize; offset *= 2) dot += __shfl_xor_sync(0xffffffffu, dot, offset);
+      // Lane w < 4 adds step w's sum; only this warp of this block adds to that basis index.
+      if (walk.lane < 4 && own_live) {
+        float& partial = walk.partials[own_step];
+        partial = (walk.first_slice ? 0.0f : partial) + dot;
+      }
+    }
+  }
+}
+
 template <Distribution D, bool kMix, bool kProject>
 __global__ void __launch_bounds__(kThreads) generate_kernel(const GenerateArgs args) {
   using It = Items<D>;
   constexpr int kEntries = It::kEntries, kPerLane = It::kPerLane;
   constexpr int kSliceEntries = kWarpSize * kPerLane * kEntries;
+  // A lane's 32 rademacher sums go to 32 banks: its entry e at e ^ lane (no bank conflicts on
+  // the stores or on the reads of consecutive positions); uniform lanes store 4 adjacent floats.
+  constexpr int kSwizzle = kEntries == kWarpSize ? kWarpSize - 1 : 0;
   __shared__ float warp_sums[kMix ? kWarps : 1][kMix ? kSliceEntries : 1];
-  const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
+  LaneWalk walk{};
+  walk.lane = threadIdx.x % kWarpSize;
+  walk.warp = threadIdx.x / kWarpSize;
   // This block's basis indices, i_begin + step for step < steps: up to 2^32 of them, past int.
   const int64_t i_begin = blockIdx.y * args.k_per_split;
-  const int64_t steps = min(args.k, i_begin + args.k_per_split) - i_begin;
-  const float* const coeffs = kMix ? args.coeffs + i_begin : nullptr;
-  float* const partials = kProject ? args.projected_partials + blockIdx.x * args.k + i_begin : nullptr;
+  walk.i_begin = static_cast<uint32_t>(i_begin);
+  walk.steps = min(args.k, i_begin + args.k_per_split) - i_begin;
+  walk.coeffs = kMix ? args.coeffs + i_begin : nullptr;
+  walk.partials = kProject ? args.projected_partials + blockIdx.x * args.k + i_begin : nullptr;
+  walk.scale = args.scale;
 
   for (int64_t slice = blockIdx.x; slice < args.slices; slice += gridDim.x) {
     // Item j of this lane is first_item + j * kWarpSize; its entries sit at the slice's local
     // positions (j * kWarpSize + lane) * kEntries + e.
-    const int64_t first_item = slice * (kWarpSize * kPerLane) + lane;
+    walk.slice = slice;
+    walk.first_slice = slice == blockIdx.x;
+    walk.first_item = slice * (kWarpSize * kPerLane) + walk.lane;
     float mixed[kPerLane][kEntries];
     float grad[kPerLane][kEntries];
 #pragma unroll
     for (int j = 0; j < kPerLane; ++j) {
 #pragma unroll
       for (int e = 0; e < kEntries; ++e) {
-        const int64_t n = (first_item + j * kWarpSize) * kEntries + e;
+        const int64_t n = (walk.first_item + j * kWarpSize) * kEntries + e;
         mixed[j][e] = 0.0f;
         grad[j][e] = kProject && n < args.numel ? args.grad[n] : 0.0f;
       }
     }
 
-    for (int64_t step = warp; step < steps; step += kWarps) {
-      const uint32_t index = static_cast<uint32_t>(i_begin + step);  // < 2^32
-      const float weight = kMix ? __ldg(coeffs + step) * args.scale : 0.0f;
-      float dot = 0.0f;
-#pragma unroll
-      for (int j = 0; j < kPerLane; ++j) {
-        const int64_t item = first_item + j * kWarpSize;
-        const Words words = It::call(args.family, item, index);
-#pragma unroll
-        for (int e = 0; e < kEntries; ++e) {
-          if (kMix) mixed[j][e] += It::times(weight, words, item, e);
-          if (kProject) dot += It::times(grad[j][e], words, item, e);
-        }
-      }
-      if (kProject) {
-        dot = warp_sum(dot);
-        if (lane == 0) {  // only this warp of this block adds to index i, slice after slice
-          float& partial = partials[step];
-          partial = (slice == blockIdx.x ? 0.0f : partial) + dot;
-        }
-      }
+    if constexpr (D == Distribution::kUniform) {
+      uniform_walk<kMix, kProject>(args.family, walk, mixed, grad);
+    } else {
+      rademacher_walk<kMix, kProject>(args.family, walk, mixed, grad);
     }
 
     if constexpr (kMix) {
 #pragma unroll
       for (int j = 0; j < kPerLane; ++j) {
 #pragma unroll
-        for (int e = 0; e < kEntries; ++e) warp_sums[warp][(j * kWarpSize + lane) * kEntries + e] = mixed[j][e];
+        for (int e = 0; e < kEntries; ++e) {
+          warp_sums[walk.warp][(j * kWarpSize + walk.lane) * kEntries + (e ^ (walk.lane & kSwizzle))] = mixed[j][e];
+        }
       }
       __syncthreads();
       for (int local = threadIdx.x; local < kSliceEntries; local += kThreads) {
         const int64_t n = slice * kSliceEntries + local;
         if (n >= args.numel) continue;
+        const int slot = local ^ ((local / kEntries) & kSwizzle);
         float sum = 0.0f;
 #pragma unroll
-        for (int w = 0; w < kWarps; ++w) sum += warp_sums[w][local];
+        for (int w = 0; w < kWarps; ++w) sum += warp_sums[w][slot];
         if (args.mixed_is_partial) {
           args.mixed[blockIdx.y * args.numel + n] = sum;
         } else {

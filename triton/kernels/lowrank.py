@@ -18,29 +18,25 @@ tensors' CUDA device.
 """
 
 import math
-import os
 
 import torch
 import triton
 import triton.language as tl
 
-from .launch import BLOCK_I, INTERPRETED, ceil_div, on_device
-from .philox_tiles import RADEMACHER_SHIFT, UNIFORM_SHIFT, mixed_tile
+from nola_kernels.basis import COUNTER_SHIFT
 
-# Tokens per step of the streamed products and warps, tuned per layer shape on Hopper. The
-# interpreter, and test runs that set NOLA_TRITON_AUTOTUNE=0 (they check numbers, not speed), use
-# one small setting.
-if INTERPRETED or os.environ.get("NOLA_TRITON_AUTOTUNE") == "0":
-    _CONFIGS = [triton.Config({"BLOCK_T": 32}, num_warps=4, num_stages=2)]
-else:
-    _CONFIGS = [
-        triton.Config({"BLOCK_T": t}, num_warps=w, num_stages=3) for t in (64, 128) for w in (4, 8)
-    ]
-# Tokens per step of the sums over tokens (grad_a, grad_b): fixed, not tuned, because it sets the
-# order of their float32 additions, and gradients must not depend on which setting won the tuning.
+from .launch import FACTOR_BLOCK_I, INTERPRETED, ceil_div, on_device, output_buffer
+from .philox_tiles import mixed_tile
+
+# Tokens per step of the streamed products: a heuristic of the token count, not a tuning, so
+# that no launch measures configurations (a call captured by a CUDA graph must not), and warps
+# from the generated tile alone, so the projections' reduction order is a function of the layer
+# shape. The interpreter uses one small setting.
+_STREAM_T_SMALL, _STREAM_T_LARGE, _LARGE_TOKENS = 64, 128, 1024
+_INTERPRETED_STREAM_T = 32
+# Tokens per step of the sums over tokens (grad_a, grad_b): fixed, because it sets the order of
+# their float32 additions, and gradients must not depend on the streamed products' setting.
 _SUM_T: tl.constexpr = tl.constexpr(64)
-_A_KEY = ["in_features", "RANK_BLOCK", "SLICE"]
-_B_KEY = ["out_features", "RANK_BLOCK", "SLICE"]
 
 
 @triton.jit
@@ -50,15 +46,16 @@ def _factor_tile(
     RADEMACHER: tl.constexpr, ALIGNED: tl.constexpr, ROUNDS: tl.constexpr, PROJECT: tl.constexpr,
 ):  # fmt: skip
     """Rows row0.. (ROWS) and columns col0.. (WIDTH) of a factor offset + mix(coeffs) of shape
-    (n_rows, n_cols), basis stream 0; 0 outside the factor. PROJECT: as mixed_tile."""
+    (n_rows, n_cols), basis stream 0; 0 outside the factor. PROJECT: as mixed_tile, tile row r's
+    share of the projection on basis i at projection_ptr + r * k + i."""
     rows = row0 + tl.arange(0, ROWS)
     cols = col0 + tl.arange(0, WIDTH)
     valid = (rows[:, None] < n_rows) & (cols[None, :] < n_cols)
     row_start = rows.to(tl.int64) * n_cols + col0
     # grad past the factor may hold 0 * x: NaN where x is infinite, which projects as 0.
     tile = mixed_tile(
-        coeffs_ptr, 0, k, scale, seed, 0, 0, row_start, valid, tl.where(valid, grad, 0.0), projection_ptr,
-        WIDTH, BLOCK_I, RADEMACHER, ALIGNED, ROUNDS, PROJECT,
+        coeffs_ptr, 0, k, scale, seed, 0, 0, row_start, valid, tl.where(valid, grad, 0.0),
+        projection_ptr + tl.arange(0, ROWS).to(tl.int64) * k, WIDTH, BLOCK_I, RADEMACHER, ALIGNED, ROUNDS, PROJECT,
     )  # fmt: skip
     if HAS_OFFSET:
         positions = rows[:, None].to(tl.int64) * n_cols + cols[None, :]
@@ -146,7 +143,6 @@ def _sum_over_tokens(
     return acc
 
 
-@triton.autotune(configs=_CONFIGS, key=_A_KEY)
 @triton.jit
 def _a_forward(
     x_ptr, alpha_ptr, a0_ptr, h_partial_ptr, tokens, in_features, rank, k, scale, seed,
@@ -168,7 +164,6 @@ def _a_forward(
     )  # fmt: skip
 
 
-@triton.autotune(configs=_CONFIGS, key=_B_KEY)
 @triton.jit
 def _b_forward(
     h_ptr, beta_ptr, b0_ptr, delta_ptr, tokens, out_features, rank, k, scale, seed, scaling,
@@ -189,7 +184,6 @@ def _b_forward(
     )  # fmt: skip
 
 
-@triton.autotune(configs=_CONFIGS, key=_B_KEY)
 @triton.jit
 def _b_backward(
     grad_ptr, h_ptr, beta_ptr, b0_ptr, grad_b_ptr, beta_partial_ptr, grad_h_partial_ptr,
@@ -207,7 +201,7 @@ def _b_backward(
     _store_rows(grad_b_ptr, grad_b, out_features, outs, ranks, rank, False)
     b = _factor_tile(
         beta_ptr, k, scale, seed, b0_ptr, part * SLICE, out_features, 0, rank,
-        tl.trans(_first_rows(tl.trans(grad_b), RANK_GEN)), beta_partial_ptr + part.to(tl.int64) * k,
+        tl.trans(_first_rows(tl.trans(grad_b), RANK_GEN)), beta_partial_ptr + part.to(tl.int64) * SLICE * k,
         SLICE, RANK_GEN, HAS_OFFSET, BLOCK_I, RADEMACHER, ALIGNED, ROUNDS, True,
     )  # fmt: skip
     b = tl.trans(_pad_rows(tl.trans(b), RANK_BLOCK))
@@ -218,7 +212,6 @@ def _b_backward(
     )  # fmt: skip
 
 
-@triton.autotune(configs=_CONFIGS, key=_A_KEY)
 @triton.jit
 def _a_backward(
     grad_h_ptr, x_ptr, alpha_ptr, a0_ptr, grad_a_ptr, alpha_partial_ptr, grad_x_ptr,
@@ -236,7 +229,7 @@ def _a_backward(
     _store_rows(grad_a_ptr, grad_a, rank, ranks, cols, in_features, False)
     a = _factor_tile(
         alpha_ptr, k, scale, seed, a0_ptr, 0, rank, part * SLICE, in_features, _first_rows(grad_a, RANK_GEN),
-        alpha_partial_ptr + part.to(tl.int64) * k, RANK_GEN, SLICE, HAS_OFFSET, BLOCK_I, RADEMACHER, ALIGNED, ROUNDS, True,
+        alpha_partial_ptr + part.to(tl.int64) * RANK_GEN * k, RANK_GEN, SLICE, HAS_OFFSET, BLOCK_I, RADEMACHER, ALIGNED, ROUNDS, True,
     )  # fmt: skip
     a = _pad_rows(a, RANK_BLOCK)
     _stream_products(
@@ -257,11 +250,12 @@ def _tf32_allowed():
 
 class _Plan:
     """Launch settings of one product: slice widths, the padded rank, Philox alignment of each
-    factor's tiles and the product precision."""
+    factor's tiles, the product precision, tokens per step and warps."""
 
     def __init__(self, x, rank, out_features, distribution, rounds):
         in_features = x.shape[1]
         rank_generated = triton.next_power_of_2(rank)  # factor rows (A) or columns (B) generated
+        self.rank_generated = rank_generated
         self.rank_block = max(16, rank_generated)  # tl.dot needs >= 16
         # A's slice is a (rank_block, a_slice) tile in registers, B's a (b_slice, rank_block) one.
         self.a_slice = min(128 if self.rank_block <= 32 else 64, max(16, triton.next_power_of_2(in_features)))
@@ -269,28 +263,40 @@ class _Plan:
         self.a_parts = ceil_div(in_features, self.a_slice)
         self.b_parts = ceil_div(out_features, self.b_slice)
         rademacher = distribution == "rademacher"
-        call = 1 << (RADEMACHER_SHIFT if rademacher else UNIFORM_SHIFT)
+        call = 1 << COUNTER_SHIFT[distribution]
         # Tile rows start on Philox call boundaries when a factor row and the tile width are whole
         # calls; every call then feeds a run of adjacent entries.
         a_aligned = in_features % call == 0 and self.a_slice % call == 0
         b_aligned = rank % call == 0 and rank_generated % call == 0
         allow_tf32 = x.dtype == torch.float32 and _tf32_allowed()
         common = dict(
-            RANK_BLOCK=self.rank_block, RANK_GEN=rank_generated, BLOCK_I=BLOCK_I, RADEMACHER=rademacher, ROUNDS=rounds,
+            RANK_BLOCK=self.rank_block, RANK_GEN=rank_generated, BLOCK_I=FACTOR_BLOCK_I, RADEMACHER=rademacher, ROUNDS=rounds,
             PRECISION="tf32" if allow_tf32 else "ieee", EMULATE_BF16=INTERPRETED and x.dtype == torch.bfloat16,
         )  # fmt: skip
-        self.a_kwargs = dict(common, SLICE=self.a_slice, ALIGNED=a_aligned)
-        self.b_kwargs = dict(common, SLICE=self.b_slice, ALIGNED=b_aligned)
+        common.update(BLOCK_T=stream_tokens(x.shape[0]), num_stages=2 if INTERPRETED else 3)
+        # One uniform Philox call per thread per basis index where the tile has that many.
+        self.a_kwargs = dict(
+            common, SLICE=self.a_slice, ALIGNED=a_aligned, num_warps=_warps(rank_generated * self.a_slice)
+        )
+        self.b_kwargs = dict(
+            common, SLICE=self.b_slice, ALIGNED=b_aligned, num_warps=_warps(rank_generated * self.b_slice)
+        )
+
+
+def stream_tokens(tokens):
+    """Tokens per step of the streamed products of a call with `tokens` tokens."""
+    if INTERPRETED:
+        return _INTERPRETED_STREAM_T
+    return _STREAM_T_LARGE if tokens >= _LARGE_TOKENS else _STREAM_T_SMALL
+
+
+def _warps(tile_entries):
+    return 4 if INTERPRETED else min(8, max(4, tile_entries // (4 * 32)))
 
 
 def _offset(offset, fallback):
     """An offset's kernel arguments: (pointer, HAS_OFFSET); a dummy pointer when absent."""
     return (fallback, False) if offset is None else (offset.contiguous(), True)
-
-
-def _poisoned(*shape, dtype=torch.float32, device):
-    """An output buffer full of NaN, so that an element no program wrote shows."""
-    return torch.full(shape, float("nan"), dtype=dtype, device=device)
 
 
 def forward(x, alpha, beta, a0, b0, seed_a, seed_b, rank, out_features, scaling, distribution, rounds):
@@ -301,14 +307,14 @@ def forward(x, alpha, beta, a0, b0, seed_a, seed_b, rank, out_features, scaling,
     plan = _Plan(x, rank, out_features, distribution, rounds)
     a0, has_a0 = _offset(a0, alpha)
     b0, has_b0 = _offset(b0, beta)
-    h_partial = _poisoned(plan.a_parts, tokens, rank, device=x.device)
+    h_partial = output_buffer((plan.a_parts, tokens, rank), torch.float32, x.device)
     with on_device(x):
         _a_forward[(plan.a_parts,)](
             x, alpha, a0, h_partial, tokens, in_features, rank, k_a, 1 / math.sqrt(k_a), seed_a,
             HAS_OFFSET=has_a0, **plan.a_kwargs,
         )  # fmt: skip
         h = h_partial.sum(0)
-        delta = _poisoned(tokens, out_features, dtype=x.dtype, device=x.device)
+        delta = output_buffer((tokens, out_features), x.dtype, x.device)
         _b_forward[(plan.b_parts,)](
             h, beta, b0, delta, tokens, out_features, rank, k_b, 1 / math.sqrt(k_b), seed_b, scaling,
             HAS_OFFSET=has_b0, **plan.b_kwargs,
@@ -325,9 +331,9 @@ def backward(grad, x, h, alpha, beta, a0, b0, seed_a, seed_b, rank, out_features
     a0, has_a0 = _offset(a0, alpha)
     b0, has_b0 = _offset(b0, beta)
     grad = grad.to(x.dtype).contiguous()
-    grad_b = _poisoned(out_features, rank, device=x.device)
-    beta_partial = _poisoned(plan.b_parts, k_b, device=x.device)
-    grad_h_partial = _poisoned(plan.b_parts, tokens, rank, device=x.device)
+    grad_b = output_buffer((out_features, rank), torch.float32, x.device)
+    beta_partial = output_buffer((plan.b_parts * plan.b_slice, k_b), torch.float32, x.device)
+    grad_h_partial = output_buffer((plan.b_parts, tokens, rank), torch.float32, x.device)
     scale_b = 1 / math.sqrt(k_b)
     with on_device(x):
         _b_backward[(plan.b_parts,)](
@@ -335,9 +341,9 @@ def backward(grad, x, h, alpha, beta, a0, b0, seed_a, seed_b, rank, out_features
             scale_b, seed_b, scaling, HAS_OFFSET=has_b0, **plan.b_kwargs,
         )  # fmt: skip
         grad_h = grad_h_partial.sum(0)
-        grad_a = _poisoned(rank, in_features, device=x.device)
-        alpha_partial = _poisoned(plan.a_parts, k_a, device=x.device)
-        grad_x = _poisoned(tokens, in_features, dtype=x.dtype, device=x.device)
+        grad_a = output_buffer((rank, in_features), torch.float32, x.device)
+        alpha_partial = output_buffer((plan.a_parts * plan.rank_generated, k_a), torch.float32, x.device)
+        grad_x = output_buffer((tokens, in_features), x.dtype, x.device)
         scale_a = 1 / math.sqrt(k_a)
         _a_backward[(plan.a_parts,)](
             grad_h, x, alpha, a0, grad_a, alpha_partial, grad_x, tokens, in_features, rank, k_a,

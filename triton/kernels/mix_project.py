@@ -6,8 +6,46 @@ import torch
 import triton
 import triton.language as tl
 
-from .launch import BLOCK_I, SPLIT_TARGET_PROGRAMS, ceil_div, flat_block, on_device, seed_words
-from .philox_tiles import basis_block, mixed_tile
+from .launch import (
+    BLOCK_I,
+    GRID_TARGET_WARPS,
+    MIN_SPLIT_INDICES,
+    MIX_WARPS,
+    PROJECT_WARPS,
+    ceil_div,
+    flat_block,
+    on_device,
+    output_buffer,
+    seed_words,
+)
+from .philox_tiles import RADEMACHER_SHIFT, UNIFORM_SHIFT, _uniform, _words, flip_sign
+
+
+@triton.jit
+def _flat_words(seed, indices, call, stream_lo, stream_hi, ROUNDS: tl.constexpr):
+    """The words of calls `call` (CALLS,) of basis matrices `indices` (BLOCK_I,), each of shape
+    (BLOCK_I, 1, CALLS): the call axis last, so that each thread makes whole calls."""
+    return _words(seed, call[None, None, :], indices[:, None, None], stream_lo, stream_hi, ROUNDS)
+
+
+@triton.jit
+def _flat_entries(z, coeffs, bits, RADEMACHER: tl.constexpr):
+    """coeffs (BLOCK_I, 1, 1) times the entries of word z (BLOCK_I, 1, CALLS): (BLOCK_I, 1, CALLS)
+    uniform, or (BLOCK_I, 32, CALLS) rademacher (bit b of the word in row b, within the thread)."""
+    if RADEMACHER:
+        return flip_sign(coeffs, z, bits)
+    else:
+        return coeffs * _uniform(z)
+
+
+@triton.jit
+def _word_positions(call, word, RADEMACHER: tl.constexpr):
+    """Flat positions of word `word`'s entries of calls `call` (CALLS,), in _flat_entries' shape
+    without its leading axis."""
+    if RADEMACHER:
+        return (call[None, :] << RADEMACHER_SHIFT) + 32 * word + tl.arange(0, 32)[:, None]
+    else:
+        return (call[None, :] << UNIFORM_SHIFT) + word
 
 
 @triton.jit
@@ -15,19 +53,42 @@ def _mix_kernel(
     coeffs_ptr, out_ptr, numel, k, per_split, scale, seed, stream_lo, stream_hi,
     BLOCK: tl.constexpr, BLOCK_I: tl.constexpr, RADEMACHER: tl.constexpr, ROUNDS: tl.constexpr,
 ):  # fmt: skip
-    """out[split, n] = scale * sum over the split's i of coeffs[i] * U_i[n], for the block of n."""
-    start = tl.program_id(0).to(tl.int64) * BLOCK
+    """out[split, n] = scale * sum over the split's i of coeffs[i] * U_i[n], for the block of n
+    (BLOCK: whole Philox calls). One accumulator per Philox word; each thread keeps the calls it
+    makes, so nothing moves between threads in the loop."""
+    SHIFT: tl.constexpr = (RADEMACHER_SHIFT if RADEMACHER else UNIFORM_SHIFT).value
+    call = tl.program_id(0).to(tl.int64) * (BLOCK >> SHIFT) + tl.arange(0, BLOCK >> SHIFT)
     split = tl.program_id(1).to(tl.int64)  # split * per_split passes 2^31 for k up to 2^32
-    positions = start + tl.arange(0, BLOCK)[None, :]
-    valid = positions < numel
     i_start = split * per_split
     i_stop = tl.minimum(i_start + per_split, k)
-    row_start = tl.zeros((1,), tl.int64) + start
-    mixed = mixed_tile(
-        coeffs_ptr, i_start, i_stop, scale, seed, stream_lo, stream_hi, row_start, valid, 0.0, out_ptr,
-        BLOCK, BLOCK_I, RADEMACHER, True, ROUNDS, False,
-    )  # fmt: skip
-    tl.store(out_ptr + split * numel + positions, mixed, mask=valid)
+    bits = tl.arange(0, 32)[None, :, None]
+    acc0 = tl.zeros(_word_positions(call, 0, RADEMACHER).shape, tl.float32)
+    acc1, acc2, acc3 = acc0, acc0, acc0
+    for first in range(i_start, i_stop, BLOCK_I):
+        indices = first + tl.arange(0, BLOCK_I)
+        coeffs = tl.load(coeffs_ptr + indices, mask=indices < i_stop, other=0.0)[:, None, None]
+        z0, z1, z2, z3 = _flat_words(seed, indices, call, stream_lo, stream_hi, ROUNDS)
+        acc0 += tl.sum(_flat_entries(z0, coeffs, bits, RADEMACHER), axis=0)
+        acc1 += tl.sum(_flat_entries(z1, coeffs, bits, RADEMACHER), axis=0)
+        acc2 += tl.sum(_flat_entries(z2, coeffs, bits, RADEMACHER), axis=0)
+        acc3 += tl.sum(_flat_entries(z3, coeffs, bits, RADEMACHER), axis=0)
+    out_ptr += split * numel
+    _store_word(out_ptr, acc0 * scale, call, 0, numel, RADEMACHER)
+    _store_word(out_ptr, acc1 * scale, call, 1, numel, RADEMACHER)
+    _store_word(out_ptr, acc2 * scale, call, 2, numel, RADEMACHER)
+    _store_word(out_ptr, acc3 * scale, call, 3, numel, RADEMACHER)
+
+
+@triton.jit
+def _store_word(out_ptr, value, call, word, numel, RADEMACHER: tl.constexpr):
+    positions = _word_positions(call, word, RADEMACHER)
+    tl.store(out_ptr + positions, value, mask=positions < numel)
+
+
+@triton.jit
+def _load_word(grad_ptr, call, word, numel, RADEMACHER: tl.constexpr):
+    positions = _word_positions(call, word, RADEMACHER)
+    return tl.load(grad_ptr + positions, mask=positions < numel, other=0.0).to(tl.float32)[None, :, :]
 
 
 @triton.jit
@@ -36,61 +97,76 @@ def _project_kernel(
     BLOCK: tl.constexpr, BLOCK_I: tl.constexpr, RADEMACHER: tl.constexpr, ROUNDS: tl.constexpr,
 ):  # fmt: skip
     """partial[group, i] = <grad, U_i> over the positions of the group's blocks, for the split's i,
-    the blocks summed in order."""
+    the blocks summed in order. A block's gradient is loaded once for the whole walk over i; the
+    sums over the block are one per basis index (a warp's shuffles when the launch gives one warp)
+    and accumulate in the partial, which only this program writes."""
+    SHIFT: tl.constexpr = (RADEMACHER_SHIFT if RADEMACHER else UNIFORM_SHIFT).value
     group = tl.program_id(0).to(tl.int64)
     first_block = group * blocks_per_group
     stop_block = tl.minimum(first_block + blocks_per_group, tl.cdiv(numel, BLOCK))
     i_start = tl.program_id(1).to(tl.int64) * per_split
     i_stop = tl.minimum(i_start + per_split, k)
-    for first in range(i_start, i_stop, BLOCK_I):
-        indices = first + tl.arange(0, BLOCK_I)
-        projected = tl.zeros((BLOCK_I,), tl.float32)
-        for block in range(first_block, stop_block):
-            start = block * BLOCK
-            positions = start + tl.arange(0, BLOCK)[None, :]
-            grad = tl.load(grad_ptr + positions, mask=positions < numel, other=0.0).to(tl.float32)
-            row_start = tl.zeros((1,), tl.int64) + start
-            u = basis_block(seed, stream_lo, stream_hi, indices, row_start, BLOCK, RADEMACHER, True, ROUNDS)
-            projected += tl.sum(tl.sum(u * grad[None, :, :], axis=2), axis=1)
-        tl.store(partial_ptr + group * k + indices, projected, mask=indices < i_stop)
+    bits = tl.arange(0, 32)[None, :, None]
+    partial_ptr += group * k
+    for block in range(first_block, stop_block):
+        call = block * (BLOCK >> SHIFT) + tl.arange(0, BLOCK >> SHIFT)
+        g0 = _load_word(grad_ptr, call, 0, numel, RADEMACHER)
+        g1 = _load_word(grad_ptr, call, 1, numel, RADEMACHER)
+        g2 = _load_word(grad_ptr, call, 2, numel, RADEMACHER)
+        g3 = _load_word(grad_ptr, call, 3, numel, RADEMACHER)
+        for first in range(i_start, i_stop, BLOCK_I):
+            indices = first + tl.arange(0, BLOCK_I)
+            live = indices < i_stop
+            z0, z1, z2, z3 = _flat_words(seed, indices, call, stream_lo, stream_hi, ROUNDS)
+            dots = _flat_entries(z0, g0, bits, RADEMACHER) + _flat_entries(z1, g1, bits, RADEMACHER)
+            dots += _flat_entries(z2, g2, bits, RADEMACHER) + _flat_entries(z3, g3, bits, RADEMACHER)
+            projected = tl.sum(tl.sum(dots, axis=1), axis=1)  # a thread's bits, then the warp's calls
+            if block > first_block:
+                projected += tl.load(partial_ptr + indices, mask=live)
+            tl.store(partial_ptr + indices, projected, mask=live)
+        tl.debug_barrier()  # the next block reads these partials, maybe in other threads
 
 
-def _splits(blocks, k):
-    """(splits, indices per split): enough programs for the grid, each split whole BLOCK_I steps."""
-    splits = min(k, max(1, ceil_div(SPLIT_TARGET_PROGRAMS, blocks)))
+def _splits(blocks, warps, k, max_splits):
+    """(splits, indices per split): enough warps for the GPU, at least MIN_SPLIT_INDICES basis
+    indices per split (whole BLOCK_I steps), at most max_splits splits."""
+    wanted = ceil_div(GRID_TARGET_WARPS, blocks * warps)
+    splits = max(1, min(wanted, ceil_div(k, MIN_SPLIT_INDICES), max_splits))
     per_split = ceil_div(ceil_div(k, splits), BLOCK_I) * BLOCK_I
     return ceil_div(k, per_split), per_split
+
+
+# Bound on the mix partials (splits x positions) and the project partials (position groups x k),
+# float32: 16 MiB each. Past it the mix splits k less and each project program sums several
+# position blocks, rather than the partials growing with the matrix.
+MIX_PARTIAL_ENTRIES = 1 << 22
+PROJECT_PARTIAL_ENTRIES = 1 << 22
 
 
 def mix(coeffs, seed, stream, rows, cols, scale, distribution, rounds):
     """scale * sum_i coeffs[i] * U_i as (rows, cols) float32; coeffs: float32 (k,)."""
     numel, k = rows * cols, coeffs.numel()
-    block = flat_block(numel)
+    block = flat_block(numel, distribution, MIX_WARPS)
     blocks = ceil_div(numel, block)
-    splits, per_split = _splits(blocks, k)
-    # Poisoned, so a position no program wrote shows as NaN.
-    partial = torch.full((splits, numel), float("nan"), dtype=torch.float32, device=coeffs.device)
+    splits, per_split = _splits(blocks, MIX_WARPS, k, max(1, MIX_PARTIAL_ENTRIES // max(1, numel)))
+    partial = output_buffer((splits, numel), torch.float32, coeffs.device)
     with on_device(coeffs):
         _mix_kernel[(blocks, splits)](
             coeffs.contiguous(), partial, numel, k, per_split, scale, *seed_words(seed, stream),
             BLOCK=block, BLOCK_I=BLOCK_I, RADEMACHER=distribution == "rademacher", ROUNDS=rounds,
+            num_warps=MIX_WARPS,
         )  # fmt: skip
         return (partial[0] if splits == 1 else partial.sum(0)).view(rows, cols)
 
 
-# Bound on the project partials (position groups x k float32): 16 MiB. Past it each program sums
-# several position blocks, rather than the partials growing with the gradient.
-PROJECT_PARTIAL_ENTRIES = 1 << 22
-
-
-def project_grid(numel, k):
+def project_grid(numel, k, distribution):
     """(block, groups, blocks per group, splits, indices per split) of a projection: the position
     blocks in groups of whole blocks, at most PROJECT_PARTIAL_ENTRIES // k groups."""
-    block = flat_block(numel)
+    block = flat_block(numel, distribution, PROJECT_WARPS)
     blocks = ceil_div(numel, block)
     blocks_per_group = ceil_div(blocks, max(1, PROJECT_PARTIAL_ENTRIES // k))
     groups = ceil_div(blocks, blocks_per_group)
-    splits, per_split = _splits(groups, k)
+    splits, per_split = _splits(groups, PROJECT_WARPS, k, k)
     return block, groups, blocks_per_group, splits, per_split
 
 
@@ -98,11 +174,12 @@ def project(grad, seed, stream, k, scale, distribution, rounds):
     """scale * <grad, U_i> for i < k as a (k,) float32 tensor; grad: any float dtype but float64."""
     flat = grad.reshape(-1).contiguous()
     numel = flat.numel()
-    block, groups, blocks_per_group, splits, per_split = project_grid(numel, k)
-    partial = torch.full((groups, k), float("nan"), dtype=torch.float32, device=grad.device)
+    block, groups, blocks_per_group, splits, per_split = project_grid(numel, k, distribution)
+    partial = output_buffer((groups, k), torch.float32, grad.device)
     with on_device(grad):
         _project_kernel[(groups, splits)](
             flat, partial, numel, k, per_split, blocks_per_group, *seed_words(seed, stream),
             BLOCK=block, BLOCK_I=BLOCK_I, RADEMACHER=distribution == "rademacher", ROUNDS=rounds,
+            num_warps=PROJECT_WARPS,
         )  # fmt: skip
         return partial.sum(0).mul_(scale)

@@ -10,8 +10,11 @@ call and keeps one word (same values, up to 4x or 128x the Philox work).
 import triton
 import triton.language as tl
 
-UNIFORM_SHIFT = 2  # one Philox call gives 4 uniform entries
-RADEMACHER_SHIFT = 7  # ... or 128 rademacher entries
+from nola_kernels.basis import COUNTER_SHIFT
+
+# Counter word 0 of entry n is n >> SHIFT: one Philox call gives 4 uniform or 128 rademacher entries.
+UNIFORM_SHIFT = tl.constexpr(COUNTER_SHIFT["uniform"])
+RADEMACHER_SHIFT = tl.constexpr(COUNTER_SHIFT["rademacher"])
 
 
 @triton.jit
@@ -30,15 +33,25 @@ def _words(seed, call, index, stream_lo, stream_hi, ROUNDS: tl.constexpr):
 
 @triton.jit
 def _uniform(word):
-    # (m - 2^23) * 2^-23 with m = (word >> 8) | 1: exact in float32, as the contract requires.
-    m = ((word >> 8) | 1).to(tl.int32)
-    return (m - 8388608).to(tl.float32) * (1.0 / 8388608)
+    # (m - 2^23) * 2^-23 with m = (word >> 8) | 1, i.e. (word >> 9) * 2^-22 - 1 + 2^-23: the float
+    # 2 + (word >> 9) * 2^-22 (exponent bits of 2.0) less 3, plus 2^-23, both steps exact in
+    # float32, as the contract requires, and no int-to-float conversion.
+    two_plus = ((word >> 9) | 0x40000000).to(tl.float32, bitcast=True)
+    return (two_plus - 3.0) + 1.0 / 8388608
 
 
 @triton.jit
 def _sign(word, bit):
     # +1 where the bit is 0, -1 where it is 1.
     return 1.0 - 2.0 * ((word >> bit.to(tl.uint32)) & 1).to(tl.float32)
+
+
+@triton.jit
+def flip_sign(value, word, bit):
+    """value times the rademacher sign of bit `bit` of `word` (-1 where it is set), as a flip of
+    the float's sign bit: the same bits as the product, NaN included."""
+    sign = (word << (31 - bit).to(tl.uint32)) & 0x80000000
+    return (value.to(tl.uint32, bitcast=True) ^ sign).to(tl.float32, bitcast=True)
 
 
 @triton.jit
@@ -65,15 +78,15 @@ def basis_tile(
     index = index[:, None]
     if ALIGNED:
         if RADEMACHER:
-            CALLS: tl.constexpr = WIDTH // 128
-            call = (row_start[:, None] >> 7) + tl.arange(0, CALLS)[None, :]
+            CALLS: tl.constexpr = WIDTH >> RADEMACHER_SHIFT.value
+            call = (row_start[:, None] >> RADEMACHER_SHIFT) + tl.arange(0, CALLS)[None, :]
             z0, z1, z2, z3 = _words(seed, call, index, stream_lo, stream_hi, ROUNDS)
             entry = tl.arange(0, 128)[None, None, :]  # entry 32*w + b of a call is bit b of word w
             word = _select(entry >> 5, z0[:, :, None], z1[:, :, None], z2[:, :, None], z3[:, :, None])
             return tl.reshape(_sign(word, entry & 31), (ROWS, WIDTH))
         else:
-            CALLS: tl.constexpr = WIDTH // 4
-            call = (row_start[:, None] >> 2) + tl.arange(0, CALLS)[None, :]
+            CALLS: tl.constexpr = WIDTH >> UNIFORM_SHIFT.value
+            call = (row_start[:, None] >> UNIFORM_SHIFT) + tl.arange(0, CALLS)[None, :]
             z0, z1, z2, z3 = _words(seed, call, index, stream_lo, stream_hi, ROUNDS)
             # This nesting puts word w at column 4q + w after the reshape.
             quads = tl.join(tl.join(_uniform(z0), _uniform(z2)), tl.join(_uniform(z1), _uniform(z3)))
@@ -81,10 +94,10 @@ def basis_tile(
     else:
         n = row_start[:, None] + tl.arange(0, WIDTH)[None, :]
         if RADEMACHER:
-            z0, z1, z2, z3 = _words(seed, n >> 7, index, stream_lo, stream_hi, ROUNDS)
+            z0, z1, z2, z3 = _words(seed, n >> RADEMACHER_SHIFT, index, stream_lo, stream_hi, ROUNDS)
             return _sign(_select((n >> 5) & 3, z0, z1, z2, z3), n & 31)
         else:
-            z0, z1, z2, z3 = _words(seed, n >> 2, index, stream_lo, stream_hi, ROUNDS)
+            z0, z1, z2, z3 = _words(seed, n >> UNIFORM_SHIFT, index, stream_lo, stream_hi, ROUNDS)
             return _uniform(_select(n & 3, z0, z1, z2, z3))
 
 
@@ -112,6 +125,61 @@ def basis_block(
 
 
 @triton.jit
+def _word_columns(tile):
+    """tile (ROWS, 4C) as four (ROWS, C) tensors, word w of call q holding column 4q + w."""
+    ROWS: tl.constexpr = tile.shape[0]
+    CALLS: tl.constexpr = tile.shape[1] // 4
+    even, odd = tl.split(tl.reshape(tile, (ROWS, CALLS, 2, 2)))  # column 4q + 2a + b: b, then a
+    w0, w2 = tl.split(even)
+    w1, w3 = tl.split(odd)
+    return w0, w1, w2, w3
+
+
+@triton.jit
+def _interleaved(w0, w1, w2, w3):
+    """The inverse of _word_columns: four (ROWS, C) tensors as one (ROWS, 4C) tile."""
+    ROWS: tl.constexpr = w0.shape[0]
+    CALLS: tl.constexpr = w0.shape[1]
+    # This nesting puts word w at column 4q + w after the reshape.
+    return tl.reshape(tl.join(tl.join(w0, w2), tl.join(w1, w3)), (ROWS, 4 * CALLS))
+
+
+@triton.jit
+def _store_row_sums(projection_ptr, indices, live, products):
+    """products (BLOCK_I, ROWS, C) summed over C, row r's at projection_ptr[r] + i: a row lies
+    within a warp, so the sums take shuffles, not a block-wide reduction per basis index."""
+    tl.store(projection_ptr[None, :] + indices[:, None], tl.sum(products, axis=2), mask=live[:, None])
+
+
+@triton.jit
+def _mixed_uniform_words(
+    coeffs_ptr, i_start, i_stop, seed, stream_lo, stream_hi, row_start, grad, projection_ptr,
+    WIDTH: tl.constexpr, BLOCK_I: tl.constexpr, ROUNDS: tl.constexpr, PROJECT: tl.constexpr,
+):  # fmt: skip
+    """mixed_tile's walk for uniform rows of whole calls, unscaled and unmasked: one accumulator
+    per Philox word, each call's words kept by the thread that made it (no data moves between
+    threads in the loop), the words interleaved once at the end."""
+    call = (row_start[:, None] >> UNIFORM_SHIFT) + tl.arange(0, WIDTH >> UNIFORM_SHIFT.value)[None, :]
+    g0, g1, g2, g3 = _word_columns(grad)
+    acc0 = tl.zeros(call.shape, tl.float32)
+    acc1, acc2, acc3 = acc0, acc0, acc0
+    for first in range(i_start, i_stop, BLOCK_I):
+        indices = first + tl.arange(0, BLOCK_I)
+        live = indices < i_stop
+        z0, z1, z2, z3 = _words(seed, call[None, :, :], indices[:, None, None], stream_lo, stream_hi, ROUNDS)
+        u0, u1, u2, u3 = _uniform(z0), _uniform(z1), _uniform(z2), _uniform(z3)
+        coeffs = tl.load(coeffs_ptr + indices, mask=live, other=0.0)[:, None, None]
+        acc0 += tl.sum(coeffs * u0, axis=0)
+        acc1 += tl.sum(coeffs * u1, axis=0)
+        acc2 += tl.sum(coeffs * u2, axis=0)
+        acc3 += tl.sum(coeffs * u3, axis=0)
+        if PROJECT:
+            dots = u0 * g0[None, :, :] + u1 * g1[None, :, :] + u2 * g2[None, :, :] + u3 * g3[None, :, :]
+            _store_row_sums(projection_ptr, indices, live, dots)
+    return _interleaved(acc0, acc1, acc2, acc3)
+
+
+@triton.jit
 def mixed_tile(
     coeffs_ptr,
     i_start,
@@ -133,16 +201,22 @@ def mixed_tile(
 ):
     """scale * sum_{i_start<=i<i_stop} coeffs[i] * U_i over the tile of basis_tile's positions,
     0 where not `valid`, walking BLOCK_I matrices at a time. With PROJECT, the same walk stores
-    <grad, U_i> at projection_ptr + i, so each U_i is generated once for both; `grad` must be 0
+    row r's share of <grad, U_i> at projection_ptr[r] + i (projection_ptr: (ROWS,) pointers), so
+    each U_i is generated once for both; `grad` (a tile, or a scalar 0 without PROJECT) must be 0
     where not valid."""
-    acc = tl.zeros(valid.shape, tl.float32)
-    for first in range(i_start, i_stop, BLOCK_I):
-        indices = first + tl.arange(0, BLOCK_I)
-        live = indices < i_stop
-        u = basis_block(seed, stream_lo, stream_hi, indices, row_start, WIDTH, RADEMACHER, ALIGNED, ROUNDS)
-        coeffs = tl.load(coeffs_ptr + indices, mask=live, other=0.0)
-        acc += tl.sum(coeffs[:, None, None] * u, axis=0)
-        if PROJECT:
-            projected = tl.sum(tl.sum(u * grad[None, :, :], axis=2), axis=1)
-            tl.store(projection_ptr + indices, projected, mask=live)
+    if ALIGNED and not RADEMACHER:
+        acc = _mixed_uniform_words(
+            coeffs_ptr, i_start, i_stop, seed, stream_lo, stream_hi, row_start, grad + tl.zeros(valid.shape, tl.float32),
+            projection_ptr, WIDTH, BLOCK_I, ROUNDS, PROJECT,
+        )  # fmt: skip
+    else:
+        acc = tl.zeros(valid.shape, tl.float32)
+        for first in range(i_start, i_stop, BLOCK_I):
+            indices = first + tl.arange(0, BLOCK_I)
+            live = indices < i_stop
+            u = basis_block(seed, stream_lo, stream_hi, indices, row_start, WIDTH, RADEMACHER, ALIGNED, ROUNDS)
+            coeffs = tl.load(coeffs_ptr + indices, mask=live, other=0.0)
+            acc += tl.sum(coeffs[:, None, None] * u, axis=0)
+            if PROJECT:
+                _store_row_sums(projection_ptr, indices, live, u * grad[None, :, :])
     return tl.where(valid, acc * scale, 0.0)
