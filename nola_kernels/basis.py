@@ -106,24 +106,37 @@ def _rademacher_from_words(words):
     return out.mul_(-2.0).add_(1.0).view(rows, 128 * calls)
 
 
-def iter_blocks(k, numel, distribution, budget, dtype=torch.float32):
+def iter_blocks(k, numel, distribution, budget, dtype=torch.float32, *, row_step=1, col_step=128):
     """Split the k x numel entries of a family into blocks (i_start, i_stop, n_start, n_stop)
-    whose generation temporaries, and the block's copy in `dtype`, fit `budget` bytes.
-    Whole matrices are grouped when they fit; a matrix larger than the budget is cut along n at
-    multiples of one Philox call's entries, so no call is computed twice."""
+    whose generation temporaries, and the block's copy in `dtype`, fit `budget` bytes: every
+    block but the last of a row or column is rows x width, rows a multiple of `row_step` and
+    width either a whole matrix or an even cut of it at multiples of `col_step`, a multiple of
+    one Philox call's entries (128 for every distribution) so that no call is computed twice.
+    A budget below row_step x col_step entries gets blocks of that size: callers that sum over
+    fixed groups of indices or positions need them whole. Blocks of the same rows come in order
+    of n."""
     per_entry = _GENERATION_BYTES[distribution]
     if dtype != torch.float32:  # the float32 block and its copy live together
         per_entry = max(per_entry, 4 + dtype.itemsize)
     entries = max(int(budget / (per_entry * _BUDGET_MARGIN)), 1)
-    call = 1 << COUNTER_SHIFT[distribution]
-    row_width = -(-numel // call) * call  # a row generates whole Philox calls, used or not
-    if row_width <= entries:
-        rows = entries // row_width
-        for i in range(0, k, rows):
-            yield i, min(i + rows, k), 0, numel
-        return
-    align = 128  # entries per Philox call: a multiple for every distribution
-    width = max(entries // align, 1) * align
-    for i in range(k):
+    rows, width = _block_shape(k, numel, entries, 1 << COUNTER_SHIFT[distribution], min(row_step, k), col_step)
+    for i in range(0, k, rows):
         for n in range(0, numel, width):
-            yield i, i + 1, n, min(n + width, numel)
+            yield i, min(i + rows, k), n, min(n + width, numel)
+
+
+def _block_shape(k, numel, entries, call, row_step, col_step):
+    """(rows, width) of the blocks that generate the most entries within `entries`; fewer cuts of
+    a matrix win ties. A few cut counts from the fewest that fit row_step rows are tried: more
+    cuts give narrower blocks, where whole multiples of row_step rows fill the budget better."""
+    row_limit = -(-k // row_step) * row_step
+    most_cuts = -(-numel // col_step)
+    fewest = min(max(-(-numel * row_step // entries), 1), most_cuts)
+    best = (0, row_step, col_step if most_cuts > 1 else numel)
+    for cuts in range(fewest, min(fewest + 4, most_cuts) + 1):
+        width = numel if cuts == 1 else -(-numel // (cuts * col_step)) * col_step
+        generated = -(-width // call) * call  # a row generates whole Philox calls, used or not
+        rows = min(entries // generated // row_step * row_step, row_limit)
+        if rows * generated > best[0]:
+            best = (rows * generated, rows, width)
+    return best[1:]

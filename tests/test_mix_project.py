@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from numerics import rel_err
+from numerics import rel_err, rounding_bound
 
 from nola_kernels import nola_basis, nola_mix, nola_project
 
@@ -58,8 +58,9 @@ def test_chunking_does_not_change_results(backend, set_budget, budget):
         nola_project(grad, 4, 300, backend=backend),
     )
     set_budget(budget)
-    assert rel_err(nola_mix(coeffs, 4, (17, 45), backend=backend), mixed) <= 1e-6
-    assert rel_err(nola_project(grad, 4, 300, backend=backend), projected) <= 1e-6
+    # The budget only sets how many of its fixed blocks the PyTorch path generates at once.
+    assert torch.equal(nola_mix(coeffs, 4, (17, 45), backend=backend), mixed)
+    assert torch.equal(nola_project(grad, 4, 300, backend=backend), projected)
 
 
 def test_float64_inputs_compute_in_float64(backend):
@@ -67,9 +68,8 @@ def test_float64_inputs_compute_in_float64(backend):
     basis = nola_basis(2, 6, (4, 5)).double()
     mixed = nola_mix(coeffs, 2, (4, 5), backend=backend)
     assert mixed.dtype == torch.float64
-    torch.testing.assert_close(
-        mixed, torch.einsum("k,krc->rc", coeffs, basis) / math.sqrt(6), rtol=1e-14, atol=0
-    )
+    expected = torch.einsum("k,krc->rc", coeffs, basis) / math.sqrt(6)
+    assert rel_err(mixed, expected) <= 2 * rounding_bound(torch.float64, 6)
     projected = nola_project(torch.randn(4, 5, dtype=torch.float64), 2, 6, backend=backend)
     assert projected.dtype == torch.float64
 

@@ -5,7 +5,7 @@ float64 reference. On the CPU they run in Triton's interpreter (TRITON_INTERPRET
 
 import pytest
 import torch
-from numerics import rel_err
+from numerics import rel_err, rounding_bound
 from philox_oracle import philox
 
 from nola_kernels import available_backends, nola_basis, nola_matmul, nola_mix, nola_project
@@ -247,9 +247,17 @@ def test_gradients_repeat_bit_for_bit_and_agree_across_tokens_per_step(monkeypat
     for tokens_per_step in (16, 16, 128):
         monkeypatch.setattr(lowrank, "stream_tokens", lambda tokens, step=tokens_per_step: step)
         grads.append(lowrank.backward(grad, x, h, alpha, beta, a0, b0, **family, distribution="uniform", rounds=10))
+    # beta and b come from the sums over tokens alone, a fixed 64 tokens per step in every
+    # setting: the same bits. x, alpha and a also pass through grad_h, whose reductions: out (33)
+    # for grad_h, then rank (16) for x, or the tokens (300) for a and then the positions (16 x 256)
+    # for alpha.
+    lengths = {"x": (33, 16), "a": (33, 300), "alpha": (33, 300, 16 * 256)}
     for name, first, again, other in zip(["x", "alpha", "beta", "a", "b"], *grads, strict=True):
         assert torch.equal(first, again), name
-        assert rel_err(other, first) <= 1e-5, name
+        if name in lengths:
+            assert rel_err(other, first) <= 2 * rounding_bound(torch.float32, *lengths[name]), name
+        else:
+            assert torch.equal(other, first), name
 
 
 @pytest.mark.parametrize("device", DEVICES)
