@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .. import SPEC_VERSION
+from ..spec_version import SPEC_VERSION
 from ..validation import check_bool, check_module, check_name
 from .atomic import atomic_write_bytes
 from .checkpoint_file import (

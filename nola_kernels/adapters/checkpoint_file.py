@@ -11,7 +11,7 @@ import warnings
 
 import torch
 
-from .. import SPEC_VERSION
+from ..spec_version import SPEC_VERSION
 from ..validation import check_int, check_seed
 from .config import AdapterConfig
 

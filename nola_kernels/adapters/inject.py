@@ -74,12 +74,12 @@ def plan_injection(model, target_modules, *, seed, adapter_name="default", backe
     targets = _targets(model, target_modules)
     if not targets:
         raise ValueError(f"no module of the model matches target_modules={target_modules!r}")
-    placements = tuple(_placement(name, module, config, adapter_name) for name, module in targets.items())
+    placements = tuple(plan_placement(name, module, config, adapter_name) for name, module in targets.items())
     _check_switch(adapted_modules(model), adapter_name, adding=targets)
     return InjectionPlan(adapter_name, config, backend, placements)
 
 
-def _placement(name, module, config, adapter_name):
+def plan_placement(name, module, config, adapter_name):
     in_features, out_features = features(module, name)
     seed_a, seed_b = module_seeds(config.seed, name, in_features, out_features, config.share_basis)
     if isinstance(module, NOLALinear):
@@ -206,7 +206,7 @@ def delete_adapter(model, adapter_name):
         if adapter_name in layer.adapters:
             layer.delete_adapter(adapter_name)
         if not layer.adapters:
-            replace_module(model, name, layer.base)
+            replace_module(model, name, layer.base_layer)
 
 
 def unload(model):
@@ -220,5 +220,5 @@ def unload(model):
     for name, layer in layers.items():
         if layer.merged_adapter is not None:
             layer.unmerge()
-        replace_module(model, name, layer.base)
+        replace_module(model, name, layer.base_layer)
     return model

@@ -21,6 +21,8 @@ and, where it has fused low-rank kernels (see nola_kernels/ops.py for their cont
 
 import importlib
 
+import torch
+
 BACKEND_NAMES = ("torch", "triton", "cuda")
 AUTO_ORDER = ("cuda", "triton", "torch")
 _MODULE_NAMES = {name: f"{__name__}.{name}_backend" for name in BACKEND_NAMES}
@@ -55,6 +57,9 @@ def available_backends(device):
     return [name for name in AUTO_ORDER if unavailable_reason(name, device) is None]
 
 
+# A compiled forward calls this too: dynamo runs it once while tracing and keeps the name as a
+# constant, instead of tracing the backend imports and checks (which break the graph).
+@torch.compiler.assume_constant_result
 def resolve_backend(name, device):
     """The concrete backend name for `name` ("auto" or one of BACKEND_NAMES) on `device`."""
     if name == "auto":
