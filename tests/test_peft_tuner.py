@@ -161,6 +161,23 @@ def test_merge_and_unload_gives_the_plain_model(kind):
     assert (run(merged, kind, x) - adapted).abs().max() <= 1e-4 * adapted.abs().max()
 
 
+def test_merge_adapter_unmerge_adapter_and_unload():
+    tuned = peft.get_peft_model(tiny_gpt2(), NolaConfig(target_modules=["c_attn"], **SETTINGS))
+    train(tuned, "gpt2")
+    x = inputs("gpt2")
+    adapted = run(tuned, "gpt2", x)
+    tuned.merge_adapter()
+    layers = adapted_modules(tuned.base_model.model).values()
+    assert all(layer.merged_adapters == ["default"] for layer in layers)
+    assert (run(tuned, "gpt2", x) - adapted).abs().max() <= 1e-4 * adapted.abs().max()
+    tuned.unmerge_adapter()
+    assert all(not layer.merged for layer in layers)
+    assert (run(tuned, "gpt2", x) - adapted).abs().max() <= 1e-5 * adapted.abs().max()
+    base = tuned.unload()
+    assert not adapted_modules(base)
+    assert (run(base, "gpt2", x) - run(tiny_gpt2(), "gpt2", x)).abs().max() <= 1e-6
+
+
 def test_several_adapters_switch_and_delete(tmp_path):
     tuned = peft.get_peft_model(tiny_llama(), NolaConfig(target_modules=["q_proj"], **SETTINGS))
     train(tuned, "llama")
