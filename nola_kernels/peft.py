@@ -18,6 +18,7 @@ release this was tested on: any other release is refused on import."""
 import dataclasses
 import typing
 import warnings
+from pathlib import Path
 
 import peft
 import torch
@@ -30,10 +31,13 @@ from peft.tuners.tuners_utils import (
     _maybe_include_all_linear_layers,
 )
 
+from .adapters.atomic import atomic_write_bytes
 from .adapters.base_layer import is_transposed
+from .adapters.checkpoint_file import ROLES
 from .adapters.config import AdapterConfig
 from .adapters.inject import plan_placement
 from .adapters.layer import NOLALinear
+from .adapters.peft_export import PEFT_PREFIX, check_export_directory
 from .spec_version import SPEC_VERSION
 from .validation import check_backend_name, check_bool, check_int
 
@@ -118,9 +122,10 @@ class NolaConfig(PeftConfig):
 
     def adapter_config(self):
         """The layers' AdapterConfig (the same one inject builds from these settings)."""
-        target_modules = self.target_modules
-        if isinstance(target_modules, set | list | tuple):
-            target_modules = tuple(sorted(target_modules))
+        target_modules, exclude_modules = (
+            tuple(sorted(names)) if isinstance(names, set | list | tuple) else names
+            for names in (self.target_modules, self.exclude_modules)
+        )
         return AdapterConfig(
             rank=self.r,
             num_basis=self.num_basis,
@@ -131,6 +136,7 @@ class NolaConfig(PeftConfig):
             seed=self.seed,
             share_basis=self.share_basis,
             target_modules=target_modules,
+            exclude_modules=exclude_modules,
         )
 
 
@@ -250,6 +256,46 @@ class NolaModel(BaseTuner):
         self._placements = {}
 
 
+def write_adapter_folder(directory, config, adapters):
+    """Adapter `adapters` ({module name: NOLAAdapter}, one AdapterConfig `config`) as the folder
+    PeftModel.from_pretrained reads: adapter_config.json (a NolaConfig) and
+    adapter_model.safetensors (alpha and beta of each module). Returns the two files' size."""
+    from safetensors.torch import save
+
+    if config.seed is None:
+        raise ValueError(
+            "this adapter's layers were built with explicit seeds (no master seed), which a NolaConfig "
+            "cannot record: save it to a file path instead"
+        )
+    target_modules, exclude_modules = (
+        names if names is None or isinstance(names, str) else list(names)
+        for names in (config.target_modules, config.exclude_modules)
+    )
+    nola_config = NolaConfig(
+        r=config.rank,
+        num_basis=config.num_basis,
+        num_basis_b=config.num_basis_b,
+        lora_alpha=config.lora_alpha,
+        dropout=config.dropout,
+        distribution=config.distribution,
+        seed=config.seed,
+        share_basis=config.share_basis,
+        target_modules=target_modules,
+        exclude_modules=exclude_modules,
+        inference_mode=True,
+    )
+    directory = Path(check_export_directory(directory))
+    tensors = {
+        f"{PEFT_PREFIX}{name}.{NolaModel.prefix}{role}": getattr(adapter, role).detach().float().cpu().contiguous()
+        for name, adapter in adapters.items()
+        for role in ROLES
+    }
+    data = save(tensors, metadata={"format": "pt"})
+    nola_config.save_pretrained(str(directory))
+    atomic_write_bytes(directory / "adapter_model.safetensors", data)
+    return len(data) + (directory / "adapter_config.json").stat().st_size
+
+
 def _base(module):
     return module.base_layer if isinstance(module, NOLALinear) else module
 
@@ -275,4 +321,11 @@ def _qualified(entry):
 
 _register()
 
-__all__ = ["NOLA_PEFT_TYPE", "TESTED_PEFT_VERSIONS", "NolaConfig", "NolaLayer", "NolaModel"]
+__all__ = [
+    "NOLA_PEFT_TYPE",
+    "TESTED_PEFT_VERSIONS",
+    "NolaConfig",
+    "NolaLayer",
+    "NolaModel",
+    "write_adapter_folder",
+]

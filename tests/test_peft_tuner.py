@@ -294,3 +294,42 @@ def test_an_untested_peft_version_is_refused():
     check_peft_version(peft.__version__)
     with pytest.raises(ImportError, match=re.escape("tested with peft 0.21.2, this is peft 0.22.0")):
         check_peft_version("0.22.0")
+
+
+@pytest.mark.parametrize("kind", MODELS)
+def test_save_adapter_to_a_folder_gives_what_peft_model_loads(kind, tmp_path):
+    build, targets = MODELS[kind]
+    injected = build()
+    nola_kernels.inject(injected, targets, rank=2, num_basis=16, num_basis_b=12, lora_alpha=4.0, seed=7)
+    train(injected, kind)
+    size = nola_kernels.save_adapter(injected, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+    assert size == sum(p.stat().st_size for p in tmp_path.iterdir())
+    loaded = peft.PeftModel.from_pretrained(build(), tmp_path)
+    x = inputs(kind)
+    assert torch.equal(run(loaded, kind, x), run(injected, kind, x))
+    single = tmp_path / "adapter.nola.safetensors"
+    nola_kernels.save_adapter(injected, single)  # a file path keeps the one-file checkpoint
+    assert nola_kernels.load_adapter(build(), single)
+
+
+def test_save_adapter_to_a_folder_refuses_explicit_seeds_before_writing(tmp_path):
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4))
+    model[0] = nola_kernels.NOLALinear(model[0], rank=2, num_basis=8, seed_a=1, seed_b=2)
+    with pytest.raises(ValueError, match="explicit seeds"):
+        nola_kernels.save_adapter(model, tmp_path)
+    assert not any(tmp_path.iterdir())
+
+
+def test_exclude_modules_match_inject():
+    excluded = ["model.layers.0.self_attn.q_proj"]
+    tuned = peft.get_peft_model(
+        tiny_llama(), NolaConfig(target_modules=["q_proj", "v_proj"], exclude_modules=excluded, **SETTINGS)
+    )
+    injected = tiny_llama()
+    settings = dict(rank=2, num_basis=16, num_basis_b=12, lora_alpha=4.0, seed=7)
+    names = nola_kernels.inject(injected, ["q_proj", "v_proj"], exclude_modules=excluded, **settings)
+    assert list(adapted_modules(tuned.base_model.model)) == names and len(names) == 3
+    train(tuned, "llama")
+    train(injected, "llama")
+    assert torch.equal(run(tuned, "llama", inputs("llama")), run(injected, "llama", inputs("llama")))
