@@ -126,6 +126,8 @@ def test_save_pretrained_and_from_pretrained(kind, tmp_path):
     assert torch.equal(run(loaded, kind, x), run(tuned, kind, x))
     assert coefficients(loaded.base_model.model).keys() == coefficients(tuned.base_model.model).keys()
     assert not any(p.requires_grad for p in loaded.parameters())  # inference mode by default
+    lazily = peft.PeftModel.from_pretrained(build(), tmp_path, low_cpu_mem_usage=True)
+    assert torch.equal(run(lazily, kind, x), run(tuned, kind, x))
 
 
 def test_print_trainable_parameters_counts_the_coefficients(capsys):

@@ -164,8 +164,10 @@ class NOLALinear(nn.Module):
         self.check_adapter(name, config, seed_a, seed_b)
         adapter = NOLAAdapter(self.in_features, self.out_features, config, seed_a, seed_b)
         weight = getattr(self.base_layer, "weight", None)
-        if isinstance(weight, torch.Tensor):
-            adapter.to(weight.device)  # the coefficients live beside the base weight
+        # The coefficients live beside the base weight; made on "meta" (PEFT's low_cpu_mem_usage),
+        # they stay there until a state dict is assigned to them.
+        if isinstance(weight, torch.Tensor) and adapter.alpha.device.type != "meta":
+            adapter.to(weight.device)
         adapter.train(self.training)
         self.adapters[name] = adapter
         self.set_active(name)
