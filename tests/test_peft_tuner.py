@@ -16,6 +16,7 @@ from adapter_models import TinyViT, coefficients, snapshot, tiny_gpt2  # noqa: E
 from safetensors.torch import load_file  # noqa: E402
 
 import nola_kernels  # noqa: E402
+import nola_kernels.peft as nola_peft  # noqa: E402
 from nola_kernels import adapted_modules  # noqa: E402
 from nola_kernels.peft import NOLA_PEFT_TYPE, NolaConfig, NolaLayer, check_peft_version  # noqa: E402
 
@@ -335,3 +336,21 @@ def test_exclude_modules_match_inject():
     train(tuned, "llama")
     train(injected, "llama")
     assert torch.equal(run(tuned, "llama", inputs("llama")), run(injected, "llama", inputs("llama")))
+
+
+def test_registration_is_in_peft_mappings_and_refuses_a_conflict(monkeypatch):
+    from peft.mapping import (
+        PEFT_TYPE_TO_CONFIG_MAPPING,
+        PEFT_TYPE_TO_PREFIX_MAPPING,
+        PEFT_TYPE_TO_TUNER_MAPPING,
+    )
+
+    assert PEFT_TYPE_TO_CONFIG_MAPPING["NOLA"] is NolaConfig
+    assert PEFT_TYPE_TO_TUNER_MAPPING["NOLA"] is nola_peft.NolaModel
+    assert PEFT_TYPE_TO_PREFIX_MAPPING["NOLA"] == "adapters."
+    assert (NOLA_PEFT_TYPE.name, NOLA_PEFT_TYPE.value) == ("NOLA", "NOLA")
+    assert "NOLA" not in {member.value for member in peft.PeftType}  # the enum is left alone
+    nola_peft._register()  # registering the same classes again is no conflict
+    monkeypatch.setitem(PEFT_TYPE_TO_TUNER_MAPPING, "NOLA", peft.LoraModel)
+    with pytest.raises(RuntimeError, match="already has a method registered as 'NOLA'"):
+        nola_peft._register()
