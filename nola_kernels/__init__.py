@@ -4,15 +4,7 @@ from nola_kernels import nola_basis, nola_mix, nola_project, nola_matmul
 from nola_kernels import inject, save_adapter, load_adapter, merge_and_unload   # adapters
 """
 
-from .api import nola_basis, nola_matmul, nola_mix, nola_project
-from .backends import BackendUnavailableError, available_backends
-from .basis import chunk_budget, set_chunk_budget
-
-SPEC_VERSION = "NOLA-Philox v1"
-__version__ = "0.1.0"
-
-# After SPEC_VERSION: checkpoints record it.
-from .adapters import (  # noqa: E402
+from .adapters import (
     AdapterConfig,
     AdapterFileError,
     AdapterMismatchError,
@@ -30,6 +22,12 @@ from .adapters import (  # noqa: E402
     unload,
     unmerge_adapter,
 )
+from .api import nola_basis, nola_matmul, nola_mix, nola_project
+from .backends import BackendUnavailableError, available_backends
+from .basis import chunk_budget, set_chunk_budget
+from .spec_version import SPEC_VERSION
+
+__version__ = "0.1.0"
 
 __all__ = [
     "SPEC_VERSION",

@@ -64,23 +64,22 @@ def check_name(name, value):
     return value
 
 
-def check_target_modules(value):
-    """PEFT's target_modules: a regex (str) or a non-empty list or tuple of non-empty names."""
+def check_target_modules(value, name="target_modules"):
+    """PEFT's target_modules (or exclude_modules): a regex (str) or a non-empty list or tuple of
+    non-empty names."""
     if isinstance(value, str):
         try:
             re.compile(value)
         except re.error as error:
-            raise ValueError(f"target_modules is not a valid regular expression: {error}") from error
+            raise ValueError(f"{name} is not a valid regular expression: {error}") from error
         if not value:
-            raise ValueError("target_modules must not be empty")
+            raise ValueError(f"{name} must not be empty")
         return value
     if not isinstance(value, list | tuple) or not value:
-        raise ValueError(
-            f"target_modules must be a regex or a non-empty list of names, got {value!r}"
-        )
+        raise ValueError(f"{name} must be a regex or a non-empty list of names, got {value!r}")
     for item in value:
         if not isinstance(item, str) or not item:
-            raise ValueError(f"target_modules must hold non-empty names (str), got {item!r} in {value!r}")
+            raise ValueError(f"{name} must hold non-empty names (str), got {item!r} in {value!r}")
     return value
 
 

@@ -4,9 +4,18 @@ import copy
 
 import pytest
 import torch
-from adapter_models import TinyViT, randomize_coefficients, tiny_gpt2
+from adapter_models import TinyViT, randomize_coefficients, snapshot, tiny_gpt2
 
-from nola_kernels import NOLALinear, adapted_modules, delete_adapter, inject, set_active_adapter, unload
+from nola_kernels import (
+    NOLALinear,
+    adapted_modules,
+    delete_adapter,
+    inject,
+    load_adapter,
+    save_adapter,
+    set_active_adapter,
+    unload,
+)
 from nola_kernels.adapters.seeds import derive_seed
 
 VIT_TARGETS = ["query", "value", "mlp.0", "mlp.2"]
@@ -151,3 +160,31 @@ def test_gpt2_conv1d_layers_adapt_and_learn():
         losses.append(loss.item())
     assert losses[-1] < losses[0] - 0.1
     assert all(n.endswith((".alpha", ".beta")) for n in trainable(model))
+
+
+@pytest.mark.parametrize("exclude", [["blocks.1.query"], r"blocks\.1\.query"])
+def test_exclude_modules_leaves_modules_out_and_is_saved(exclude, tmp_path):
+    torch.manual_seed(0)
+    model = TinyViT()
+    names = inject(model, ["query", "value"], rank=2, num_basis=8, seed=3, exclude_modules=exclude)
+    assert names == ["blocks.0.query", "blocks.0.value", "blocks.1.value"]
+    randomize_coefficients(model)
+    save_adapter(model, tmp_path / "a.safetensors")
+    torch.manual_seed(0)
+    fresh = TinyViT()
+    assert load_adapter(fresh, tmp_path / "a.safetensors") == names  # injected from the saved config
+    x = torch.randn(2, 5, 12)
+    assert torch.equal(fresh(x), model(x))
+
+
+@pytest.mark.parametrize(
+    ("exclude", "message"),
+    [(["query", "value"], "no module of the model matches"), ([""], "exclude_modules must hold"),
+     ("(", "exclude_modules is not a valid regular expression"), (5, "exclude_modules must be")],
+)  # fmt: skip
+def test_bad_exclude_modules_are_refused_and_change_nothing(exclude, message):
+    model = TinyViT()
+    before = snapshot(model)
+    with pytest.raises(ValueError, match=message):
+        inject(model, ["query", "value"], rank=2, num_basis=8, seed=3, exclude_modules=exclude)
+    assert snapshot(model) == before

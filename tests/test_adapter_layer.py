@@ -25,7 +25,7 @@ def reference_output(layer, x):
     )
     a = a0 + torch.einsum("k,krc->rc", adapter.alpha.double(), basis_a) / math.sqrt(c.k)
     b = torch.einsum("k,krc->rc", adapter.beta.double(), basis_b) / math.sqrt(c.l)
-    base = nn.functional.linear(x.double(), layer.base.weight.double(), layer.base.bias.double())
+    base = nn.functional.linear(x.double(), layer.base_layer.weight.double(), layer.base_layer.bias.double())
     return base + c.scaling * (x.double() @ a.T) @ b.T
 
 
@@ -69,8 +69,8 @@ def test_coefficients_are_float32_zeros_and_a0_is_not_saved():
     assert adapter.alpha.dtype == torch.float32 and adapter.alpha.shape == (5,)
     assert adapter.beta.shape == (5,) and not adapter.alpha.any()
     assert list(layer.state_dict()) == [
-        "base.weight",
-        "base.bias",
+        "base_layer.weight",
+        "base_layer.bias",
         "adapters.default.alpha",
         "adapters.default.beta",
     ]

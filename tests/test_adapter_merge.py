@@ -33,17 +33,17 @@ def reference_delta(layer):
 def test_merged_weight_is_the_float64_update_rounded_once():
     layer = NOLALinear(torch.nn.Linear(40, 24), rank=4, num_basis=32, lora_alpha=8.0, seed_a=5, seed_b=6)
     randomize_coefficients(layer)
-    weight = layer.base.weight.detach().clone()
+    weight = layer.base_layer.weight.detach().clone()
     expected = (weight.double() + reference_delta(layer)).float()
     x = torch.randn(7, 40)
     unmerged_out = layer(x)
     layer.merge()
     assert layer.merged_adapter == "default"
     ulp = torch.finfo(torch.float32).eps * expected.abs().max()
-    assert (layer.base.weight.detach() - expected).abs().max() <= 4 * ulp
+    assert (layer.base_layer.weight.detach() - expected).abs().max() <= 4 * ulp
     torch.testing.assert_close(layer(x), unmerged_out, rtol=1e-5, atol=1e-5)
     layer.unmerge()
-    assert (layer.base.weight.detach() - weight).abs().max() <= 4 * ulp
+    assert (layer.base_layer.weight.detach() - weight).abs().max() <= 4 * ulp
     torch.testing.assert_close(layer(x), unmerged_out, rtol=1e-5, atol=1e-5)
 
 
@@ -69,7 +69,7 @@ def test_gpt2_conv1d_merge():
     tokens = torch.randint(0, 64, (2, 12))
     adapted = model(tokens).logits
     layer = adapted_modules(model)["transformer.h.0.attn.c_attn"]
-    expected = (layer.base.weight.detach().double() + reference_delta(layer).T).float()
+    expected = (layer.base_layer.weight.detach().double() + reference_delta(layer).T).float()
     merge_and_unload(model)
     weight = model.get_submodule("transformer.h.0.attn.c_attn").weight.detach()
     assert (weight - expected).abs().max() <= 4 * torch.finfo(torch.float32).eps * expected.abs().max()

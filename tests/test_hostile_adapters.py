@@ -310,7 +310,7 @@ def test_new_layers_follow_the_mode_of_the_module_they_replace(model_name, dropo
     inject(model, ["0", "2", "4"], **GOOD, dropout=dropout)
     for name, layer in adapted_modules(model).items():
         assert all(m.training == modes[name] for m in (layer, layer.adapters, *layer.adapters.modules()))
-        assert all(m.training == modes[name] for m in layer.base.modules())
+        assert all(m.training == modes[name] for m in layer.base_layer.modules())
     assert model.training == modes[""]
     if dropout and not model.training:
         randomize_coefficients(model)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .. import SPEC_VERSION
+from ..spec_version import SPEC_VERSION
 from ..validation import check_bool, check_module, check_name
 from .atomic import atomic_write_bytes
 from .checkpoint_file import (
@@ -43,30 +43,40 @@ def _module_record(adapter):
 
 
 def _check_save_path(path):
+    """True when `path` is an existing folder (PEFT's folder is written), False for a file path."""
     if not isinstance(path, str | os.PathLike):
         raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__} {path!r}")
     path = Path(path)
     if path.is_dir():
-        raise IsADirectoryError(f"path {str(path)!r} is a directory: give a file name")
+        return True
     if not path.parent.is_dir():
         raise FileNotFoundError(f"path {str(path)!r}: its folder does not exist")
+    return False
 
 
 def save_adapter(model, path, adapter_name="default"):
-    """Write adapter `adapter_name` of `model` to `path` atomically; returns the file size."""
+    """Write adapter `adapter_name` of `model` to `path` atomically: a file path gets this
+    library's one-file checkpoint, an existing folder PEFT's adapter_config.json and
+    adapter_model.safetensors (NOLA as a PEFT method: nola_kernels.peft, needs peft). Returns the
+    bytes written."""
     check_module("model", model)
     check_name("adapter_name", adapter_name)
-    _check_save_path(path)
+    to_folder = _check_save_path(path)
     adapters = _adapters(model, adapter_name)
     if not adapters:
         raise KeyError(f"the model has no adapter named {adapter_name!r}")
     configs = {adapter.config for adapter in adapters.values()}
     if len(configs) != 1:
         raise ValueError(f"adapter {adapter_name!r} has different settings on different layers: {configs}")
+    config = configs.pop()
+    if to_folder:
+        from ..peft import write_adapter_folder  # imported when used: it needs peft
+
+        return write_adapter_folder(path, config, adapters)
     header = {
         "format": FORMAT,
         "spec_version": SPEC_VERSION,
-        "config": configs.pop().to_dict(),
+        "config": config.to_dict(),
         "modules": {name: _module_record(adapter) for name, adapter in adapters.items()},
     }
     tensors = {

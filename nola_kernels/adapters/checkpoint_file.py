@@ -11,7 +11,7 @@ import warnings
 
 import torch
 
-from .. import SPEC_VERSION
+from ..spec_version import SPEC_VERSION
 from ..validation import check_int, check_seed
 from .config import AdapterConfig
 
@@ -22,6 +22,8 @@ DIGEST_KEY = "digest"
 HEADER_FIELDS = ("format", "spec_version", "config", "modules")
 RECORD_FIELDS = ("in_features", "out_features", "seed_a", "seed_b")
 CONFIG_FIELDS = tuple(field.name for field in dataclasses.fields(AdapterConfig))
+# Fields that files written before them lack; they take their defaults.
+ADDED_CONFIG_FIELDS = {"exclude_modules"}
 ROLES = ("alpha", "beta")
 
 
@@ -160,7 +162,7 @@ def _digest_of(path, header, tensors):
 
 
 def _config(fields, problems):
-    if not isinstance(fields, dict) or set(fields) != set(CONFIG_FIELDS):
+    if not isinstance(fields, dict) or not set(CONFIG_FIELDS) - ADDED_CONFIG_FIELDS <= set(fields) <= set(CONFIG_FIELDS):
         keys = sorted(fields) if isinstance(fields, dict) else type(fields).__name__
         problems.append(f"config must be an object with the fields {list(CONFIG_FIELDS)}, got {keys}")
         return None

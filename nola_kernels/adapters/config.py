@@ -12,13 +12,16 @@ from ..validation import (
     check_target_modules,
 )
 
+MODULE_SELECTIONS = ("target_modules", "exclude_modules")
+
 
 @dataclasses.dataclass(frozen=True)
 class AdapterConfig:
     """rank r, num_basis k (for A), num_basis_b l (for B, default k), scaling = lora_alpha / rank
     (lora_alpha defaults to rank, i.e. scaling 1). `seed` is the master seed the per-module seeds
-    derive from (None for a layer built with explicit seeds); `target_modules` is what inject
-    was asked for, kept so that a checkpoint can rebuild the adapter on a fresh model.
+    derive from (None for a layer built with explicit seeds); `target_modules` and `exclude_modules`
+    are what inject was asked for, kept so that a checkpoint can rebuild the adapter on a fresh
+    model.
     Every field is checked here under its own name."""
 
     rank: int
@@ -30,6 +33,7 @@ class AdapterConfig:
     seed: int | None = None
     share_basis: bool = False
     target_modules: str | tuple[str, ...] | None = None
+    exclude_modules: str | tuple[str, ...] | None = None
 
     def __post_init__(self):
         check_int("rank", self.rank, 1)
@@ -44,10 +48,12 @@ class AdapterConfig:
         if self.seed is not None:
             check_seed("seed", self.seed)
         check_bool("share_basis", self.share_basis)
-        if self.target_modules is not None:
-            check_target_modules(self.target_modules)
-        if isinstance(self.target_modules, list):
-            object.__setattr__(self, "target_modules", tuple(self.target_modules))
+        for field in MODULE_SELECTIONS:
+            value = getattr(self, field)
+            if value is not None:
+                check_target_modules(value, field)
+            if isinstance(value, list):
+                object.__setattr__(self, field, tuple(value))
 
     @property
     def k(self):
@@ -63,6 +69,7 @@ class AdapterConfig:
 
     def to_dict(self):
         fields = dataclasses.asdict(self)
-        if isinstance(self.target_modules, tuple):
-            fields["target_modules"] = list(self.target_modules)
+        for field in MODULE_SELECTIONS:
+            if isinstance(fields[field], tuple):
+                fields[field] = list(fields[field])
         return fields

@@ -27,13 +27,16 @@ def adapted_modules(model):
     return {name: module for name, module in model.named_modules() if isinstance(module, NOLALinear)}
 
 
-def _targets(model, target_modules):
+def _targets(model, target_modules, exclude_modules):
     # Layers inside an adapted layer (its base) are not targets: the adapted layer itself is.
     adapted = adapted_modules(model)
     return {
         name: module
         for name, module in model.named_modules()
-        if name and matches(name, target_modules) and not any(name.startswith(p + ".") for p in adapted)
+        if name
+        and matches(name, target_modules)
+        and not (exclude_modules is not None and matches(name, exclude_modules))
+        and not any(name.startswith(p + ".") for p in adapted)
     }
 
 
@@ -71,15 +74,18 @@ def plan_injection(model, target_modules, *, seed, adapter_name="default", backe
     check_name("adapter_name", adapter_name)
     check_backend_name(backend)
     config = AdapterConfig(seed=seed, target_modules=target_modules, **settings)
-    targets = _targets(model, target_modules)
+    targets = _targets(model, target_modules, config.exclude_modules)
     if not targets:
-        raise ValueError(f"no module of the model matches target_modules={target_modules!r}")
-    placements = tuple(_placement(name, module, config, adapter_name) for name, module in targets.items())
+        raise ValueError(
+            f"no module of the model matches target_modules={target_modules!r} "
+            f"(exclude_modules={config.exclude_modules!r})"
+        )
+    placements = tuple(plan_placement(name, module, config, adapter_name) for name, module in targets.items())
     _check_switch(adapted_modules(model), adapter_name, adding=targets)
     return InjectionPlan(adapter_name, config, backend, placements)
 
 
-def _placement(name, module, config, adapter_name):
+def plan_placement(name, module, config, adapter_name):
     in_features, out_features = features(module, name)
     seed_a, seed_b = module_seeds(config.seed, name, in_features, out_features, config.share_basis)
     if isinstance(module, NOLALinear):
@@ -123,10 +129,12 @@ def inject(
     dropout=0.0,
     distribution="uniform",
     share_basis=False,
+    exclude_modules=None,
     adapter_name="default",
     backend="auto",
 ):
-    """Add adapter `adapter_name` to every module matching `target_modules` (see `matches`),
+    """Add adapter `adapter_name` to every module matching `target_modules` and not
+    `exclude_modules` (both by the rule of `matches`),
     make it active and freeze everything else in the model. Each module's seeds derive from
     `seed` and its name (from its shape with share_basis=True): see docs/adapters.md. New layers
     take the training mode of the module they replace. Any bad argument or module raises before
@@ -142,6 +150,7 @@ def inject(
         dropout=dropout,
         distribution=distribution,
         share_basis=share_basis,
+        exclude_modules=exclude_modules,
         adapter_name=adapter_name,
         backend=backend,
     )
@@ -206,7 +215,7 @@ def delete_adapter(model, adapter_name):
         if adapter_name in layer.adapters:
             layer.delete_adapter(adapter_name)
         if not layer.adapters:
-            replace_module(model, name, layer.base)
+            replace_module(model, name, layer.base_layer)
 
 
 def unload(model):
@@ -220,5 +229,5 @@ def unload(model):
     for name, layer in layers.items():
         if layer.merged_adapter is not None:
             layer.unmerge()
-        replace_module(model, name, layer.base)
+        replace_module(model, name, layer.base_layer)
     return model

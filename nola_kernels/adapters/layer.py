@@ -34,7 +34,7 @@ def check_foldable(name, layer):
     """What merging into or unmerging from `layer` would refuse (a base weight that cannot take a
     dense update, a backend that cannot run beside it), raised now with the layer's name."""
     try:
-        resolve_backend(layer.backend, mergeable_weight(layer.base).device)
+        resolve_backend(layer.backend, mergeable_weight(layer.base_layer).device)
     except (TypeError, ValueError, RuntimeError) as error:
         raise type(error)(f"{name}: {error}") from error
 
@@ -57,6 +57,7 @@ class NOLAAdapter(nn.Module):
         self.alpha = nn.Parameter(torch.zeros(config.k))
         self.beta = nn.Parameter(torch.zeros(config.l))
         self.dropout = nn.Dropout(config.dropout) if config.dropout else nn.Identity()
+        self._refresh_offset()
 
     def offset(self, device):
         """a0 on `device`, float32 whatever dtype the model is cast to: the contract's a0 exactly.
@@ -64,6 +65,17 @@ class NOLAAdapter(nn.Module):
         if self._a0 is None or self._a0.device != device:
             self._a0 = generated_offset(self.seed_a, self.config.rank, self.in_features, device)
         return self._a0
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        self._refresh_offset()
+        return self
+
+    def _refresh_offset(self):
+        # a0 follows the coefficients' device from the start, so that a forward (a compiled one
+        # too) only reads it and never changes the module. Nothing to generate on "meta".
+        if self.alpha.device.type != "meta":
+            self.offset(self.alpha.device)
 
     def delta(self, x, backend, add_to=None):
         return nola_matmul(
@@ -119,7 +131,7 @@ class NOLALinear(nn.Module):
         config = AdapterConfig(**options)
         self._check_new_adapter(adapter_name, config, seed_a, seed_b, (in_features, out_features))
         super().__init__()
-        self.base = base
+        self.base_layer = base
         self.in_features, self.out_features = in_features, out_features
         self.adapters = nn.ModuleDict()
         self.backend = backend
@@ -152,9 +164,11 @@ class NOLALinear(nn.Module):
         """Add adapter `name` (in this layer's training mode) and make it the active one."""
         self.check_adapter(name, config, seed_a, seed_b)
         adapter = NOLAAdapter(self.in_features, self.out_features, config, seed_a, seed_b)
-        weight = getattr(self.base, "weight", None)
-        if isinstance(weight, torch.Tensor):
-            adapter.to(weight.device)  # the coefficients live beside the base weight
+        weight = getattr(self.base_layer, "weight", None)
+        # The coefficients live beside the base weight; made on "meta" (PEFT's low_cpu_mem_usage),
+        # they stay there until a state dict is assigned to them.
+        if isinstance(weight, torch.Tensor) and adapter.alpha.device.type != "meta":
+            adapter.to(weight.device)
         adapter.train(self.training)
         self.adapters[name] = adapter
         self.set_active(name)
@@ -174,7 +188,7 @@ class NOLALinear(nn.Module):
             self.active_adapter = None
 
     def forward(self, x):
-        out = self.base(x)
+        out = self.base_layer(x)
         if self.active_adapter is None or self.merged_adapter is not None:
             return out
         return self.adapters[self.active_adapter].delta(x, self.backend, add_to=out)
@@ -185,14 +199,14 @@ class NOLALinear(nn.Module):
             raise RuntimeError(f"adapter {self.merged_adapter!r} is already merged")
         if self.active_adapter is None:
             raise RuntimeError("no active adapter to merge")
-        add_to_weight(self.base, self.adapters[self.active_adapter].dense_delta(self.backend))
+        add_to_weight(self.base_layer, self.adapters[self.active_adapter].dense_delta(self.backend))
         self.merged_adapter = self.active_adapter
 
     def unmerge(self):
         """Subtract the merged update again: the weight comes back up to float rounding."""
         if self.merged_adapter is None:
             raise RuntimeError("no adapter is merged")
-        add_to_weight(self.base, -self.adapters[self.merged_adapter].dense_delta(self.backend))
+        add_to_weight(self.base_layer, -self.adapters[self.merged_adapter].dense_delta(self.backend))
         self.merged_adapter = None
 
     def extra_repr(self):

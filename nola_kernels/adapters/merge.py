@@ -27,7 +27,7 @@ def merge_and_unload(model):
     for layer in to_merge.values():
         layer.merge()
     for name, layer in adapted_modules(model).items():
-        replace_module(model, name, layer.base)
+        replace_module(model, name, layer.base_layer)
     return model
 
 

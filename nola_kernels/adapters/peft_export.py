@@ -125,7 +125,7 @@ def export_peft_lora(
     if not layers:
         raise KeyError(f"the model has no adapter named {adapter_name!r}")
     configs = {layer.adapters[adapter_name].config for layer in layers.values()}
-    transposed = {is_transposed(layer.base) for layer in layers.values()}
+    transposed = {is_transposed(layer.base_layer) for layer in layers.values()}
     if len(configs) != 1 or len(transposed) != 1:
         raise ValueError("a PEFT LoRA has one rank, scaling and weight layout: export layers that share them")
     config = configs.pop()

@@ -24,6 +24,8 @@ A backend module provides:
 
 import importlib
 
+import torch
+
 BACKEND_NAMES = ("torch", "cpu", "triton", "cuda")
 AUTO_ORDER = ("cuda", "cpu", "triton", "torch")
 _MODULE_NAMES = {name: f"{__name__}.{name}_backend" for name in BACKEND_NAMES}
@@ -63,6 +65,9 @@ def native_backends(device):
     return [name for name in available_backends(device) if not _emulated(name, device)]
 
 
+# A compiled forward calls this too: dynamo runs it once while tracing and keeps the name as a
+# constant, instead of tracing the backend imports and checks (which break the graph).
+@torch.compiler.assume_constant_result
 def resolve_backend(name, device):
     """The concrete backend name for `name` ("auto" or one of BACKEND_NAMES) on `device`."""
     if name == "auto":

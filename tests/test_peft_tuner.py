@@ -1,0 +1,356 @@
+"""NOLA as a PEFT method (nola_kernels/peft.py) on tiny random Llama, GPT-2 and ViT-like models:
+get_peft_model computes what inject computes, bit for bit; save_pretrained / from_pretrained,
+disable_adapter, merge_and_unload, several adapters, modules_to_save, all-linear,
+layers_to_transform; refused calls change nothing."""
+
+import json
+import re
+
+import pytest
+import torch
+
+peft = pytest.importorskip("peft")
+transformers = pytest.importorskip("transformers")
+
+from adapter_models import TinyViT, coefficients, snapshot, tiny_gpt2  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
+
+import nola_kernels  # noqa: E402
+import nola_kernels.peft as nola_peft  # noqa: E402
+from nola_kernels import adapted_modules  # noqa: E402
+from nola_kernels.peft import NOLA_PEFT_TYPE, NolaConfig, NolaLayer, check_peft_version  # noqa: E402
+
+SETTINGS = dict(r=2, num_basis=16, num_basis_b=12, lora_alpha=4.0, seed=7)
+
+
+def tiny_llama(seed=0):
+    config = transformers.LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=32,
+    )
+    torch.manual_seed(seed)
+    return transformers.LlamaForCausalLM(config).eval()
+
+
+def tiny_vit(seed=0):
+    torch.manual_seed(seed)
+    return TinyViT().eval()
+
+
+MODELS = {
+    "llama": (tiny_llama, ["q_proj", "v_proj", "down_proj"]),
+    "gpt2": (tiny_gpt2, ["c_attn", "c_proj"]),
+    "vit": (tiny_vit, ["query", "value", "mlp.2"]),
+}
+
+
+def inputs(kind, seed=1):
+    generator = torch.Generator().manual_seed(seed)
+    if kind == "vit":
+        return torch.randn(3, 5, 12, generator=generator)
+    return torch.randint(0, 64, (2, 8), generator=generator)
+
+
+def run(model, kind, x):
+    out = model(x)
+    return out if kind == "vit" else out.logits
+
+
+def train(model, kind, steps=3):
+    """A few SGD steps, so that alpha and beta (zero at first) are no longer zero."""
+    model.train()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(trainable, lr=0.5)
+    for step in range(steps):
+        torch.manual_seed(step)  # the same dropout masks for every model trained here
+        optimizer.zero_grad()
+        run(model, kind, inputs(kind, seed=10 + step)).float().square().mean().backward()
+        optimizer.step()
+    model.eval()
+
+
+def peft_coefficients(state_dict):
+    """{"<module>.alpha" / "<module>.beta": tensor} from a PEFT adapter state dict."""
+    return {
+        key.removeprefix("base_model.model.").replace(".adapters.", "."): value
+        for key, value in state_dict.items()
+        if ".adapters." in key
+    }
+
+
+@pytest.mark.parametrize("kind", MODELS)
+def test_get_peft_model_matches_inject_bit_for_bit(kind, tmp_path):
+    build, targets = MODELS[kind]
+    injected = build()
+    nola_kernels.inject(
+        injected, targets, rank=2, num_basis=16, num_basis_b=12, lora_alpha=4.0, seed=7
+    )
+    tuned = peft.get_peft_model(build(), NolaConfig(target_modules=targets, **SETTINGS))
+    assert list(adapted_modules(tuned.base_model.model)) == list(adapted_modules(injected))
+    train(injected, kind)
+    train(tuned, kind)
+    x = inputs(kind)
+    assert torch.equal(run(tuned, kind, x), run(injected, kind, x))
+
+    nola_kernels.save_adapter(injected, tmp_path / "injected.safetensors")
+    tuned.save_pretrained(tmp_path / "tuned")
+    from_inject = load_file(tmp_path / "injected.safetensors")
+    from_peft = peft_coefficients(load_file(tmp_path / "tuned" / "adapter_model.safetensors"))
+    assert from_inject.keys() == from_peft.keys()
+    assert all(torch.equal(from_inject[k], from_peft[k]) for k in from_inject)
+    assert all(v.abs().sum() > 0 for v in from_peft.values())
+
+
+@pytest.mark.parametrize("kind", MODELS)
+def test_save_pretrained_and_from_pretrained(kind, tmp_path):
+    build, targets = MODELS[kind]
+    tuned = peft.get_peft_model(build(), NolaConfig(target_modules=targets, **SETTINGS))
+    train(tuned, kind)
+    tuned.save_pretrained(tmp_path)
+
+    config = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert config["peft_type"] == "NOLA" and config["seed"] == 7
+    assert config["spec_version"] == nola_kernels.SPEC_VERSION
+    saved = load_file(tmp_path / "adapter_model.safetensors")
+    layers = adapted_modules(tuned.base_model.model)
+    assert len(saved) == 2 * len(layers)
+    assert sum(v.numel() for v in saved.values()) == len(layers) * (16 + 12)
+
+    loaded = peft.PeftModel.from_pretrained(build(), tmp_path)
+    assert loaded.peft_config["default"].peft_type == NOLA_PEFT_TYPE
+    x = inputs(kind)
+    assert torch.equal(run(loaded, kind, x), run(tuned, kind, x))
+    assert coefficients(loaded.base_model.model).keys() == coefficients(tuned.base_model.model).keys()
+    assert not any(p.requires_grad for p in loaded.parameters())  # inference mode by default
+    lazily = peft.PeftModel.from_pretrained(build(), tmp_path, low_cpu_mem_usage=True)
+    assert torch.equal(run(lazily, kind, x), run(tuned, kind, x))
+
+
+def test_print_trainable_parameters_counts_the_coefficients(capsys):
+    tuned = peft.get_peft_model(tiny_llama(), NolaConfig(target_modules=["q_proj", "v_proj"], **SETTINGS))
+    trainable, _ = tuned.get_nb_trainable_parameters()
+    assert trainable == 4 * (16 + 12)  # 2 layers x (q_proj, v_proj)
+    assert trainable == sum(p.numel() for p in tuned.parameters() if p.requires_grad)
+    tuned.print_trainable_parameters()
+    assert f"trainable params: {trainable:,}" in capsys.readouterr().out
+
+
+def test_disable_adapter_gives_the_base_model():
+    tuned = peft.get_peft_model(tiny_gpt2(), NolaConfig(target_modules=["c_attn"], **SETTINGS))
+    train(tuned, "gpt2")
+    x = inputs("gpt2")
+    adapted = run(tuned, "gpt2", x)
+    with tuned.disable_adapter():
+        assert torch.equal(run(tuned, "gpt2", x), run(tiny_gpt2(), "gpt2", x))
+    assert torch.equal(run(tuned, "gpt2", x), adapted)
+    assert all(p.requires_grad for n, p in tuned.named_parameters() if ".adapters." in n)
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+def test_merge_and_unload_gives_the_plain_model(kind):
+    build, targets = MODELS[kind]
+    tuned = peft.get_peft_model(build(), NolaConfig(target_modules=targets, **SETTINGS))
+    train(tuned, kind)
+    x = inputs(kind)
+    adapted = run(tuned, kind, x)
+    merged = tuned.merge_and_unload()
+    assert not adapted_modules(merged)
+    assert [type(m) for m in merged.modules()] == [type(m) for m in build().modules()]
+    assert (run(merged, kind, x) - adapted).abs().max() <= 1e-4 * adapted.abs().max()
+
+
+def test_merge_adapter_unmerge_adapter_and_unload():
+    tuned = peft.get_peft_model(tiny_gpt2(), NolaConfig(target_modules=["c_attn"], **SETTINGS))
+    train(tuned, "gpt2")
+    x = inputs("gpt2")
+    adapted = run(tuned, "gpt2", x)
+    tuned.merge_adapter()
+    layers = adapted_modules(tuned.base_model.model).values()
+    assert all(layer.merged_adapters == ["default"] for layer in layers)
+    assert (run(tuned, "gpt2", x) - adapted).abs().max() <= 1e-4 * adapted.abs().max()
+    tuned.unmerge_adapter()
+    assert all(not layer.merged for layer in layers)
+    assert (run(tuned, "gpt2", x) - adapted).abs().max() <= 1e-5 * adapted.abs().max()
+    base = tuned.unload()
+    assert not adapted_modules(base)
+    assert (run(base, "gpt2", x) - run(tiny_gpt2(), "gpt2", x)).abs().max() <= 1e-6
+
+
+def test_several_adapters_switch_and_delete(tmp_path):
+    tuned = peft.get_peft_model(tiny_llama(), NolaConfig(target_modules=["q_proj"], **SETTINGS))
+    train(tuned, "llama")
+    other = NolaConfig(target_modules=["q_proj", "v_proj"], r=3, num_basis=8, seed=11)
+    tuned.add_adapter("other", other)
+    x = inputs("llama")
+    default_out = run(tuned, "llama", x)  # adding an adapter keeps the active one
+    tuned.set_adapter("other")
+    train(tuned, "llama")
+    other_out = run(tuned, "llama", x)
+    assert not torch.equal(other_out, default_out)
+
+    injected = tiny_llama()
+    nola_kernels.inject(injected, ["q_proj", "v_proj"], rank=3, num_basis=8, seed=11, adapter_name="other")
+    with torch.no_grad():
+        for name, layer in adapted_modules(tuned.base_model.model).items():
+            for role in ("alpha", "beta"):
+                getattr(adapted_modules(injected)[name].adapters["other"], role).copy_(
+                    getattr(layer.adapters["other"], role)
+                )
+    assert torch.equal(run(injected, "llama", x), other_out)
+
+    tuned.save_pretrained(tmp_path)
+    assert (tmp_path / "other" / "adapter_config.json").is_file()
+    tuned.set_adapter("default")
+    assert torch.equal(run(tuned, "llama", x), default_out)
+    tuned.delete_adapter("other")
+    left = {name: list(layer.adapters) for name, layer in adapted_modules(tuned.base_model.model).items()}
+    assert left == {name: ["default"] if "q_proj" in name else [] for name in left}
+    assert torch.equal(run(tuned, "llama", x), default_out)
+
+
+def test_modules_to_save_trains_and_saves_a_new_head(tmp_path):
+    config = NolaConfig(target_modules=["query", "value"], modules_to_save=["head"], **SETTINGS)
+    tuned = peft.get_peft_model(tiny_vit(), config)
+    head = dict(tuned.named_parameters())
+    assert any(p.requires_grad for n, p in head.items() if "head.modules_to_save" in n)
+    train(tuned, "vit")
+    tuned.save_pretrained(tmp_path)
+    saved = load_file(tmp_path / "adapter_model.safetensors")
+    assert {k for k in saved if ".adapters." not in k} == {"base_model.model.head.weight", "base_model.model.head.bias"}
+    assert not torch.equal(saved["base_model.model.head.weight"], tiny_vit().head.weight)
+    loaded = peft.PeftModel.from_pretrained(tiny_vit(), tmp_path)
+    x = inputs("vit")
+    assert torch.equal(run(loaded, "vit", x), run(tuned, "vit", x))
+
+
+def test_all_linear_adapts_every_linear_layer_but_the_output_layer():
+    tuned = peft.get_peft_model(tiny_llama(), NolaConfig(target_modules="all-linear", **SETTINGS))
+    names = list(adapted_modules(tuned.base_model.model))
+    linear = [n for n, m in tiny_llama().named_modules() if isinstance(m, torch.nn.Linear) and n != "lm_head"]
+    assert names == linear and len(names) == 14
+
+
+def test_layers_to_transform_picks_layers():
+    config = NolaConfig(target_modules=["q_proj", "v_proj"], layers_to_transform=[1], **SETTINGS)
+    tuned = peft.get_peft_model(tiny_llama(), config)
+    assert list(adapted_modules(tuned.base_model.model)) == [
+        "model.layers.1.self_attn.q_proj",
+        "model.layers.1.self_attn.v_proj",
+    ]
+
+
+def test_gpt2_conv1d_layout_and_fan_in_fan_out():
+    config = NolaConfig(target_modules=["c_attn"], fan_in_fan_out=True, **SETTINGS)
+    tuned = peft.get_peft_model(tiny_gpt2(), config)
+    layer = adapted_modules(tuned.base_model.model)["transformer.h.0.attn.c_attn"]
+    assert isinstance(layer, NolaLayer) and (layer.in_features, layer.out_features) == (32, 96)
+    model = tiny_llama()
+    before = snapshot(model)
+    with pytest.raises(ValueError, match=re.escape("fan_in_fan_out=True but model.layers.0.self_attn.q_proj")):
+        peft.get_peft_model(model, NolaConfig(target_modules=["q_proj"], fan_in_fan_out=True, **SETTINGS))
+    assert snapshot(model) == before
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (dict(r=0), "r must be"),
+        (dict(num_basis=0), "num_basis"),
+        (dict(dropout=1.5), "dropout"),
+        (dict(distribution="cauchy"), "distribution"),
+        (dict(seed=-1), "seed"),
+        (dict(bias="all"), "bias must be 'none'"),
+        (dict(backend="gpu"), "backend"),
+        (dict(spec_version="NOLA-Philox v0"), "spec_version 'NOLA-Philox v0'"),
+        (dict(target_parameters=["weight"]), "target_parameters"),
+    ],
+)
+def test_bad_settings_are_refused_by_name(settings, message):
+    with pytest.raises((TypeError, ValueError), match=message):
+        NolaConfig(target_modules=["q_proj"], **{**SETTINGS, **settings})
+
+
+def test_a_refused_get_peft_model_or_add_adapter_changes_nothing():
+    model = tiny_gpt2()
+    before = snapshot(model)
+    # wte (an embedding) has no in/out features: found while planning, after c_attn matched.
+    with pytest.raises(TypeError, match=re.escape("cannot adapt transformer.wte")):
+        peft.get_peft_model(model, NolaConfig(target_modules=["c_attn", "wte"], **SETTINGS))
+    assert snapshot(model) == before
+
+    tuned = peft.get_peft_model(model, NolaConfig(target_modules=["c_attn"], **SETTINGS))
+    before = snapshot(tuned)
+    with pytest.raises(ValueError, match="adapter 'default' already exists"):
+        tuned.base_model.inject_adapter(tuned.base_model.model, "default")
+    assert snapshot(tuned) == before
+    with pytest.raises(TypeError, match=re.escape("cannot adapt transformer.wte")):
+        tuned.add_adapter("other", NolaConfig(target_modules=["c_attn", "wte"], **SETTINGS))
+    assert snapshot(tuned) == before and list(tuned.peft_config) == ["default"]
+
+
+def test_an_untested_peft_version_is_refused():
+    check_peft_version(peft.__version__)
+    with pytest.raises(ImportError, match=re.escape("tested with peft 0.21.2, this is peft 0.22.0")):
+        check_peft_version("0.22.0")
+
+
+@pytest.mark.parametrize("kind", MODELS)
+def test_save_adapter_to_a_folder_gives_what_peft_model_loads(kind, tmp_path):
+    build, targets = MODELS[kind]
+    injected = build()
+    nola_kernels.inject(injected, targets, rank=2, num_basis=16, num_basis_b=12, lora_alpha=4.0, seed=7)
+    train(injected, kind)
+    size = nola_kernels.save_adapter(injected, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+    assert size == sum(p.stat().st_size for p in tmp_path.iterdir())
+    loaded = peft.PeftModel.from_pretrained(build(), tmp_path)
+    x = inputs(kind)
+    assert torch.equal(run(loaded, kind, x), run(injected, kind, x))
+    single = tmp_path / "adapter.nola.safetensors"
+    nola_kernels.save_adapter(injected, single)  # a file path keeps the one-file checkpoint
+    assert nola_kernels.load_adapter(build(), single)
+
+
+def test_save_adapter_to_a_folder_refuses_explicit_seeds_before_writing(tmp_path):
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4))
+    model[0] = nola_kernels.NOLALinear(model[0], rank=2, num_basis=8, seed_a=1, seed_b=2)
+    with pytest.raises(ValueError, match="explicit seeds"):
+        nola_kernels.save_adapter(model, tmp_path)
+    assert not any(tmp_path.iterdir())
+
+
+def test_exclude_modules_match_inject():
+    excluded = ["model.layers.0.self_attn.q_proj"]
+    tuned = peft.get_peft_model(
+        tiny_llama(), NolaConfig(target_modules=["q_proj", "v_proj"], exclude_modules=excluded, **SETTINGS)
+    )
+    injected = tiny_llama()
+    settings = dict(rank=2, num_basis=16, num_basis_b=12, lora_alpha=4.0, seed=7)
+    names = nola_kernels.inject(injected, ["q_proj", "v_proj"], exclude_modules=excluded, **settings)
+    assert list(adapted_modules(tuned.base_model.model)) == names and len(names) == 3
+    train(tuned, "llama")
+    train(injected, "llama")
+    assert torch.equal(run(tuned, "llama", inputs("llama")), run(injected, "llama", inputs("llama")))
+
+
+def test_registration_is_in_peft_mappings_and_refuses_a_conflict(monkeypatch):
+    from peft.mapping import (
+        PEFT_TYPE_TO_CONFIG_MAPPING,
+        PEFT_TYPE_TO_PREFIX_MAPPING,
+        PEFT_TYPE_TO_TUNER_MAPPING,
+    )
+
+    assert PEFT_TYPE_TO_CONFIG_MAPPING["NOLA"] is NolaConfig
+    assert PEFT_TYPE_TO_TUNER_MAPPING["NOLA"] is nola_peft.NolaModel
+    assert PEFT_TYPE_TO_PREFIX_MAPPING["NOLA"] == "adapters."
+    assert (NOLA_PEFT_TYPE.name, NOLA_PEFT_TYPE.value) == ("NOLA", "NOLA")
+    assert "NOLA" not in {member.value for member in peft.PeftType}  # the enum is left alone
+    nola_peft._register()  # registering the same classes again is no conflict
+    monkeypatch.setitem(PEFT_TYPE_TO_TUNER_MAPPING, "NOLA", peft.LoraModel)
+    with pytest.raises(RuntimeError, match="already has a method registered as 'NOLA'"):
+        nola_peft._register()
