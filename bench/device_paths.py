@@ -61,7 +61,12 @@ def time_case(workload, device, warmup, reps):
 
 def run(device, shapes, warmup, reps):
     rows = []
-    implementations = [name for name in all_implementations(device) if model_path(name) or name == "nola"]
+    # The model prices GPU paths only; on the CPU every nola backend is timed beside the baselines.
+    implementations = [
+        name
+        for name in all_implementations(device)
+        if model_path(name) or (device == "cpu" and name.startswith("nola-"))
+    ]
     for shape in shapes:
         for distribution in ("uniform", "rademacher"):
             for pass_name, (layer, backward) in PASSES.items():
