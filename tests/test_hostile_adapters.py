@@ -214,7 +214,7 @@ BAD_INJECT_ARGUMENTS = {
     "seed": [None, -1, 2**63, 1.5, "1", True, 10**400],
     "share_basis": ["no", "yes", 1, 0, None, "False"],
     "adapter_name": [5, "", "a.b", None, ["x"], b"default"],
-    "backend": ["cpu", "gpu", 5, None, "TORCH", "", "cuda:0"],
+    "backend": ["metal", "gpu", 5, None, "TORCH", "", "cuda:0"],
     "target_modules": [[], "", 5, [5], ["0", 3], "(", {"0"}, [""], None, b"0", ("0", None)],
 }
 
