@@ -14,6 +14,7 @@ import torch
 
 from .api import nola_basis
 from .lowrank import lowrank_delta, with_offset
+from .official_rng import GENERATOR, official_basis
 
 
 def naive_matmul(
@@ -65,9 +66,7 @@ class _OfficialMix(torch.autograd.Function):
 def _official_basis(seed, k, shape, like):
     # A private generator instead of the official torch.manual_seed: the same stream and cost,
     # without clobbering the caller's global RNG.
-    generator = torch.Generator(like.device).manual_seed(seed)
-    basis = torch.empty(k, *shape, dtype=like.dtype, device=like.device).uniform_(-1, 1, generator=generator)
-    return basis.mul_(1.0 / math.sqrt(k))
+    return official_basis(seed, k, shape, layout=GENERATOR, device=like.device, dtype=like.dtype)
 
 
 def official_matmul(x, alpha, beta, *, seed_a, seed_b, rank, out_features, scaling=1.0, a0=None, b0=None):

@@ -8,18 +8,10 @@ import pytest
 import torch
 from adapter_models import tiny_gpt2
 
-from nola_kernels.adapters import official
-from nola_kernels.adapters.official import (
-    CudaLayout,
-    cuda_uniform,
-    gpt2_fused_qv,
-    merge_factors,
-    official_basis,
-    official_factors,
-    official_mix,
-    strip_peft_prefix,
-)
+from nola_kernels import official_rng
+from nola_kernels.adapters.official import gpt2_factors, merge_factors, official_factors, strip_peft_prefix
 from nola_kernels.adapters.peft_export import write_peft_lora
+from nola_kernels.official_rng import CudaLayout, cuda_uniform, official_basis, official_mix
 
 EMBED, RANK, K, LORA_ALPHA = 32, 2, 16, 4.0
 SCALE = LORA_ALPHA / RANK
@@ -86,10 +78,10 @@ def test_gpt2_checkpoint_runs_merges_and_exports_like_the_official_code(tmp_path
     with torch.no_grad():
         assert not torch.allclose(model(tokens).logits, expected, atol=1e-3)
 
-    factors = official_factors(tmp_path / "official.bin")
+    factors = official_factors(tmp_path / "official.bin", layout="generator")
     prefix = "transformer.h.1.attn.nola_value"
     torch.testing.assert_close(factors[prefix][0], official_weight(fields_of(state, prefix, "A")))
-    fused = gpt2_fused_qv(factors, EMBED)
+    fused = gpt2_factors(factors, EMBED)
     assert list(fused) == ["transformer.h.0.attn.c_attn", "transformer.h.1.attn.c_attn"]
 
     peft = pytest.importorskip("peft")
@@ -111,7 +103,7 @@ def test_llama_style_names_and_bfloat16_bases():
         state[f"base_model.model.layers.0.q_proj.lora_{role}.weight"] = torch.randn(shape) / 5
         state[f"base_model.model.layers.0.q_proj.lora_{role}.seed"] = torch.randint(int(1e10), (1,))
         state[f"base_model.model.layers.0.q_proj.lora_{role}.coefficients"] = torch.randn(K)
-    factors = strip_peft_prefix(official_factors(state, dtype=torch.bfloat16))
+    factors = strip_peft_prefix(official_factors(state, layout="generator", dtype=torch.bfloat16))
     assert list(factors) == ["layers.0.q_proj"]
     a, _ = factors["layers.0.q_proj"]
     fields = {
@@ -135,7 +127,7 @@ def test_incomplete_checkpoint_is_refused():
     state = official_gpt2_checkpoint(blocks=1)
     del state["transformer.h.0.attn.nola_value.lora_B.seed"]
     with pytest.raises(ValueError, match=r"incomplete: transformer\.h\.0\.attn\.nola_value\.lora_B"):
-        official_factors(state)
+        official_factors(state, layout="generator")
 
 
 def test_cuda_layout_against_philox_known_answers():
@@ -157,7 +149,7 @@ def test_cuda_layout_mix_by_blocks_matches_the_whole_basis(monkeypatch):
     coefficients = torch.randn(12)
     layout = CudaLayout(1, 256)  # 720 entries over 256 threads: three loop steps
     basis = official_basis(77, 12, (6, 10), layout=layout)
-    monkeypatch.setattr(official, "LAYOUT_BLOCK_ENTRIES", 130)  # blocks of 2 matrices
+    monkeypatch.setattr(official_rng, "LAYOUT_BLOCK_ENTRIES", 130)  # blocks of 2 matrices
     mixed = official_mix(coefficients, 77, (6, 10), layout=layout)
     torch.testing.assert_close(mixed, torch.einsum("b,boi->oi", coefficients, basis))
     # Another GPU (here two blocks of threads) puts other numbers at the same places.
@@ -172,7 +164,6 @@ def test_cuda_layout_reproduces_this_gpus_uniform(numel, dtype):
     torch.manual_seed(seed)
     drawn = torch.empty(numel, device="cuda", dtype=dtype).uniform_(-1, 1).cpu()
     layout = CudaLayout.of_device()
-    ours = cuda_uniform(seed, 0, numel, numel, layout, device="cuda").to(dtype)
-    ours = torch.where(ours == 1, -1.0, ours).to(dtype).cpu()
+    ours = official_basis(seed, 1, (1, numel), layout=layout, device="cuda", dtype=dtype).cpu().view(-1)
     assert torch.equal(ours, drawn)
-    assert torch.equal(official_basis(seed, 1, (1, numel), device="cuda").cpu().view(-1), drawn)
+    assert torch.equal(official_basis(seed, 1, (1, numel), layout="generator", device="cuda").cpu().view(-1), drawn)

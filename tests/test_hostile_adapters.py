@@ -443,5 +443,5 @@ def test_unreadable_official_checkpoints_are_one_error(tmp_path, suffix, content
     else:
         path.write_bytes(content)
     with pytest.raises(nola_kernels.adapters.AdapterFileError, match=re.escape(str(path))) as error:
-        nola_kernels.adapters.official_factors(path)
+        nola_kernels.adapters.official_factors(path, layout="generator")
     assert error.value.__cause__ is not None

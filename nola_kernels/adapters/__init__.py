@@ -1,6 +1,7 @@
 """NOLA adapters for real models: injection, checkpoints, merging and LoRA export
 (docs/adapters.md)."""
 
+from ..official_rng import GPU_LAYOUTS, CudaLayout
 from .base_layer import NotMergeableError
 from .checkpoint import load_adapter, save_adapter
 from .checkpoint_file import AdapterFileError, AdapterMismatchError, UnsignedCheckpointWarning
@@ -9,9 +10,10 @@ from .inject import adapted_modules, delete_adapter, inject, set_active_adapter,
 from .layer import NOLALinear
 from .merge import merge_adapter, merge_and_unload, unmerge_adapter
 from .official import (
-    GPU_LAYOUTS,
-    CudaLayout,
-    gpt2_fused_qv,
+    OFFICIAL_GPT2_SCALING,
+    OfficialAdapter,
+    gpt2_factors,
+    load_official,
     merge_factors,
     official_factors,
     strip_peft_prefix,
@@ -21,20 +23,23 @@ from .seeds import derive_seed
 
 __all__ = [
     "GPU_LAYOUTS",
+    "OFFICIAL_GPT2_SCALING",
     "AdapterConfig",
     "AdapterFileError",
     "AdapterMismatchError",
     "CudaLayout",
     "NOLALinear",
     "NotMergeableError",
+    "OfficialAdapter",
     "UnsignedCheckpointWarning",
     "adapted_modules",
     "delete_adapter",
     "derive_seed",
     "export_peft_lora",
-    "gpt2_fused_qv",
+    "gpt2_factors",
     "inject",
     "load_adapter",
+    "load_official",
     "merge_adapter",
     "merge_and_unload",
     "merge_factors",

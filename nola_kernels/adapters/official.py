@@ -1,112 +1,29 @@
-"""Official NOLA checkpoints (github UCDvision/NOLA): rebuild their bases and mix them into plain
-LoRA factors, which then run, merge and export like any LoRA.
-
-The official code draws each factor's basis with torch's global RNG: torch.manual_seed(seed),
-then one uniform_(-1, 1) over the whole (k, out, in) tensor, times 1/sqrt(k). Those numbers
-depend on the device: mt19937 on the CPU; on a GPU, Philox4x32-10 spread over a launch grid that
-depends on the GPU model. `CudaLayout` reproduces a GPU's numbers on any device from its SM
-count (docs/adapters.md gives the formula)."""
+"""Official NOLA checkpoints (github UCDvision/NOLA): read them as the official scripts write them,
+rebuild their bases as the official code drew them (nola_kernels/official_rng.py) and mix them
+into plain LoRA factors, which then run, merge and export like any LoRA."""
 
 import dataclasses
+import json
 import math
 import re
 from pathlib import Path
 
 import torch
 
-from ..philox import MASK32, philox4x32
+from ..official_rng import GENERATOR, GPU_LAYOUTS, check_uniform_rule, official_mix, resolve_layout
 from ..validation import check_real
 from .base_layer import add_to_weight, features, mergeable_weight
 from .checkpoint_file import AdapterFileError
 
 _FACTOR_KEY = re.compile(r"(?P<module>.+)\.lora_(?P<role>[AB])\.(?P<field>coefficients|seed|weight)$")
-_BLOCK_THREADS = 256  # torch's launch block for random fills
-LAYOUT_BLOCK_ENTRIES = 1 << 22  # basis entries per block when generating a GPU layout
-
-
-@dataclasses.dataclass(frozen=True)
-class CudaLayout:
-    """A GPU's launch limits, which fix where torch's CUDA uniform_ puts each draw."""
-
-    multiprocessors: int
-    max_threads_per_multiprocessor: int = 2048
-
-    def total_threads(self, numel):
-        """Threads of the launch for a fill of `numel` elements: 256 per block, at most as many
-        blocks as fit on the GPU at once."""
-        blocks_per_sm = self.max_threads_per_multiprocessor // _BLOCK_THREADS
-        grid = min(-(-numel // _BLOCK_THREADS), self.multiprocessors * blocks_per_sm)
-        return _BLOCK_THREADS * grid
-
-    @classmethod
-    def of_device(cls, device=None):
-        """The layout of a CUDA device of this machine."""
-        properties = torch.cuda.get_device_properties(device)
-        return cls(properties.multi_processor_count, properties.max_threads_per_multi_processor)
-
-
-GPU_LAYOUTS = {
-    "H100 SXM": CudaLayout(132),
-    "H200": CudaLayout(132),
-    "A100": CudaLayout(108),
-    "V100": CudaLayout(80),
-    "RTX 3090": CudaLayout(82, 1536),
-}
-
-
-def cuda_uniform(seed, start, stop, numel, layout, device=None):
-    """Elements [start, stop) of torch.empty(numel, device="cuda").uniform_(-1, 1) right after
-    torch.manual_seed(seed) on a GPU with `layout`, as float32, computed on `device`.
-
-    Element li comes from thread li mod T (T = layout.total_threads(numel)) at its loop step
-    li div 4T: word (li mod 4T) div T of Philox4x32-10(counter = (step, 0, thread), key = seed);
-    u = float(word) * 2^-32 + 2^-33 in (0, 1], value = 2u - 1, and a value of 1 becomes -1."""
-    threads = layout.total_threads(numel)
-    index = torch.arange(start, stop, dtype=torch.int64, device=device)
-    thread = index % threads
-    step = index // (4 * threads)
-    zero = torch.zeros((), dtype=torch.int64, device=device)
-    words = torch.stack(philox4x32((step, zero, thread & MASK32, thread >> 32), (seed & MASK32, seed >> 32)))
-    word = words.gather(0, ((index % (4 * threads)) // threads).unsqueeze(0))[0]
-    # Each float32 step rounds once, as on the GPU: the products by powers of two are exact.
-    u = (word.to(torch.float32).double() * 2.0**-32 + 2.0**-33).float()
-    value = (u.double() * 2 - 1).float()
-    return torch.where(value == 1, -1.0, value)
-
-
-def official_basis(seed, k, shape, *, device="cpu", layout=None, dtype=torch.float32, basis_range=None):
-    """The official code's basis for one factor, (k, out, in) in `dtype`, scaled by 1/sqrt(k):
-    drawn by torch's RNG on `device` (what the official code gets there), or, with a CudaLayout,
-    the numbers that GPU gives, computed on `device`. basis_range=(i0, i1) computes only basis
-    matrices i0..i1-1 (CudaLayout only: torch's RNG draws the whole tensor in one go)."""
-    if layout is None:
-        generator = torch.Generator(device).manual_seed(seed)
-        basis = torch.empty(k, *shape, dtype=dtype, device=device).uniform_(-1, 1, generator=generator)
-    else:
-        i0, i1 = basis_range or (0, k)
-        per_matrix = shape[0] * shape[1]
-        values = cuda_uniform(seed, i0 * per_matrix, i1 * per_matrix, k * per_matrix, layout, device)
-        # A half-precision fill rounds the float32 value first, then flips a 1 to -1 again.
-        basis = values.to(dtype)
-        basis = torch.where(basis == 1, -1.0, basis).to(dtype).view(i1 - i0, *shape)
-    return (basis.float() * (1.0 / math.sqrt(k))).to(dtype)
-
-
-def official_mix(coefficients, seed, shape, *, device="cpu", layout=None, dtype=torch.float32):
-    """sum_i c_i U_i / sqrt(k) over the official basis, in float32; with a CudaLayout the basis
-    is generated a block of matrices at a time (about LAYOUT_BLOCK_ENTRIES entries)."""
-    k = coefficients.numel()
-    coefficients = coefficients.to(device, torch.float32)
-    if layout is None:
-        blocks = [(0, k)]
-    else:
-        step = max(1, LAYOUT_BLOCK_ENTRIES // (shape[0] * shape[1]))
-        blocks = [(i0, min(i0 + step, k)) for i0 in range(0, k, step)]
-    out = torch.zeros(shape, dtype=torch.float32, device=device)
-    for i0, i1 in blocks:
-        basis = official_basis(seed, k, shape, device=device, layout=layout, dtype=dtype, basis_range=(i0, i1))
-        out += torch.einsum("b,boi->oi", coefficients[i0:i1], basis.float())
-    return out
+# What gpt2_ft.py wraps its state dict in, and the prefix DistributedDataParallel gives its keys.
+_GPT2_WRAPPER_KEY = "model_state_dict"
+_DDP_PREFIX = "module."
+# A PEFT folder of the official LLaMA runs (their vendored PEFT 0.4).
+_CONFIG_FILE = "adapter_config.json"
+_WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
+# The scaling (lora_alpha / rank) of the official GPT-2 scripts, which their files do not store.
+OFFICIAL_GPT2_SCALING = {"GPT-2 M": 8 / 8, "GPT-2 L": 2 / 8}
 
 
 def _load_state_dict(path):
@@ -120,13 +37,25 @@ def _load_state_dict(path):
         raise AdapterFileError(f"cannot read {path} as a state dict: {error}") from error
 
 
+def _official_state(source):
+    """The flat {key: tensor} of an official checkpoint: gpt2_ft.py saves {"model_state_dict":
+    state}, with keys prefixed "module." when the model was wrapped in DistributedDataParallel
+    (its launcher always wraps it)."""
+    if set(source) == {_GPT2_WRAPPER_KEY} and isinstance(source[_GPT2_WRAPPER_KEY], dict):
+        source = source[_GPT2_WRAPPER_KEY]
+    if source and all(key.startswith(_DDP_PREFIX) for key in source):
+        source = {key.removeprefix(_DDP_PREFIX): value for key, value in source.items()}
+    return source
+
+
 def read_official_checkpoint(source):
     """{module prefix: {"A": {...}, "B": {...}}} with each factor's coefficients, seed and dense
-    weight, from a state dict or a file (.bin/.pt via torch.load, .safetensors)."""
+    weight, from a state dict or a file (.bin/.pt via torch.load, .safetensors), as the official
+    GPT-2 and LLaMA scripts write them; other keys (a full model's weights) are ignored."""
     if not isinstance(source, dict):
         source = _load_state_dict(Path(source))
     modules = {}
-    for key, tensor in source.items():
+    for key, tensor in _official_state(source).items():
         match = _FACTOR_KEY.fullmatch(key)
         if match:
             modules.setdefault(match["module"], {}).setdefault(match["role"], {})[match["field"]] = tensor
@@ -144,10 +73,27 @@ def read_official_checkpoint(source):
     return modules
 
 
-def official_factors(source, *, device="cpu", layout=None, dtype=torch.float32):
+_LAYOUT_REQUIRED = object()
+
+
+def _checked_layout(layout):
+    if layout is _LAYOUT_REQUIRED:
+        raise TypeError(
+            "layout is required: an official checkpoint's bases are the numbers torch drew on the "
+            "training device, and they differ between GPU models and the CPU. Pass the training "
+            f"GPU (layout='A100', one of {sorted(GPU_LAYOUTS)}, or a CudaLayout), or "
+            f"layout={GENERATOR!r} to draw with torch's own generator on `device`"
+        )
+    return resolve_layout(layout)
+
+
+def official_factors(source, *, layout=_LAYOUT_REQUIRED, device="cpu", dtype=torch.float32, uniform_rule="current"):
     """{module prefix: (A (rank, in), B (out, rank))} in float32: each factor's dense weight plus
     its mixed basis, the basis drawn as `official_basis` says (in `dtype`: bfloat16 for the
-    official LLaMA runs). The LoRA scaling (lora_alpha / rank) is not applied."""
+    official LLaMA runs, under `uniform_rule`). The LoRA scaling is not applied: see
+    load_official. Everything is checked before any basis is generated."""
+    layout = _checked_layout(layout)
+    check_uniform_rule(uniform_rule, layout)
     factors = {}
     for name, roles in read_official_checkpoint(source).items():
         mixed = []
@@ -156,31 +102,106 @@ def official_factors(source, *, device="cpu", layout=None, dtype=torch.float32):
             weight = fields["weight"].to(device, torch.float32)
             seed = int(fields["seed"].reshape(-1)[0])
             mix = official_mix(
-                fields["coefficients"], seed, tuple(weight.shape), device=device, layout=layout, dtype=dtype
-            )
+                fields["coefficients"], seed, tuple(weight.shape), layout=layout, device=device, dtype=dtype,
+                uniform_rule=uniform_rule,
+            )  # fmt: skip
             mixed.append(weight + mix)
         factors[name] = tuple(mixed)
     return factors
 
 
-def gpt2_fused_qv(factors, embed):
-    """Official GPT-2 factors (nola_query and nola_value of block i) as one LoRA of rank 2r on
-    transformers' fused c_attn of block i (output columns q | k | v, `embed` each)."""
-    pattern = re.compile(r"(?:.*\.)?h\.(\d+)\.attn\.nola_(query|value)")
-    blocks = {}
+@dataclasses.dataclass(frozen=True)
+class OfficialAdapter:
+    """An official checkpoint as LoRA: {module prefix: (A, B)} in float32, and the scaling
+    (lora_alpha / rank) the official forward multiplies B A x by."""
+
+    factors: dict
+    scaling: float
+
+
+def load_official(
+    source, *, layout=_LAYOUT_REQUIRED, scaling=None, device="cpu", dtype=torch.float32, uniform_rule="current"
+):
+    """An official checkpoint, read as the official scripts write it, as an OfficialAdapter.
+
+    `source`: a GPT-2 file as gpt2_ft.py saves it (model.<step>.pt), a state dict, or an official
+    LLaMA folder (adapter_config.json beside adapter_model.bin / .safetensors). The folder's
+    config holds lora_alpha and r: the scaling is read from it (a `scaling` that disagrees is
+    refused). GPT-2 files do not store it: `scaling` is then required (the official scripts used
+    lora_alpha / rank = 1.0 for GPT-2 M and 0.25 for GPT-2 L, OFFICIAL_GPT2_SCALING)."""
+    layout = _checked_layout(layout)
+    check_uniform_rule(uniform_rule, layout)
+    if scaling is not None:
+        scaling = check_real("scaling", scaling, finite=True)
+    weights = source
+    if not isinstance(source, dict) and Path(source).is_dir():
+        stored, weights = _read_peft_folder(Path(source))
+        if scaling is not None and not math.isclose(scaling, stored, rel_tol=1e-12):
+            raise ValueError(
+                f"scaling={scaling!r} disagrees with {Path(source) / _CONFIG_FILE}: "
+                f"lora_alpha / r = {stored!r}"
+            )
+        scaling = stored
+    elif scaling is None:
+        raise ValueError(
+            "scaling is required: official GPT-2 checkpoints do not store it (lora_alpha / rank of "
+            f"the training run; the official scripts used {OFFICIAL_GPT2_SCALING})"
+        )
+    factors = official_factors(weights, layout=layout, device=device, dtype=dtype, uniform_rule=uniform_rule)
+    return OfficialAdapter(factors, scaling)
+
+
+def _read_peft_folder(folder):
+    """(lora_alpha / r, weight file) of an official LLaMA adapter folder."""
+    config_path = folder / _CONFIG_FILE
+    try:
+        config = json.loads(config_path.read_text())
+    except (OSError, ValueError) as error:
+        raise AdapterFileError(f"cannot read {config_path}: {error}") from error
+    if not isinstance(config, dict) or not config.get("use_nola"):
+        raise ValueError(f"{config_path} is not an official NOLA adapter config (use_nola is not true)")
+    try:
+        lora_alpha = check_real("lora_alpha", config["lora_alpha"], finite=True)
+        rank = check_real("r", config["r"], finite=True)
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"{config_path}: needs numbers lora_alpha and r ({error})") from error
+    if rank <= 0:
+        raise ValueError(f"{config_path}: r must be positive, got {config['r']!r}")
+    scaling = lora_alpha / rank
+    for name in _WEIGHT_FILES:
+        if (folder / name).is_file():
+            return scaling, folder / name
+    raise AdapterFileError(f"{folder} has no {' or '.join(_WEIGHT_FILES)}")
+
+
+def gpt2_factors(factors, embed):
+    """Official GPT-2 factors on transformers' GPT-2 modules: nola_query and nola_value of block i
+    as one LoRA of rank 2r on the fused attn.c_attn (output columns q | k | v, `embed` each), and
+    the MLP adapters of --lora_mlp runs (mlp.p1_nola, mlp.p2_nola) on mlp.c_fc and mlp.c_proj."""
+    pattern = re.compile(r"(?:.*\.)?h\.(\d+)\.(?:attn\.nola_(query|value)|mlp\.(p1|p2)_nola)")
+    attention, mapped = {}, {}
     for name, pair in factors.items():
         match = pattern.fullmatch(name)
         if not match:
-            raise ValueError(f"{name} is not an official GPT-2 nola_query/nola_value module")
-        blocks.setdefault(int(match[1]), {})[match[2]] = pair
-    fused = {}
-    for block, parts in sorted(blocks.items()):
+            raise ValueError(
+                f"{name} is not an official GPT-2 adapter (attn.nola_query/nola_value, mlp.p1_nola/p2_nola)"
+            )
+        block = int(match[1])
+        if match[2]:
+            attention.setdefault(block, {})[match[2]] = pair
+        else:
+            target = {"p1": "c_fc", "p2": "c_proj"}[match[3]]
+            mapped[f"transformer.h.{block}.mlp.{target}"] = pair
+    for block, parts in sorted(attention.items()):
+        missing = {"query", "value"} - set(parts)
+        if missing:
+            raise ValueError(f"block {block} has nola_{missing.pop()} missing: the fused c_attn needs both")
         (a_q, b_q), (a_v, b_v) = parts["query"], parts["value"]
         rank = a_q.shape[0]
         b = torch.zeros(3 * embed, 2 * rank, dtype=b_q.dtype, device=b_q.device)
         b[:embed, :rank], b[2 * embed :, rank:] = b_q, b_v
-        fused[f"transformer.h.{block}.attn.c_attn"] = (torch.cat([a_q, a_v]), b)
-    return fused
+        mapped[f"transformer.h.{block}.attn.c_attn"] = (torch.cat([a_q, a_v]), b)
+    return dict(sorted(mapped.items(), key=lambda item: (int(item[0].split(".")[2]), item[0])))
 
 
 def strip_peft_prefix(factors, prefix="base_model.model."):

@@ -1,0 +1,148 @@
+"""The official NOLA code's bases (github UCDvision/NOLA): torch.manual_seed(seed), then one
+uniform_(-1, 1) over the whole (k, out, in) tensor, times 1/sqrt(k).
+
+Those numbers depend on where they were drawn: mt19937 on the CPU; on a GPU, Philox4x32-10
+spread over a launch grid that depends on the GPU model. `CudaLayout` reproduces a GPU's numbers
+on any device from its SM count (docs/adapters.md gives the formula), under either of torch's
+two rules for a value that rounds to the upper bound (UNIFORM_RULES)."""
+
+import dataclasses
+import math
+
+import torch
+
+from .philox import MASK32, philox4x32
+
+_BLOCK_THREADS = 256  # torch's launch block for random fills
+LAYOUT_BLOCK_ENTRIES = 1 << 22  # basis entries per block when generating a GPU layout
+
+# How torch's CUDA uniform_ treats a value equal to the upper bound `to` (here 1), which it
+# maps to `from` (-1) because its draws lie in (0, 1]:
+# - "current" (torch >= 2.1, since the fix of torch issue 96947): the check runs on the value in
+#   the tensor's dtype, so a bfloat16/float16 value that rounds up to 1 becomes -1 as well;
+# - "legacy" (torch <= 2.0, the official LLaMA runs): the check runs on the float32 draw only,
+#   so a half-precision value that rounds up to 1 stays 1.
+# float32 values are the same under both rules.
+UNIFORM_RULES = ("current", "legacy")
+
+# layout= value meaning torch's own generator on the given device (no emulation).
+GENERATOR = "generator"
+
+
+@dataclasses.dataclass(frozen=True)
+class CudaLayout:
+    """A GPU's launch limits, which fix where torch's CUDA uniform_ puts each draw."""
+
+    multiprocessors: int
+    max_threads_per_multiprocessor: int = 2048
+
+    def total_threads(self, numel):
+        """Threads of the launch for a fill of `numel` elements: 256 per block, at most as many
+        blocks as fit on the GPU at once."""
+        blocks_per_sm = self.max_threads_per_multiprocessor // _BLOCK_THREADS
+        grid = min(-(-numel // _BLOCK_THREADS), self.multiprocessors * blocks_per_sm)
+        return _BLOCK_THREADS * grid
+
+    @classmethod
+    def of_device(cls, device=None):
+        """The layout of a CUDA device of this machine."""
+        properties = torch.cuda.get_device_properties(device)
+        return cls(properties.multi_processor_count, properties.max_threads_per_multi_processor)
+
+
+GPU_LAYOUTS = {
+    "H100 SXM": CudaLayout(132),
+    "H200": CudaLayout(132),
+    "A100": CudaLayout(108),
+    "V100": CudaLayout(80),
+    "RTX 3090": CudaLayout(82, 1536),
+}
+
+
+def resolve_layout(layout, name="layout"):
+    """A CudaLayout, or GENERATOR, from what a caller may pass: a CudaLayout, a GPU_LAYOUTS name,
+    or "generator"."""
+    if isinstance(layout, CudaLayout) or layout == GENERATOR:
+        return layout
+    if isinstance(layout, str) and layout in GPU_LAYOUTS:
+        return GPU_LAYOUTS[layout]
+    raise ValueError(
+        f"{name} must be a CudaLayout, one of {sorted(GPU_LAYOUTS)} or {GENERATOR!r} (torch's own "
+        f"generator on the device), got {layout!r}"
+    )
+
+
+def check_uniform_rule(uniform_rule, layout):
+    if uniform_rule not in UNIFORM_RULES:
+        raise ValueError(f"uniform_rule must be one of {UNIFORM_RULES}, got {uniform_rule!r}")
+    if uniform_rule == "legacy" and layout == GENERATOR:
+        raise ValueError(
+            "uniform_rule='legacy' reproduces torch <= 2.0 on a GPU: it needs a CudaLayout "
+            f"(layout={GENERATOR!r} draws with the installed torch's own rule)"
+        )
+    return uniform_rule
+
+
+def cuda_uniform(seed, start, stop, numel, layout, device=None):
+    """Elements [start, stop) of torch.empty(numel, device="cuda").uniform_(-1, 1) right after
+    torch.manual_seed(seed) on a GPU with `layout`, as the float32 values before the dtype's
+    rounding, computed on `device`.
+
+    Element li comes from thread li mod T (T = layout.total_threads(numel)) at its loop step
+    li div 4T: word (li mod 4T) div T of Philox4x32-10(counter = (step, 0, thread), key = seed);
+    u = float(word) * 2^-32 + 2^-33 in (0, 1], value = 2u - 1, and a value of 1 becomes -1."""
+    threads = layout.total_threads(numel)
+    index = torch.arange(start, stop, dtype=torch.int64, device=device)
+    thread = index % threads
+    step = index // (4 * threads)
+    zero = torch.zeros((), dtype=torch.int64, device=device)
+    words = torch.stack(philox4x32((step, zero, thread & MASK32, thread >> 32), (seed & MASK32, seed >> 32)))
+    word = words.gather(0, ((index % (4 * threads)) // threads).unsqueeze(0))[0]
+    # Each float32 step rounds once, as on the GPU: the products by powers of two are exact.
+    u = (word.to(torch.float32).double() * 2.0**-32 + 2.0**-33).float()
+    value = (u.double() * 2 - 1).float()
+    return torch.where(value == 1, -1.0, value)
+
+
+def official_basis(
+    seed, k, shape, *, layout, device="cpu", dtype=torch.float32, basis_range=None, uniform_rule="current"
+):
+    """The official code's basis for one factor, (k, out, in) in `dtype`, scaled by 1/sqrt(k):
+    with layout="generator", drawn by torch's generator on `device` (what the official code gets
+    there); with a CudaLayout (or a GPU_LAYOUTS name), the numbers that GPU gives under
+    `uniform_rule`, computed on `device`. basis_range=(i0, i1) computes only basis matrices
+    i0..i1-1 (CudaLayout only: torch's generator draws the whole tensor in one go)."""
+    layout = resolve_layout(layout)
+    check_uniform_rule(uniform_rule, layout)
+    if layout == GENERATOR:
+        generator = torch.Generator(device).manual_seed(seed)
+        basis = torch.empty(k, *shape, dtype=dtype, device=device).uniform_(-1, 1, generator=generator)
+    else:
+        i0, i1 = basis_range or (0, k)
+        per_matrix = shape[0] * shape[1]
+        basis = cuda_uniform(seed, i0 * per_matrix, i1 * per_matrix, k * per_matrix, layout, device).to(dtype)
+        if uniform_rule == "current":
+            basis = torch.where(basis == 1, -1.0, basis).to(dtype)
+        basis = basis.view(i1 - i0, *shape)
+    # float() is a copy only for half precision: the scaling rounds once, from float32.
+    return basis.float().mul_(1.0 / math.sqrt(k)).to(dtype)
+
+
+def official_mix(coefficients, seed, shape, *, layout, device="cpu", dtype=torch.float32, uniform_rule="current"):
+    """sum_i c_i U_i / sqrt(k) over the official basis, in float32; with a CudaLayout the basis
+    is generated a block of matrices at a time (about LAYOUT_BLOCK_ENTRIES entries)."""
+    layout = resolve_layout(layout)
+    k = coefficients.numel()
+    coefficients = coefficients.to(device, torch.float32)
+    if layout == GENERATOR:
+        blocks = [(0, k)]
+    else:
+        step = max(1, LAYOUT_BLOCK_ENTRIES // (shape[0] * shape[1]))
+        blocks = [(i0, min(i0 + step, k)) for i0 in range(0, k, step)]
+    out = torch.zeros(shape, dtype=torch.float32, device=device)
+    for i0, i1 in blocks:
+        basis = official_basis(
+            seed, k, shape, layout=layout, device=device, dtype=dtype, basis_range=(i0, i1), uniform_rule=uniform_rule
+        )
+        out += torch.einsum("b,boi->oi", coefficients[i0:i1], basis.float())
+    return out
