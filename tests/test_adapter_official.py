@@ -7,74 +7,32 @@ import math
 import pytest
 import torch
 from adapter_models import tiny_gpt2
+from official_gpt2 import (
+    EMBED,
+    GPT2_ADAPTERS,
+    RANK,
+    K,
+    fields_of,
+    official_gpt2_run,
+    official_gpt2_state,
+    official_weight,
+)
 
 from nola_kernels import official_rng
 from nola_kernels.adapters.official import gpt2_factors, merge_factors, official_factors, strip_peft_prefix
 from nola_kernels.adapters.peft_export import write_peft_lora
 from nola_kernels.official_rng import CudaLayout, cuda_uniform, official_basis, official_mix
 
-EMBED, RANK, K, LORA_ALPHA = 32, 2, 16, 4.0
+LORA_ALPHA = 4.0
 SCALE = LORA_ALPHA / RANK
-
-
-def official_weight(fields):
-    """The official NOLALinear's weight: torch.manual_seed(seed), uniform_(-1, 1) over the whole
-    (k, out, in) tensor, times 1/sqrt(k), einsum with the coefficients, plus the dense weight."""
-    coefficients, weight = fields["coefficients"], fields["weight"]
-    k = coefficients.numel()
-    with torch.random.fork_rng():
-        torch.manual_seed(int(fields["seed"]))
-        basis = torch.zeros(k, *weight.shape)
-        torch.nn.init.uniform_(basis, a=-1.0, b=1.0)
-    basis = basis * (1.0 / math.sqrt(k))
-    return torch.einsum("b,boi->oi", coefficients, basis) + weight
-
-
-def official_gpt2_checkpoint(blocks=2):
-    state = {}
-    for block in range(blocks):
-        for projection in ("query", "value"):
-            prefix = f"transformer.h.{block}.attn.nola_{projection}"
-            for role, shape in (("A", (RANK, EMBED)), ("B", (EMBED, RANK))):
-                state[f"{prefix}.lora_{role}.weight"] = 0.02 * torch.randn(shape)
-                state[f"{prefix}.lora_{role}.seed"] = torch.randint(int(1e10), (1,))
-                state[f"{prefix}.lora_{role}.coefficients"] = torch.randn(K)
-    return state
-
-
-def fields_of(state, prefix, role):
-    return {f: state[f"{prefix}.lora_{role}.{f}"] for f in ("coefficients", "seed", "weight")}
-
-
-def official_run(model, state, tokens):
-    """The official GPT-2 forward: query += nola_query(h), value += nola_value(h)."""
-    model = copy.deepcopy(model)
-    for block, layer in enumerate(model.transformer.h):
-        deltas = []
-        for projection in ("query", "value"):
-            prefix = f"transformer.h.{block}.attn.nola_{projection}"
-            a, b = (
-                official_weight(fields_of(state, prefix, "A")),
-                official_weight(fields_of(state, prefix, "B")),
-            )
-            deltas.append(lambda x, a=a, b=b: (x @ a.T) @ b.T * SCALE)
-
-        def hook(module, inputs, output, deltas=deltas):
-            (x,) = inputs
-            query, key, value = output.split(EMBED, dim=-1)
-            return torch.cat([query + deltas[0](x), key, value + deltas[1](x)], dim=-1)
-
-        layer.attn.c_attn.register_forward_hook(hook)
-    with torch.no_grad():
-        return model(tokens).logits
 
 
 def test_gpt2_checkpoint_runs_merges_and_exports_like_the_official_code(tmp_path):
     model = tiny_gpt2()
-    state = official_gpt2_checkpoint()
+    state = official_gpt2_state(GPT2_ADAPTERS)
     torch.save(state, tmp_path / "official.bin")
     tokens = torch.randint(0, 64, (2, 12))
-    expected = official_run(model, state, tokens)
+    expected = official_gpt2_run(model, state, tokens, SCALE)
     with torch.no_grad():
         assert not torch.allclose(model(tokens).logits, expected, atol=1e-3)
 
@@ -124,7 +82,7 @@ def test_llama_style_names_and_bfloat16_bases():
 
 
 def test_incomplete_checkpoint_is_refused():
-    state = official_gpt2_checkpoint(blocks=1)
+    state = official_gpt2_state(GPT2_ADAPTERS, blocks=1)
     del state["transformer.h.0.attn.nola_value.lora_B.seed"]
     with pytest.raises(ValueError, match=r"incomplete: transformer\.h\.0\.attn\.nola_value\.lora_B"):
         official_factors(state, layout="generator")
