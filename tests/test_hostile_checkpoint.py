@@ -22,6 +22,7 @@ from torch import nn
 
 import nola_kernels
 from nola_kernels import AdapterMismatchError, adapted_modules, inject, load_adapter, save_adapter
+from nola_kernels.adapters import atomic
 from nola_kernels.adapters.layer import NOLAAdapter
 
 TARGETS = ["0", "2", "4"]
@@ -451,20 +452,29 @@ def _dead_pid():
 
 def test_stale_temporary_files_of_the_target_are_removed(tmp_path):
     target = tmp_path / "adapter.safetensors"
-    live = os.getppid()
-    files = {
-        f".adapter.safetensors.{_dead_pid()}.{'ab' * 8}.tmp": False,  # a killed save: removed
-        ".adapter.safetensors.x1Yz_9Qa.tmp": False,  # the older mkstemp name: removed
-        f".adapter.safetensors.{live}.{'cd' * 8}.tmp": True,  # a save running in another process
-        f".adapter.safetensors.{os.getpid()}.{'ef' * 8}.tmp": True,  # this process's other thread
-        f".other.safetensors.{_dead_pid()}.{'ab' * 8}.tmp": True,  # another target's
-        "notes.tmp": True,
+    live, host = os.getppid(), atomic._host()
+    old = time.time() - atomic.STALE_AFTER_SECONDS - 60
+    files = {  # name: (modification time or None for now, kept)
+        f".adapter.safetensors.{host}.{_dead_pid()}.{'ab' * 8}.tmp": (None, False),  # a killed save
+        f".adapter.safetensors.{host}.{live}.{'cd' * 8}.tmp": (None, True),  # a save in another process
+        f".adapter.safetensors.{host}.{os.getpid()}.{'ef' * 8}.tmp": (None, True),  # this process's thread
+        f".other.safetensors.{host}.{_dead_pid()}.{'ab' * 8}.tmp": (None, True),  # another target's
+        # Another host's save (a shared folder): its process ID says nothing here; only age does.
+        f".adapter.safetensors.elsewhere-7.{_dead_pid()}.{'12' * 8}.tmp": (None, True),
+        f".adapter.safetensors.elsewhere-7.{live}.{'34' * 8}.tmp": (old, False),
+        # The names of earlier releases, which no current save writes: judged by age as well.
+        f".adapter.safetensors.{_dead_pid()}.{'56' * 8}.tmp": (None, True),
+        f".adapter.safetensors.{live}.{'78' * 8}.tmp": (old, False),
+        ".adapter.safetensors.x1Yz_9Qa.tmp": (old, False),
+        "notes.tmp": (old, True),
     }
-    for name in files:
+    for name, (mtime, _) in files.items():
         (tmp_path / name).write_bytes(b"partial")
+        if mtime is not None:
+            os.utime(tmp_path / name, (mtime, mtime))
     save_adapter(adapted(), target)
     assert sorted(os.listdir(tmp_path)) == sorted(
-        ["adapter.safetensors", *(n for n, kept in files.items() if kept)]
+        ["adapter.safetensors", *(n for n, (_, kept) in files.items() if kept)]
     )
 
 

@@ -2,20 +2,32 @@
 replace the target in one rename, so a crash leaves either the old file or the new one.
 
 The temporary file is created with mode 0666 less the umask, as open() would create the target
-itself. Its name, ".<target>.<pid>.<random>.tmp", records the writing process: a save removes the
-temporary files of the same target whose process is gone (a save killed mid-write), and those of
-the older ".<target>.<8 characters>.tmp" form, which no current save writes."""
+itself. Its name, ".<target>.<host>.<pid>.<random>.tmp", records the writing process: a save
+removes the temporary files of the same target that this host's processes left behind (a save
+killed mid-write). A process ID says nothing about another host's processes (a folder shared
+over the network), so temporary files of other hosts, and those of the older
+".<target>.<pid>.<random>.tmp" and ".<target>.<8 characters>.tmp" forms, are removed only once
+they are STALE_AFTER_SECONDS old: no save takes that long."""
 
 import os
 import re
 import secrets
+import socket
+import time
 from pathlib import Path
+
+STALE_AFTER_SECONDS = 24 * 3600
+
+
+def _host():
+    # The name as it can stand in a file name and be told apart from the fields beside it.
+    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
 
 
 def atomic_write_bytes(path, data):
     path = Path(path)
     remove_stale_temporaries(path)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(8)}.tmp")
+    temporary = path.with_name(f".{path.name}.{_host()}.{os.getpid()}.{secrets.token_hex(8)}.tmp")
     descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(descriptor, "wb") as file:
@@ -29,7 +41,9 @@ def atomic_write_bytes(path, data):
 
 
 def _temporary_pattern(path):
-    return re.compile(rf"\.{re.escape(path.name)}\.(?:(?P<pid>\d+)\.[0-9a-f]{{16}}|[A-Za-z0-9_]{{8}})\.tmp")
+    return re.compile(
+        rf"\.{re.escape(path.name)}\.(?:(?:(?P<host>[A-Za-z0-9-]+)\.)?(?P<pid>\d+)\.[0-9a-f]{{16}}|[A-Za-z0-9_]{{8}})\.tmp"
+    )
 
 
 def stale_temporaries(path):
@@ -40,12 +54,20 @@ def stale_temporaries(path):
         candidates = list(path.parent.iterdir())
     except OSError:
         return []
-    stale = []
-    for candidate in candidates:
-        match = pattern.fullmatch(candidate.name)
-        if match and (match["pid"] is None or not _running(int(match["pid"]))):
-            stale.append(candidate)
-    return stale
+    return [
+        candidate
+        for candidate in candidates
+        if (match := pattern.fullmatch(candidate.name)) is not None and _abandoned(candidate, match)
+    ]
+
+
+def _abandoned(candidate, match):
+    if match["host"] == _host():
+        return not _running(int(match["pid"]))
+    try:
+        return time.time() - candidate.stat().st_mtime > STALE_AFTER_SECONDS
+    except OSError:
+        return False  # gone already
 
 
 def remove_stale_temporaries(path):
