@@ -12,7 +12,7 @@ import torch
 peft = pytest.importorskip("peft")
 transformers = pytest.importorskip("transformers")
 
-from adapter_models import TinyViT, coefficients, snapshot, tiny_gpt2  # noqa: E402
+from adapter_models import TinyViT, coefficients, snapshot, tiny_gpt2, tiny_llama  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
 import nola_kernels  # noqa: E402
@@ -21,20 +21,6 @@ from nola_kernels import adapted_modules  # noqa: E402
 from nola_kernels.peft import NOLA_PEFT_TYPE, NolaConfig, NolaLayer, check_peft_version  # noqa: E402
 
 SETTINGS = dict(r=2, num_basis=16, num_basis_b=12, lora_alpha=4.0, seed=7)
-
-
-def tiny_llama(seed=0):
-    config = transformers.LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=48,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=32,
-    )
-    torch.manual_seed(seed)
-    return transformers.LlamaForCausalLM(config).eval()
 
 
 def tiny_vit(seed=0):

@@ -25,6 +25,7 @@ from .checkpoint_file import (
     encode_checkpoint,
     read_checkpoint,
 )
+from .copied import CopiedModule, adapter_copies, copy_state
 from .inject import adapted_modules, apply_injection, plan_injection
 
 COMPARED_SETTINGS = tuple(field for field in CONFIG_FIELDS if field != "target_modules")
@@ -57,7 +58,8 @@ def _check_save_path(path):
 def save_adapter(model, path, adapter_name="default"):
     """Write adapter `adapter_name` of `model` to `path` atomically: a file path gets this
     library's one-file checkpoint, an existing folder PEFT's adapter_config.json and
-    adapter_model.safetensors (NOLA as a PEFT method: nola_kernels.peft, needs peft). Returns the
+    adapter_model.safetensors (NOLA as a PEFT method: nola_kernels.peft, needs peft). The copies
+    modules_to_save made for this adapter are saved whole beside the coefficients. Returns the
     bytes written."""
     check_module("model", model)
     check_name("adapter_name", adapter_name)
@@ -69,10 +71,17 @@ def save_adapter(model, path, adapter_name="default"):
     if len(configs) != 1:
         raise ValueError(f"adapter {adapter_name!r} has different settings on different layers: {configs}")
     config = configs.pop()
+    copies = adapter_copies(model, adapter_name)
+    if config.modules_to_save is not None and not copies:
+        raise ValueError(
+            f"adapter {adapter_name!r} was made with modules_to_save={list(config.modules_to_save)!r}, "
+            "but the model holds no copies that inject made (a PeftModel keeps its own: save it with "
+            "save_pretrained)"
+        )
     if to_folder:
         from ..peft import write_adapter_folder  # imported when used: it needs peft
 
-        return write_adapter_folder(path, config, adapters)
+        return write_adapter_folder(path, config, adapters, copies)
     header = {
         "format": FORMAT,
         "spec_version": SPEC_VERSION,
@@ -84,6 +93,7 @@ def save_adapter(model, path, adapter_name="default"):
         for name, adapter in adapters.items()
         for role in ROLES
     }
+    tensors.update(copy_state(copies))
     data = encode_checkpoint(header, tensors)
     atomic_write_bytes(path, data)
     return len(data)
@@ -104,16 +114,18 @@ def load_adapter(model, path, adapter_name="default", *, allow_nonfinite=False):
     rebuilds the same bases; the saved module list is then checked). A file that is unreadable,
     malformed, incomplete or corrupted raises AdapterFileError; a file that does not fit the
     model raises AdapterMismatchError naming every mismatch. Either way the model is unchanged.
-    NaN or infinite coefficients are refused unless allow_nonfinite=True. Returns the loaded
-    module names."""
+    NaN or infinite coefficients are refused unless allow_nonfinite=True. Modules the file saved
+    whole (modules_to_save) load into the adapter's copies, which must have the same state dict
+    keys, shapes and dtypes. Returns the loaded (adapted) module names."""
     check_module("model", model)
     check_name("adapter_name", adapter_name)
     check_bool("allow_nonfinite", allow_nonfinite)
     checkpoint = read_checkpoint(path, allow_nonfinite)
     targets = _existing_targets(model, adapter_name)
     plan = None if targets else _plan_injection(model, checkpoint, adapter_name)
+    copies = adapter_copies(model, adapter_name) if plan is None else _planned_copies(plan)
     targets = targets or _planned_targets(plan)
-    problems = _mismatches(checkpoint, targets)
+    problems = _mismatches(checkpoint, targets) + _copy_mismatches(checkpoint, copy_state(copies))
     if problems:
         raise AdapterMismatchError(f"cannot load {path} into the model:\n  - " + "\n  - ".join(problems))
     if plan is not None:
@@ -123,6 +135,8 @@ def load_adapter(model, path, adapter_name="default", *, allow_nonfinite=False):
         for name, adapter in adapters.items():
             for role in ROLES:
                 getattr(adapter, role).copy_(checkpoint.tensors[f"{name}.{role}"])
+    for name, module in adapter_copies(model, adapter_name).items():
+        module.load_state_dict({key: checkpoint.tensors[f"{name}.{key}"] for key in module.state_dict()})
     return list(adapters)
 
 
@@ -158,6 +172,36 @@ def _planned_targets(plan):
         p.name: Target({field: getattr(p, field) for field in RECORD_FIELDS}, plan.config)
         for p in plan.placements
     }
+
+
+def _planned_copies(plan):
+    # The copy a planned injection would make has the state dict of the module it copies.
+    return {
+        name: module.original_module if isinstance(module, CopiedModule) else module
+        for name, module in plan.copies
+    }
+
+
+def _copy_mismatches(checkpoint, expected):
+    """The file's tensors other than coefficients against `expected`, the state of the model's
+    copies ({key: tensor})."""
+    coefficients = {f"{name}.{role}" for name in checkpoint.modules for role in ROLES}
+    saved = {key: value for key, value in checkpoint.tensors.items() if key not in coefficients}
+    problems = [
+        f"tensor {key}: in the checkpoint, in no module the model trains whole (modules_to_save)"
+        for key in sorted(saved.keys() - expected.keys())
+    ]
+    problems += [
+        f"tensor {key}: of a module the model trains whole (modules_to_save), not in the checkpoint"
+        for key in sorted(expected.keys() - saved.keys())
+    ]
+    problems += [
+        f"tensor {key}: {tuple(saved[key].shape)} {saved[key].dtype} in the checkpoint, "
+        f"{tuple(expected[key].shape)} {expected[key].dtype} in the model"
+        for key in sorted(saved.keys() & expected.keys())
+        if (saved[key].shape, saved[key].dtype) != (expected[key].shape, expected[key].dtype)
+    ]
+    return problems
 
 
 def _mismatches(checkpoint, targets):
