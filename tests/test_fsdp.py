@@ -12,9 +12,9 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from adapter_models import coefficients, tiny_llama
+from adapter_models import coefficients, randomize_coefficients, tiny_llama
 
-from nola_kernels import inject, load_adapter, save_adapter
+from nola_kernels import adapted_modules, inject, load_adapter, save_adapter
 
 transformers = pytest.importorskip("transformers")
 
@@ -59,7 +59,10 @@ def fsdp1(model, use_orig_params=True):
     policy = functools.partial(
         transformer_auto_wrap_policy, transformer_layer_cls={transformers.models.llama.modeling_llama.LlamaDecoderLayer}
     )
-    return FullyShardedDataParallel(model, auto_wrap_policy=policy, use_orig_params=use_orig_params)
+    # On the CPU FSDP1 wants device_id named (without it, it looks for an accelerator).
+    return FullyShardedDataParallel(
+        model, auto_wrap_policy=policy, use_orig_params=use_orig_params, device_id=torch.device("cpu")
+    )
 
 
 def coefficients_in_inner_units(wrapped):
@@ -150,7 +153,7 @@ def test_the_wrap_policy_puts_the_coefficients_in_the_layer_units(runs):
 
 def test_fsdp1_needs_use_orig_params(runs):
     # A decoder layer's unit holds frozen weights and trainable coefficients.
-    assert "uniform requires_grad" in runs[1]["fsdp1_flat_error"]
+    assert "Must flatten tensors with uniform `requires_grad` when `use_orig_params=False`" in runs[1]["fsdp1_flat_error"]
 
 
 @pytest.mark.parametrize("kind", ["fsdp2", "fsdp1"])
@@ -168,3 +171,15 @@ def test_saving_leaves_the_parameters_storage_resizable(tmp_path):
     model = adapted_model()
     save_adapter(model, tmp_path / "adapter.safetensors")
     assert all(p.untyped_storage().resizable() for n, p in model.named_parameters() if ".adapters." in n)
+
+
+def test_a_checkpoint_saved_through_a_wrapper_names_the_models_own_modules(tmp_path):
+    # FSDP1 and torch.compile put a segment into module names ("_fsdp_wrapped_module",
+    # "_orig_mod"): the file names the model's own, so the plain model loads it.
+    model = adapted_model()
+    randomize_coefficients(model)
+    save_adapter(torch.compile(model), tmp_path / "adapter.safetensors")  # not run: nothing compiles
+    fresh = tiny_llama()
+    assert load_adapter(fresh, tmp_path / "adapter.safetensors") == list(adapted_modules(model))
+    assert coefficients(fresh).keys() == coefficients(model).keys()
+    assert all(torch.equal(coefficients(fresh)[n], v) for n, v in coefficients(model).items())

@@ -29,12 +29,28 @@ from .copied import CopiedModule, adapter_copies, copy_state
 from .inject import adapted_modules, apply_injection, plan_injection
 
 COMPARED_SETTINGS = tuple(field for field in CONFIG_FIELDS if field != "target_modules")
+# Module names a wrapper puts into the model's: FSDP1's, activation checkpointing's, torch.compile's.
+WRAPPER_NAMES = ("_fsdp_wrapped_module", "_checkpoint_wrapped_module", "_orig_mod")
+
+
+def own_name(name):
+    """A module's name as the model had it before wrappers: a checkpoint saved from a wrapped
+    model loads into the plain one, and the reverse."""
+    return ".".join(part for part in name.split(".") if part not in WRAPPER_NAMES)
+
+
+def _adapted(model):
+    return {own_name(name): layer for name, layer in adapted_modules(model).items()}
+
+
+def _copies(model, adapter_name):
+    return {own_name(name): module for name, module in adapter_copies(model, adapter_name).items()}
 
 
 def _adapters(model, adapter_name):
     return {
         name: layer.adapters[adapter_name]
-        for name, layer in adapted_modules(model).items()
+        for name, layer in _adapted(model).items()
         if adapter_name in layer.adapters
     }
 
@@ -71,7 +87,7 @@ def save_adapter(model, path, adapter_name="default"):
     if len(configs) != 1:
         raise ValueError(f"adapter {adapter_name!r} has different settings on different layers: {configs}")
     config = configs.pop()
-    copies = adapter_copies(model, adapter_name)
+    copies = _copies(model, adapter_name)
     if config.modules_to_save is not None and not copies:
         raise ValueError(
             f"adapter {adapter_name!r} was made with modules_to_save={list(config.modules_to_save)!r}, "
@@ -123,7 +139,7 @@ def load_adapter(model, path, adapter_name="default", *, allow_nonfinite=False):
     checkpoint = read_checkpoint(path, allow_nonfinite)
     targets = _existing_targets(model, adapter_name)
     plan = None if targets else _plan_injection(model, checkpoint, adapter_name)
-    copies = adapter_copies(model, adapter_name) if plan is None else _planned_copies(plan)
+    copies = _copies(model, adapter_name) if plan is None else _planned_copies(plan)
     targets = targets or _planned_targets(plan)
     problems = _mismatches(checkpoint, targets) + _copy_mismatches(checkpoint, copy_state(copies))
     if problems:
@@ -135,7 +151,7 @@ def load_adapter(model, path, adapter_name="default", *, allow_nonfinite=False):
         for name, adapter in adapters.items():
             for role in ROLES:
                 getattr(adapter, role).copy_(checkpoint.tensors[f"{name}.{role}"])
-    for name, module in adapter_copies(model, adapter_name).items():
+    for name, module in _copies(model, adapter_name).items():
         module.load_state_dict({key: checkpoint.tensors[f"{name}.{key}"] for key in module.state_dict()})
     return list(adapters)
 
@@ -158,7 +174,7 @@ def _plan_injection(model, checkpoint, adapter_name):
 
 def _existing_targets(model, adapter_name):
     targets = {}
-    for name, layer in adapted_modules(model).items():
+    for name, layer in _adapted(model).items():
         if adapter_name in layer.adapters:
             adapter = layer.adapters[adapter_name]
             targets[name] = Target(
@@ -169,7 +185,7 @@ def _existing_targets(model, adapter_name):
 
 def _planned_targets(plan):
     return {
-        p.name: Target({field: getattr(p, field) for field in RECORD_FIELDS}, plan.config)
+        own_name(p.name): Target({field: getattr(p, field) for field in RECORD_FIELDS}, plan.config)
         for p in plan.placements
     }
 
@@ -177,7 +193,7 @@ def _planned_targets(plan):
 def _planned_copies(plan):
     # The copy a planned injection would make has the state dict of the module it copies.
     return {
-        name: module.original_module if isinstance(module, CopiedModule) else module
+        own_name(name): module.original_module if isinstance(module, CopiedModule) else module
         for name, module in plan.copies
     }
 
