@@ -32,9 +32,8 @@ def trained(folder, use_reentrant=None):
     """A PeftModel after 6 Trainer steps; use_reentrant None: no gradient checkpointing."""
     model = tiny_llama().train()
     if use_reentrant is not None:
-        # Before get_peft_model, as PEFT expects: it then makes the embeddings' output require
-        # grad, which reentrant checkpointing needs when every base weight is frozen.
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": use_reentrant})
+        # transformers 5 renamed gradient_checkpointing_enable; the old name warns.
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": use_reentrant})
     model = peft.get_peft_model(model, NolaConfig(**CONFIG))
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     start = loss_on_samples(model)
@@ -42,7 +41,7 @@ def trained(folder, use_reentrant=None):
         output_dir=str(folder),
         max_steps=6,
         per_device_train_batch_size=4,
-        learning_rate=0.05,
+        learning_rate=0.3,
         save_strategy="no",
         report_to="none",
         disable_tqdm=True,

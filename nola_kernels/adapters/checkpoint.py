@@ -203,14 +203,13 @@ def _copy_mismatches(checkpoint, expected):
     copies ({key: tensor})."""
     coefficients = {f"{name}.{role}" for name in checkpoint.modules for role in ROLES}
     saved = {key: value for key, value in checkpoint.tensors.items() if key not in coefficients}
-    problems = [
-        f"tensor {key}: in the checkpoint, in no module the model trains whole (modules_to_save)"
-        for key in sorted(saved.keys() - expected.keys())
-    ]
-    problems += [
-        f"tensor {key}: of a module the model trains whole (modules_to_save), not in the checkpoint"
-        for key in sorted(expected.keys() - saved.keys())
-    ]
+    problems = _one_sided(
+        "tensor",
+        saved,
+        expected,
+        "in the checkpoint, in no module the model trains whole (modules_to_save)",
+        "of a module the model trains whole (modules_to_save), not in the checkpoint",
+    )
     problems += [
         f"tensor {key}: {tuple(saved[key].shape)} {saved[key].dtype} in the checkpoint, "
         f"{tuple(expected[key].shape)} {expected[key].dtype} in the model"
@@ -220,16 +219,18 @@ def _copy_mismatches(checkpoint, expected):
     return problems
 
 
+def _one_sided(kind, saved, in_model, only_saved, only_in_model):
+    """A message for each key of `saved` that `in_model` lacks, and for the reverse."""
+    return [f"{kind} {key}: {only_saved}" for key in sorted(saved.keys() - in_model.keys())] + [
+        f"{kind} {key}: {only_in_model}" for key in sorted(in_model.keys() - saved.keys())
+    ]
+
+
 def _mismatches(checkpoint, targets):
     saved = checkpoint.modules
-    problems = [
-        f"module {n}: in the checkpoint, not adapted in the model"
-        for n in sorted(saved.keys() - targets.keys())
-    ]
-    problems += [
-        f"module {n}: adapted in the model, not in the checkpoint"
-        for n in sorted(targets.keys() - saved.keys())
-    ]
+    problems = _one_sided(
+        "module", saved, targets, "in the checkpoint, not adapted in the model", "adapted in the model, not in the checkpoint"
+    )
     for name in sorted(saved.keys() & targets.keys()):
         target = targets[name]
         problems += [
