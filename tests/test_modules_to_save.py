@@ -123,6 +123,8 @@ def test_merge_and_unload_keeps_the_trained_copy():
         (["query"], ValueError, "modules_to_save: blocks.0.query overlaps the adapted layer blocks.0.query"),
         ("head", TypeError, "modules_to_save must be a list of module names (as PEFT's), got str 'head'"),
         ([""], ValueError, "modules_to_save must hold non-empty names"),
+        (5, TypeError, "modules_to_save must be a list of module names (as PEFT's), got int 5"),
+        ([], ValueError, "modules_to_save must name at least one module (None: none), got []"),
     ],
 )
 def test_a_refused_inject_changes_nothing(modules_to_save, error, message):

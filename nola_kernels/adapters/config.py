@@ -49,10 +49,11 @@ class AdapterConfig:
         if self.seed is not None:
             check_seed("seed", self.seed)
         check_bool("share_basis", self.share_basis)
-        if isinstance(self.modules_to_save, str):
-            raise TypeError(
-                f"modules_to_save must be a list of module names (as PEFT's), got str {self.modules_to_save!r}"
-            )
+        if self.modules_to_save is not None and not isinstance(self.modules_to_save, list | tuple):
+            kind = type(self.modules_to_save).__name__
+            raise TypeError(f"modules_to_save must be a list of module names (as PEFT's), got {kind} {self.modules_to_save!r}")
+        if self.modules_to_save is not None and not self.modules_to_save:
+            raise ValueError("modules_to_save must name at least one module (None: none), got []")
         for field in MODULE_SELECTIONS:
             value = getattr(self, field)
             if value is not None:
