@@ -35,6 +35,7 @@ from .adapters.atomic import atomic_write_bytes
 from .adapters.base_layer import is_transposed
 from .adapters.checkpoint_file import ROLES
 from .adapters.config import AdapterConfig
+from .adapters.copied import copy_state
 from .adapters.inject import plan_placement
 from .adapters.layer import NOLALinear
 from .adapters.peft_export import PEFT_PREFIX, check_export_directory
@@ -122,22 +123,32 @@ class NolaConfig(PeftConfig):
 
     def adapter_config(self):
         """The layers' AdapterConfig (the same one inject builds from these settings)."""
-        target_modules, exclude_modules = (
-            tuple(sorted(names)) if isinstance(names, set | list | tuple) else names
-            for names in (self.target_modules, self.exclude_modules)
-        )
-        return AdapterConfig(
-            rank=self.r,
-            num_basis=self.num_basis,
-            num_basis_b=self.num_basis_b,
-            lora_alpha=self.lora_alpha,
-            dropout=self.dropout,
-            distribution=self.distribution,
-            seed=self.seed,
-            share_basis=self.share_basis,
-            target_modules=target_modules,
-            exclude_modules=exclude_modules,
-        )
+        return AdapterConfig(**{ours: _to_adapter(getattr(self, theirs)) for theirs, ours in CONFIG_FIELD_PAIRS})
+
+
+# (NolaConfig field, AdapterConfig field): the one table both conversions read.
+CONFIG_FIELD_PAIRS = (
+    ("r", "rank"),
+    ("num_basis", "num_basis"),
+    ("num_basis_b", "num_basis_b"),
+    ("lora_alpha", "lora_alpha"),
+    ("dropout", "dropout"),
+    ("distribution", "distribution"),
+    ("seed", "seed"),
+    ("share_basis", "share_basis"),
+    ("target_modules", "target_modules"),
+    ("exclude_modules", "exclude_modules"),
+    ("modules_to_save", "modules_to_save"),
+)
+
+
+def _to_adapter(value):
+    # PEFT keeps module names as sets or lists; AdapterConfig as sorted tuples (hashable, stable).
+    return tuple(sorted(value)) if isinstance(value, set | list | tuple) else value
+
+
+def _to_peft(value):
+    return list(value) if isinstance(value, tuple) else value
 
 
 class NolaLayer(NOLALinear, BaseTunerLayer):
@@ -256,10 +267,12 @@ class NolaModel(BaseTuner):
         self._placements = {}
 
 
-def write_adapter_folder(directory, config, adapters):
+def write_adapter_folder(directory, config, adapters, copies=None):
     """Adapter `adapters` ({module name: NOLAAdapter}, one AdapterConfig `config`) as the folder
     PeftModel.from_pretrained reads: adapter_config.json (a NolaConfig) and
-    adapter_model.safetensors (alpha and beta of each module). Returns the two files' size."""
+    adapter_model.safetensors (alpha and beta of each module, and the state of `copies`, {module
+    name: the copy modules_to_save trains}). The config names the copied modules in full, since
+    PEFT picks modules_to_save by any name ending in the string. Returns the two files' size."""
     from safetensors.torch import save
 
     if config.seed is None:
@@ -267,29 +280,17 @@ def write_adapter_folder(directory, config, adapters):
             "this adapter's layers were built with explicit seeds (no master seed), which a NolaConfig "
             "cannot record: save it to a file path instead"
         )
-    target_modules, exclude_modules = (
-        names if names is None or isinstance(names, str) else list(names)
-        for names in (config.target_modules, config.exclude_modules)
-    )
-    nola_config = NolaConfig(
-        r=config.rank,
-        num_basis=config.num_basis,
-        num_basis_b=config.num_basis_b,
-        lora_alpha=config.lora_alpha,
-        dropout=config.dropout,
-        distribution=config.distribution,
-        seed=config.seed,
-        share_basis=config.share_basis,
-        target_modules=target_modules,
-        exclude_modules=exclude_modules,
-        inference_mode=True,
-    )
+    copies = copies or {}
+    settings = {theirs: _to_peft(getattr(config, ours)) for theirs, ours in CONFIG_FIELD_PAIRS}
+    settings["modules_to_save"] = list(copies) or None
+    nola_config = NolaConfig(**settings, inference_mode=True)
     directory = Path(check_export_directory(directory))
     tensors = {
         f"{PEFT_PREFIX}{name}.{NolaModel.prefix}{role}": getattr(adapter, role).detach().float().cpu().contiguous()
         for name, adapter in adapters.items()
         for role in ROLES
     }
+    tensors.update({PEFT_PREFIX + key: value for key, value in copy_state(copies).items()})
     data = save(tensors, metadata={"format": "pt"})
     nola_config.save_pretrained(str(directory))
     atomic_write_bytes(directory / "adapter_model.safetensors", data)

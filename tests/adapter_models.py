@@ -1,5 +1,5 @@
-"""Small models the adapter tests inject into: a ViT-like encoder (nn.Linear everywhere) and a
-tiny random GPT-2 from transformers (Conv1D layers, weight stored (in, out))."""
+"""Small models the adapter tests inject into: a ViT-like encoder (nn.Linear everywhere), a tiny
+random GPT-2 from transformers (Conv1D layers, weight stored (in, out)) and a tiny random Llama."""
 
 import pytest
 import torch
@@ -43,6 +43,21 @@ def tiny_gpt2(seed=0):
     )
     torch.manual_seed(seed)
     return transformers.GPT2LMHeadModel(config).eval()
+
+
+def tiny_llama(seed=0):
+    transformers = pytest.importorskip("transformers")
+    config = transformers.LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=32,
+    )
+    torch.manual_seed(seed)
+    return transformers.LlamaForCausalLM(config).eval()
 
 
 def randomize_coefficients(model, adapter_name="default"):

@@ -1,6 +1,7 @@
-"""torch.compile of an injected model in a fresh process, where no backend module was imported
+"""torch.compile of an adapted model in a fresh process, where no backend module was imported
 before the first compiled forward: one graph, no breaks, fullgraph forward and backward, and no
-recompilation on later calls. (tests/test_ops.py compiles after the backends were loaded.)"""
+recompilation on later calls, for a model from inject and for a PeftModel from get_peft_model
+(NolaConfig). (tests/test_ops.py compiles after the backends were loaded.)"""
 
 import json
 import os
@@ -13,6 +14,7 @@ import pytest
 SCRIPT = textwrap.dedent(
     """
     import json
+    import sys
     import torch
     from torch import nn
     from torch._dynamo.testing import CompileCounter
@@ -22,7 +24,14 @@ SCRIPT = textwrap.dedent(
     def model(backend):
         torch.manual_seed(0)
         net = nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 4))
-        nola_kernels.inject(net, ["0", "2"], rank=2, num_basis=8, seed=3, backend=backend)
+        settings = dict(num_basis=8, seed=3, backend=backend)
+        if sys.argv[1] == "peft":
+            from peft import get_peft_model
+            from nola_kernels.peft import NolaConfig
+
+            net = get_peft_model(net, NolaConfig(r=2, target_modules=["0", "2"], **settings))
+        else:
+            nola_kernels.inject(net, ["0", "2"], rank=2, **settings)
         with torch.no_grad():
             for layer in nola_kernels.adapted_modules(net).values():
                 layer.adapters["default"].alpha.normal_()
@@ -55,11 +64,13 @@ SCRIPT = textwrap.dedent(
 )
 
 
-@pytest.fixture(scope="module")
-def report():
+@pytest.fixture(scope="module", params=["inject", "peft"])
+def report(request):
+    if request.param == "peft":
+        pytest.importorskip("peft")
     env = dict(os.environ)
     result = subprocess.run(
-        [sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env, timeout=600
+        [sys.executable, "-c", SCRIPT, request.param], capture_output=True, text=True, env=env, timeout=600
     )
     assert result.returncode == 0, result.stderr[-4000:]
     line = next(line for line in result.stdout.splitlines() if line.startswith("REPORT "))

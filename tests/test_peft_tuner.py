@@ -3,6 +3,7 @@ get_peft_model computes what inject computes, bit for bit; save_pretrained / fro
 disable_adapter, merge_and_unload, several adapters, modules_to_save, all-linear,
 layers_to_transform; refused calls change nothing."""
 
+import dataclasses
 import json
 import re
 
@@ -12,7 +13,7 @@ import torch
 peft = pytest.importorskip("peft")
 transformers = pytest.importorskip("transformers")
 
-from adapter_models import TinyViT, coefficients, snapshot, tiny_gpt2  # noqa: E402
+from adapter_models import TinyViT, coefficients, snapshot, tiny_gpt2, tiny_llama  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
 import nola_kernels  # noqa: E402
@@ -21,20 +22,6 @@ from nola_kernels import adapted_modules  # noqa: E402
 from nola_kernels.peft import NOLA_PEFT_TYPE, NolaConfig, NolaLayer, check_peft_version  # noqa: E402
 
 SETTINGS = dict(r=2, num_basis=16, num_basis_b=12, lora_alpha=4.0, seed=7)
-
-
-def tiny_llama(seed=0):
-    config = transformers.LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=48,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=32,
-    )
-    torch.manual_seed(seed)
-    return transformers.LlamaForCausalLM(config).eval()
 
 
 def tiny_vit(seed=0):
@@ -354,3 +341,38 @@ def test_registration_is_in_peft_mappings_and_refuses_a_conflict(monkeypatch):
     monkeypatch.setitem(PEFT_TYPE_TO_TUNER_MAPPING, "NOLA", peft.LoraModel)
     with pytest.raises(RuntimeError, match="already has a method registered as 'NOLA'"):
         nola_peft._register()
+
+
+def test_the_field_table_covers_every_adapter_setting_both_ways():
+    from nola_kernels.adapters.config import AdapterConfig
+
+    ours = [ours for _, ours in nola_peft.CONFIG_FIELD_PAIRS]
+    assert sorted(ours) == sorted(field.name for field in dataclasses.fields(AdapterConfig))
+    config = NolaConfig(
+        target_modules=["q_proj", "v_proj"], exclude_modules=["lm_head"], modules_to_save=["score"], **SETTINGS
+    )
+    adapter_config = config.adapter_config()
+    assert (adapter_config.rank, adapter_config.target_modules) == (2, ("q_proj", "v_proj"))
+    settings = {theirs: nola_peft._to_peft(getattr(adapter_config, ours)) for theirs, ours in nola_peft.CONFIG_FIELD_PAIRS}
+    assert NolaConfig(**settings).adapter_config() == adapter_config
+
+
+def test_modules_to_save_of_get_peft_model_and_inject_train_alike(tmp_path):
+    tuned = peft.get_peft_model(tiny_vit(), NolaConfig(target_modules=["query"], modules_to_save=["head"], **SETTINGS))
+    injected = tiny_vit()
+    settings = dict(rank=2, num_basis=16, num_basis_b=12, lora_alpha=4.0, seed=7)
+    nola_kernels.inject(injected, ["query"], modules_to_save=["head"], **settings)
+    train(tuned, "vit")
+    train(injected, "vit")
+    x = inputs("vit")
+    assert torch.equal(run(tuned, "vit", x), run(injected, "vit", x))
+    nola_kernels.save_adapter(injected, tmp_path)
+    tuned.save_pretrained(tmp_path / "tuned")
+    from_inject = load_file(tmp_path / "adapter_model.safetensors")
+    from_peft = load_file(tmp_path / "tuned" / "adapter_model.safetensors")
+    assert from_inject.keys() == from_peft.keys()
+    assert all(torch.equal(from_inject[k], from_peft[k]) for k in from_inject)
+    # PEFT's own copies are not inject's: saving the PeftModel through save_adapter is refused.
+    with pytest.raises(ValueError, match="save it with save_pretrained"):
+        nola_kernels.save_adapter(tuned, tmp_path / "refused.safetensors")
+    assert not (tmp_path / "refused.safetensors").exists()

@@ -25,15 +25,32 @@ from .checkpoint_file import (
     encode_checkpoint,
     read_checkpoint,
 )
+from .copied import CopiedModule, adapter_copies, copy_state
 from .inject import adapted_modules, apply_injection, plan_injection
 
 COMPARED_SETTINGS = tuple(field for field in CONFIG_FIELDS if field != "target_modules")
+# Module names a wrapper puts into the model's: FSDP1's, activation checkpointing's, torch.compile's.
+WRAPPER_NAMES = ("_fsdp_wrapped_module", "_checkpoint_wrapped_module", "_orig_mod")
+
+
+def own_name(name):
+    """A module's name as the model had it before wrappers: a checkpoint saved from a wrapped
+    model loads into the plain one, and the reverse."""
+    return ".".join(part for part in name.split(".") if part not in WRAPPER_NAMES)
+
+
+def _adapted(model):
+    return {own_name(name): layer for name, layer in adapted_modules(model).items()}
+
+
+def _copies(model, adapter_name):
+    return {own_name(name): module for name, module in adapter_copies(model, adapter_name).items()}
 
 
 def _adapters(model, adapter_name):
     return {
         name: layer.adapters[adapter_name]
-        for name, layer in adapted_modules(model).items()
+        for name, layer in _adapted(model).items()
         if adapter_name in layer.adapters
     }
 
@@ -57,7 +74,8 @@ def _check_save_path(path):
 def save_adapter(model, path, adapter_name="default"):
     """Write adapter `adapter_name` of `model` to `path` atomically: a file path gets this
     library's one-file checkpoint, an existing folder PEFT's adapter_config.json and
-    adapter_model.safetensors (NOLA as a PEFT method: nola_kernels.peft, needs peft). Returns the
+    adapter_model.safetensors (NOLA as a PEFT method: nola_kernels.peft, needs peft). The copies
+    modules_to_save made for this adapter are saved whole beside the coefficients. Returns the
     bytes written."""
     check_module("model", model)
     check_name("adapter_name", adapter_name)
@@ -69,10 +87,17 @@ def save_adapter(model, path, adapter_name="default"):
     if len(configs) != 1:
         raise ValueError(f"adapter {adapter_name!r} has different settings on different layers: {configs}")
     config = configs.pop()
+    copies = _copies(model, adapter_name)
+    if config.modules_to_save is not None and not copies:
+        raise ValueError(
+            f"adapter {adapter_name!r} was made with modules_to_save={list(config.modules_to_save)!r}, "
+            "but the model holds no copies that inject made (a PeftModel keeps its own: save it with "
+            "save_pretrained)"
+        )
     if to_folder:
         from ..peft import write_adapter_folder  # imported when used: it needs peft
 
-        return write_adapter_folder(path, config, adapters)
+        return write_adapter_folder(path, config, adapters, copies)
     header = {
         "format": FORMAT,
         "spec_version": SPEC_VERSION,
@@ -84,6 +109,7 @@ def save_adapter(model, path, adapter_name="default"):
         for name, adapter in adapters.items()
         for role in ROLES
     }
+    tensors.update(copy_state(copies))
     data = encode_checkpoint(header, tensors)
     atomic_write_bytes(path, data)
     return len(data)
@@ -104,16 +130,18 @@ def load_adapter(model, path, adapter_name="default", *, allow_nonfinite=False):
     rebuilds the same bases; the saved module list is then checked). A file that is unreadable,
     malformed, incomplete or corrupted raises AdapterFileError; a file that does not fit the
     model raises AdapterMismatchError naming every mismatch. Either way the model is unchanged.
-    NaN or infinite coefficients are refused unless allow_nonfinite=True. Returns the loaded
-    module names."""
+    NaN or infinite coefficients are refused unless allow_nonfinite=True. Modules the file saved
+    whole (modules_to_save) load into the adapter's copies, which must have the same state dict
+    keys, shapes and dtypes. Returns the loaded (adapted) module names."""
     check_module("model", model)
     check_name("adapter_name", adapter_name)
     check_bool("allow_nonfinite", allow_nonfinite)
     checkpoint = read_checkpoint(path, allow_nonfinite)
     targets = _existing_targets(model, adapter_name)
     plan = None if targets else _plan_injection(model, checkpoint, adapter_name)
+    copies = _copies(model, adapter_name) if plan is None else _planned_copies(plan)
     targets = targets or _planned_targets(plan)
-    problems = _mismatches(checkpoint, targets)
+    problems = _mismatches(checkpoint, targets) + _copy_mismatches(checkpoint, copy_state(copies))
     if problems:
         raise AdapterMismatchError(f"cannot load {path} into the model:\n  - " + "\n  - ".join(problems))
     if plan is not None:
@@ -123,6 +151,8 @@ def load_adapter(model, path, adapter_name="default", *, allow_nonfinite=False):
         for name, adapter in adapters.items():
             for role in ROLES:
                 getattr(adapter, role).copy_(checkpoint.tensors[f"{name}.{role}"])
+    for name, module in _copies(model, adapter_name).items():
+        module.load_state_dict({key: checkpoint.tensors[f"{name}.{key}"] for key in module.state_dict()})
     return list(adapters)
 
 
@@ -144,7 +174,7 @@ def _plan_injection(model, checkpoint, adapter_name):
 
 def _existing_targets(model, adapter_name):
     targets = {}
-    for name, layer in adapted_modules(model).items():
+    for name, layer in _adapted(model).items():
         if adapter_name in layer.adapters:
             adapter = layer.adapters[adapter_name]
             targets[name] = Target(
@@ -155,21 +185,52 @@ def _existing_targets(model, adapter_name):
 
 def _planned_targets(plan):
     return {
-        p.name: Target({field: getattr(p, field) for field in RECORD_FIELDS}, plan.config)
+        own_name(p.name): Target({field: getattr(p, field) for field in RECORD_FIELDS}, plan.config)
         for p in plan.placements
     }
 
 
+def _planned_copies(plan):
+    # The copy a planned injection would make has the state dict of the module it copies.
+    return {
+        own_name(name): module.original_module if isinstance(module, CopiedModule) else module
+        for name, module in plan.copies
+    }
+
+
+def _copy_mismatches(checkpoint, expected):
+    """The file's tensors other than coefficients against `expected`, the state of the model's
+    copies ({key: tensor})."""
+    coefficients = {f"{name}.{role}" for name in checkpoint.modules for role in ROLES}
+    saved = {key: value for key, value in checkpoint.tensors.items() if key not in coefficients}
+    problems = _one_sided(
+        "tensor",
+        saved,
+        expected,
+        "in the checkpoint, in no module the model trains whole (modules_to_save)",
+        "of a module the model trains whole (modules_to_save), not in the checkpoint",
+    )
+    problems += [
+        f"tensor {key}: {tuple(saved[key].shape)} {saved[key].dtype} in the checkpoint, "
+        f"{tuple(expected[key].shape)} {expected[key].dtype} in the model"
+        for key in sorted(saved.keys() & expected.keys())
+        if (saved[key].shape, saved[key].dtype) != (expected[key].shape, expected[key].dtype)
+    ]
+    return problems
+
+
+def _one_sided(kind, saved, in_model, only_saved, only_in_model):
+    """A message for each key of `saved` that `in_model` lacks, and for the reverse."""
+    return [f"{kind} {key}: {only_saved}" for key in sorted(saved.keys() - in_model.keys())] + [
+        f"{kind} {key}: {only_in_model}" for key in sorted(in_model.keys() - saved.keys())
+    ]
+
+
 def _mismatches(checkpoint, targets):
     saved = checkpoint.modules
-    problems = [
-        f"module {n}: in the checkpoint, not adapted in the model"
-        for n in sorted(saved.keys() - targets.keys())
-    ]
-    problems += [
-        f"module {n}: adapted in the model, not in the checkpoint"
-        for n in sorted(targets.keys() - saved.keys())
-    ]
+    problems = _one_sided(
+        "module", saved, targets, "in the checkpoint, not adapted in the model", "adapted in the model, not in the checkpoint"
+    )
     for name in sorted(saved.keys() & targets.keys()):
         target = targets[name]
         problems += [

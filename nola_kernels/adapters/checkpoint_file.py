@@ -23,7 +23,7 @@ HEADER_FIELDS = ("format", "spec_version", "config", "modules")
 RECORD_FIELDS = ("in_features", "out_features", "seed_a", "seed_b")
 CONFIG_FIELDS = tuple(field.name for field in dataclasses.fields(AdapterConfig))
 # Fields that files written before them lack; they take their defaults.
-ADDED_CONFIG_FIELDS = {"exclude_modules"}
+ADDED_CONFIG_FIELDS = {"exclude_modules", "modules_to_save"}
 ROLES = ("alpha", "beta")
 
 
@@ -62,7 +62,9 @@ def content_digest(header, tensors):
     for key in sorted(tensors):
         tensor = tensors[key].detach().cpu().contiguous()
         hasher.update(canonical_json([key, str(tensor.dtype), list(tensor.shape)]).encode())
-        hasher.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+        # Through a copy: numpy() marks the storage it reads non-resizable, and FSDP2 frees a
+        # gathered parameter by resizing its storage.
+        hasher.update(tensor.reshape(-1).view(torch.uint8).clone().numpy().tobytes())
     return f"sha256:{hasher.hexdigest()}"
 
 
@@ -206,16 +208,26 @@ def _check_record_field(field, value):
 def _tensor_problems(config, modules, tensors, allow_nonfinite):
     counts = {"alpha": config.k, "beta": config.l}
     expected = {f"{name}.{role}": counts[role] for name in modules for role in ROLES}
-    problems = [
-        f"tensor {key}: not named by any module entry" for key in sorted(tensors.keys() - expected.keys())
-    ]
+    others = sorted(tensors.keys() - expected.keys())
+    if config.modules_to_save is None:
+        problems = [f"tensor {key}: not named by any module entry" for key in others]
+    else:  # the state of the modules saved whole, checked against the model on load
+        problems = [
+            _nonfinite(key) for key in others if not allow_nonfinite and not _finite(tensors[key])
+        ]
     for key, count in expected.items():
         tensor = tensors.get(key)
         if tensor is None or tuple(tensor.shape) != (count,) or tensor.dtype != torch.float32:
             found = "missing" if tensor is None else f"{tuple(tensor.shape)} {tensor.dtype}"
             problems.append(f"tensor {key} is {found}, expected ({count},) float32")
-        elif not allow_nonfinite and not torch.isfinite(tensor).all():
-            problems.append(
-                f"tensor {key} holds NaN or infinite values (load_adapter(..., allow_nonfinite=True) takes them)"
-            )
+        elif not allow_nonfinite and not _finite(tensor):
+            problems.append(_nonfinite(key))
     return problems
+
+
+def _finite(tensor):
+    return not tensor.is_floating_point() or bool(torch.isfinite(tensor).all())
+
+
+def _nonfinite(key):
+    return f"tensor {key} holds NaN or infinite values (load_adapter(..., allow_nonfinite=True) takes them)"

@@ -12,16 +12,16 @@ from ..validation import (
     check_target_modules,
 )
 
-MODULE_SELECTIONS = ("target_modules", "exclude_modules")
+MODULE_SELECTIONS = ("target_modules", "exclude_modules", "modules_to_save")
 
 
 @dataclasses.dataclass(frozen=True)
 class AdapterConfig:
     """rank r, num_basis k (for A), num_basis_b l (for B, default k), scaling = lora_alpha / rank
     (lora_alpha defaults to rank, i.e. scaling 1). `seed` is the master seed the per-module seeds
-    derive from (None for a layer built with explicit seeds); `target_modules` and `exclude_modules`
-    are what inject was asked for, kept so that a checkpoint can rebuild the adapter on a fresh
-    model.
+    derive from (None for a layer built with explicit seeds); `target_modules`, `exclude_modules`
+    and `modules_to_save` (names only, as PEFT's) are what inject was asked for, kept so that a
+    checkpoint can rebuild the adapter on a fresh model.
     Every field is checked here under its own name."""
 
     rank: int
@@ -34,6 +34,7 @@ class AdapterConfig:
     share_basis: bool = False
     target_modules: str | tuple[str, ...] | None = None
     exclude_modules: str | tuple[str, ...] | None = None
+    modules_to_save: tuple[str, ...] | None = None
 
     def __post_init__(self):
         check_int("rank", self.rank, 1)
@@ -48,6 +49,11 @@ class AdapterConfig:
         if self.seed is not None:
             check_seed("seed", self.seed)
         check_bool("share_basis", self.share_basis)
+        if self.modules_to_save is not None and not isinstance(self.modules_to_save, list | tuple):
+            kind = type(self.modules_to_save).__name__
+            raise TypeError(f"modules_to_save must be a list of module names (as PEFT's), got {kind} {self.modules_to_save!r}")
+        if self.modules_to_save is not None and not self.modules_to_save:
+            raise ValueError("modules_to_save must name at least one module (None: none), got []")
         for field in MODULE_SELECTIONS:
             value = getattr(self, field)
             if value is not None:

@@ -10,6 +10,7 @@ import re
 from ..validation import check_backend_name, check_module, check_name, check_seed, check_target_modules
 from .base_layer import features
 from .config import AdapterConfig
+from .copied import CopiedModule, copied_modules
 from .layer import NOLALinear, check_factor_shapes, check_foldable
 from .seeds import module_seeds
 
@@ -29,7 +30,8 @@ def adapted_modules(model):
 
 def _targets(model, target_modules, exclude_modules):
     # Layers inside an adapted layer (its base) are not targets: the adapted layer itself is.
-    adapted = adapted_modules(model)
+    # Nor are those inside a module trained whole (its original and copies).
+    adapted = [*adapted_modules(model), *copied_modules(model)]
     return {
         name: module
         for name, module in model.named_modules()
@@ -59,6 +61,7 @@ class InjectionPlan:
     config: AdapterConfig
     backend: str
     placements: tuple[Placement, ...]
+    copies: tuple[tuple[str, object], ...] = ()  # (name, module) of each module to train whole
 
     @property
     def names(self):
@@ -82,7 +85,40 @@ def plan_injection(model, target_modules, *, seed, adapter_name="default", backe
         )
     placements = tuple(plan_placement(name, module, config, adapter_name) for name, module in targets.items())
     _check_switch(adapted_modules(model), adapter_name, adding=targets)
-    return InjectionPlan(adapter_name, config, backend, placements)
+    copies = _copy_targets(model, config.modules_to_save, adapter_name, [*adapted_modules(model), *targets])
+    return InjectionPlan(adapter_name, config, backend, placements, copies)
+
+
+def _copy_targets(model, modules_to_save, adapter_name, adapted):
+    """(name, module) of each module `modules_to_save` names (by the rule of `matches`; the
+    outermost where nested ones match), checked: none is, holds or lies in an adapted layer
+    (`adapted`: names) or holds a module already trained whole."""
+    if modules_to_save is None:
+        return ()
+    existing = copied_modules(model)
+    found = {}
+    for name, module in model.named_modules():
+        if name and matches(name, modules_to_save) and not any(_within(name, p) for p in [*existing, *found]):
+            found[name] = module
+    if not found:
+        raise ValueError(f"no module of the model matches modules_to_save={list(modules_to_save)!r}")
+    for name, module in found.items():
+        overlap = [other for other in adapted if other == name or _within(other, name) or _within(name, other)]
+        if overlap:
+            raise ValueError(
+                f"modules_to_save: {name} overlaps the adapted layer {overlap[0]} (a module is either "
+                "adapted or trained whole)"
+            )
+        inner = [other for other in existing if _within(other, name)]
+        if inner:
+            raise ValueError(f"modules_to_save: {name} holds {inner[0]}, which is already trained whole")
+        if isinstance(module, CopiedModule) and adapter_name in module.modules_to_save:
+            raise ValueError(f"modules_to_save: {name} already has a copy for adapter {adapter_name!r}")
+    return tuple(found.items())
+
+
+def _within(name, outer):
+    return name.startswith(outer + ".")
 
 
 def plan_placement(name, module, config, adapter_name):
@@ -113,6 +149,11 @@ def apply_injection(model, plan):
                 **plan.config.to_dict(),
             )
             replace_module(model, placement.name, layer)
+    for name, module in plan.copies:
+        if isinstance(module, CopiedModule):
+            module.add_copy(plan.adapter_name)
+        else:
+            replace_module(model, name, CopiedModule(module, plan.adapter_name))
     _activate(model, plan.adapter_name)
     return plan.names
 
@@ -130,12 +171,15 @@ def inject(
     distribution="uniform",
     share_basis=False,
     exclude_modules=None,
+    modules_to_save=None,
     adapter_name="default",
     backend="auto",
 ):
     """Add adapter `adapter_name` to every module matching `target_modules` and not
     `exclude_modules` (both by the rule of `matches`),
-    make it active and freeze everything else in the model. Each module's seeds derive from
+    make it active and freeze everything else in the model. The modules `modules_to_save` names
+    (a list, by the same rule) train whole: each gets a trainable copy for this adapter (PEFT's
+    option: a new classifier head), saved with it. Each module's seeds derive from
     `seed` and its name (from its shape with share_basis=True): see docs/adapters.md. New layers
     take the training mode of the module they replace. Any bad argument or module raises before
     the model changes. Returns the adapted module names."""
@@ -151,6 +195,7 @@ def inject(
         distribution=distribution,
         share_basis=share_basis,
         exclude_modules=exclude_modules,
+        modules_to_save=modules_to_save,
         adapter_name=adapter_name,
         backend=backend,
     )
@@ -176,6 +221,7 @@ def _check_switch(layers, adapter_name, adding=()):
 
 
 def _check_known(layers, adapter_name):
+    # Every adapter adapts at least one layer: its copies alone do not make it known.
     if not any(adapter_name in layer.adapters for layer in layers.values()):
         raise KeyError(f"the model has no adapter named {adapter_name!r}")
 
@@ -199,6 +245,10 @@ def _activate(model, adapter_name):
         if layer.active_adapter is not None:
             layer.adapters[adapter_name].alpha.requires_grad_(True)
             layer.adapters[adapter_name].beta.requires_grad_(True)
+    for copied in copied_modules(model).values():
+        copied.set_active(adapter_name)
+        if copied.active_adapter is not None:
+            copied.active_module.requires_grad_(True)
 
 
 def delete_adapter(model, adapter_name):
@@ -216,11 +266,17 @@ def delete_adapter(model, adapter_name):
             layer.delete_adapter(adapter_name)
         if not layer.adapters:
             replace_module(model, name, layer.base_layer)
+    for name, copied in copied_modules(model).items():
+        if adapter_name in copied.modules_to_save:
+            copied.delete_copy(adapter_name)
+        if not copied.modules_to_save:
+            replace_module(model, name, copied.original_module)
 
 
 def unload(model):
-    """Remove every adapter (unmerging merged ones): the model's own layers come back, the very
-    same module objects. Their trainable flags are the caller's to restore."""
+    """Remove every adapter (unmerging merged ones) and every copy modules_to_save made: the
+    model's own layers come back, the very same module objects. Their trainable flags are the
+    caller's to restore."""
     check_module("model", model)
     layers = adapted_modules(model)
     for name, layer in layers.items():
@@ -230,4 +286,6 @@ def unload(model):
         if layer.merged_adapter is not None:
             layer.unmerge()
         replace_module(model, name, layer.base_layer)
+    for name, copied in copied_modules(model).items():
+        replace_module(model, name, copied.original_module)
     return model
