@@ -74,6 +74,22 @@ void for_each_item(uint64_t items, int threads, uint64_t entries, const Fn& fn) 
   for (int64_t item = 0; item < static_cast<int64_t>(items); ++item) fn(static_cast<uint64_t>(item));
 }
 
+// The multiply-adds that every generated entry feeds, once per row: cloned for AVX2 (8 lanes) and
+// the baseline, the clone picked at load time. Each product and sum is one IEEE operation per
+// element in either clone (no contraction), so both give the same bits.
+#ifdef NOLA_CPU_HAVE_AVX2
+#define NOLA_CPU_AVX2_CLONES [[gnu::target_clones("avx2", "default")]]
+#else
+#define NOLA_CPU_AVX2_CLONES
+#endif
+
+// sums[e] += weight * values[e] for e < count.
+template <class Acc>
+NOLA_CPU_AVX2_CLONES void add_weighted(Acc* __restrict__ sums, const float* __restrict__ values, Acc weight,
+                                       uint64_t count) {
+  for (uint64_t e = 0; e < count; ++e) sums[e] = sums[e] + weight * static_cast<Acc>(values[e]);
+}
+
 template <Distribution D, class Batch, class Acc>
 void mix(const NolaCpuProblem& p, const Acc* coeffs, Acc* out) {
   using L = Layout<D>;
@@ -86,9 +102,7 @@ void mix(const NolaCpuProblem& p, const Acc* coeffs, Acc* out) {
     for (uint64_t i = 0; i < p.k; ++i) {
       L::template generate<Batch>(family, first, count, i, values);
       for (uint64_t g = 0; g < p.groups; ++g) {
-        const Acc weight = coeffs[g * p.k + i] * scale;
-        Acc* __restrict__ sums = out + g * p.numel + first;
-        for (uint64_t e = 0; e < count; ++e) sums[e] = sums[e] + weight * static_cast<Acc>(values[e]);
+        add_weighted(out + g * p.numel + first, values, coeffs[g * p.k + i] * scale, count);
       }
     }
   });
@@ -127,7 +141,8 @@ const Acc* whole_lanes(const Acc* grad, uint64_t start, uint64_t count, Acc* pad
 
 // lanes[l] += g[e] U[e] for the positions e = l mod 64 of [0, whole), in order.
 template <class Acc>
-void accumulate_lanes(Acc* lanes, const Acc* g, const float* values, uint64_t whole) {
+NOLA_CPU_AVX2_CLONES void accumulate_lanes(Acc* __restrict__ lanes, const Acc* __restrict__ g,
+                                           const float* __restrict__ values, uint64_t whole) {
   for (uint64_t e = 0; e < whole; e += kLanes) {
     for (int l = 0; l < kLanes; ++l) lanes[l] = lanes[l] + g[e + l] * static_cast<Acc>(values[e + l]);
   }
