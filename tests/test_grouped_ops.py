@@ -240,6 +240,11 @@ def _refusals():
         (lambda: mix(coeffs=torch.randn(2, 3, 5)), ValueError, r"coeffs must be 2-D \(G, k\)"),
         (lambda: mix(coeffs=torch.randn(0, 5)), ValueError, r"coeffs must have at least one row \(G >= 1\)"),
         (lambda: mix(coeffs=torch.randn(3, 0)), ValueError, r"coeffs\[0\] must not be empty"),
+        (
+            lambda: mix(coeffs=torch.zeros(1, 1).expand(2, 2**32 + 1)),  # a view: nothing allocated
+            ValueError,
+            r"coeffs\[0\] may hold at most 2\*\*32 coefficients",
+        ),
         (lambda: mix(shape=(4, 0)), ValueError, r"shape\[1\] must be an int >= 1"),
         (lambda: mix(shape=(4,)), ValueError, "shape must be a pair"),
         (lambda: mix(shape=(2**17, 2**18)), ValueError, r"shape must have at most 2\*\*34 entries"),
@@ -262,6 +267,11 @@ def _refusals():
             r"grads must have at least one row \(G >= 1\)",
         ),
         (lambda: project(grads=torch.randn(3, 0, 6)), ValueError, "grads must have rows >= 1 and cols >= 1"),
+        (
+            lambda: project(grads=torch.zeros(1, 1, 1).expand(2, 2**17, 2**18)),
+            ValueError,
+            r"grads.shape\[1:\] must have at most 2\*\*34 entries",
+        ),
         (lambda: project(k=0), ValueError, r"k must be an int in \[1, 4294967297\), got 0"),
         (lambda: project(k=2**32 + 1), ValueError, "k must be an int in"),
         (lambda: project(k=5.0), TypeError, "k must be an int"),
