@@ -83,11 +83,20 @@ void for_each_item(uint64_t items, int threads, uint64_t entries, const Fn& fn) 
 #define NOLA_CPU_AVX2_CLONES
 #endif
 
-// sums[e] += weight * values[e] for e < count.
-template <class Acc>
-NOLA_CPU_AVX2_CLONES void add_weighted(Acc* __restrict__ sums, const float* __restrict__ values, Acc weight,
-                                       uint64_t count) {
-  for (uint64_t e = 0; e < count; ++e) sums[e] = sums[e] + weight * static_cast<Acc>(values[e]);
+// Basis indices a mix tile generates before it adds them to the rows: each row's sums are then
+// loaded and stored once per run instead of once per index.
+constexpr uint64_t kMixRun = 4;
+
+// sums[e] = (sums[e] + weights[0] * values[0][e]) + weights[1] * values[1][e] + ... for e < count,
+// Run indices in order (values[r] at values + r * stride): the order of the single-index sums.
+template <int Run, class Acc>
+NOLA_CPU_AVX2_CLONES void add_weighted(Acc* __restrict__ sums, const float* __restrict__ values, uint64_t stride,
+                                       const Acc* __restrict__ weights, uint64_t count) {
+  for (uint64_t e = 0; e < count; ++e) {
+    Acc sum = sums[e];
+    for (int r = 0; r < Run; ++r) sum = sum + weights[r] * static_cast<Acc>(values[r * stride + e]);
+    sums[e] = sum;
+  }
 }
 
 template <Distribution D, class Batch, class Acc>
@@ -98,11 +107,19 @@ void mix(const NolaCpuProblem& p, const Acc* coeffs, Acc* out) {
   for_each_item(ceil_div(p.numel, L::kTile), p.threads, p.k * p.numel, [&](uint64_t tile) {
     const uint64_t first = tile * L::kTile, count = std::min(L::kTile, p.numel - first);
     for (uint64_t g = 0; g < p.groups; ++g) std::fill_n(out + g * p.numel + first, count, Acc{0});
-    alignas(64) float values[L::kTile];
-    for (uint64_t i = 0; i < p.k; ++i) {
-      L::template generate<Batch>(family, first, count, i, values);
+    alignas(64) float values[kMixRun * L::kTile];
+    for (uint64_t i0 = 0; i0 < p.k; i0 += kMixRun) {
+      const uint64_t run = std::min(kMixRun, p.k - i0);
+      for (uint64_t r = 0; r < run; ++r) L::template generate<Batch>(family, first, count, i0 + r, values + r * L::kTile);
       for (uint64_t g = 0; g < p.groups; ++g) {
-        add_weighted(out + g * p.numel + first, values, coeffs[g * p.k + i] * scale, count);
+        Acc weights[kMixRun];
+        for (uint64_t r = 0; r < run; ++r) weights[r] = coeffs[g * p.k + i0 + r] * scale;
+        Acc* sums = out + g * p.numel + first;
+        if (run == kMixRun) {
+          add_weighted<kMixRun>(sums, values, L::kTile, weights, count);
+        } else {
+          for (uint64_t r = 0; r < run; ++r) add_weighted<1>(sums, values + r * L::kTile, L::kTile, weights + r, count);
+        }
       }
     }
   });
