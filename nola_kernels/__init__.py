@@ -2,6 +2,7 @@
 
 from nola_kernels import nola_basis, nola_mix, nola_project, nola_matmul
 from nola_kernels import inject, save_adapter, load_adapter, merge_and_unload   # adapters
+from nola_kernels import set_factor_cache                                      # serving
 """
 
 from .adapters import (
@@ -19,6 +20,7 @@ from .adapters import (
     merge_and_unload,
     save_adapter,
     set_active_adapter,
+    set_factor_cache,
     unload,
     unmerge_adapter,
 )
@@ -53,6 +55,7 @@ __all__ = [
     "save_adapter",
     "set_active_adapter",
     "set_chunk_budget",
+    "set_factor_cache",
     "unload",
     "unmerge_adapter",
 ]

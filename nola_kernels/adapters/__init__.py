@@ -5,6 +5,7 @@ from .base_layer import NotMergeableError
 from .checkpoint import load_adapter, save_adapter
 from .checkpoint_file import AdapterFileError, AdapterMismatchError, UnsignedCheckpointWarning
 from .config import AdapterConfig
+from .factor_cache import FactorCacheSettings, set_factor_cache
 from .inject import adapted_modules, delete_adapter, inject, set_active_adapter, unload
 from .layer import NOLALinear
 from .merge import merge_adapter, merge_and_unload, unmerge_adapter
@@ -25,6 +26,7 @@ __all__ = [
     "AdapterFileError",
     "AdapterMismatchError",
     "CudaLayout",
+    "FactorCacheSettings",
     "NOLALinear",
     "NotMergeableError",
     "UnsignedCheckpointWarning",
@@ -41,6 +43,7 @@ __all__ = [
     "official_factors",
     "save_adapter",
     "set_active_adapter",
+    "set_factor_cache",
     "strip_peft_prefix",
     "unload",
     "unmerge_adapter",
