@@ -2,7 +2,7 @@
 
 from nola_kernels import nola_basis, nola_mix, nola_project, nola_matmul
 from nola_kernels import inject, save_adapter, load_adapter, merge_and_unload   # adapters
-from nola_kernels import set_factor_cache                                      # serving
+from nola_kernels import row_adapters, set_factor_cache                        # serving
 """
 
 from .adapters import (
@@ -27,6 +27,7 @@ from .adapters import (
 from .api import nola_basis, nola_matmul, nola_mix, nola_project
 from .backends import BackendUnavailableError, available_backends
 from .basis import chunk_budget, set_chunk_budget
+from .serving import row_adapters
 from .spec_version import SPEC_VERSION
 
 __version__ = "0.1.0"
@@ -52,6 +53,7 @@ __all__ = [
     "nola_matmul",
     "nola_mix",
     "nola_project",
+    "row_adapters",
     "save_adapter",
     "set_active_adapter",
     "set_chunk_budget",

@@ -99,3 +99,13 @@ def snapshot(model):
         for name, layer in adapted_modules(model).items()
     }
     return modules, tensors, layers
+
+
+def tiny_llama(seed=0):
+    transformers = pytest.importorskip("transformers")
+    config = transformers.LlamaConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, max_position_embeddings=32,
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    return transformers.LlamaForCausalLM(config).eval()

@@ -112,7 +112,10 @@ class NOLALinear(nn.Module):
     NOLALinear(base, rank=8, num_basis=256, seed_a=1, seed_b=2) holds one adapter named
     "default"; `options` are AdapterConfig's fields (rank, num_basis, num_basis_b, lora_alpha,
     dropout, distribution; seed, share_basis and target_modules only record how inject derived
-    the seeds). add_adapter adds more; set_active picks the one in use (None: the base alone)."""
+    the seeds). add_adapter adds more; set_active picks the one in use (None: the base alone).
+    Inside nola_kernels.row_adapters, `row_selection` gives each batch row its own adapter."""
+
+    row_selection = None
 
     def __init__(self, base, *, seed_a, seed_b, adapter_name="default", backend="auto", **options):
         check_module("base", base)
@@ -182,6 +185,8 @@ class NOLALinear(nn.Module):
 
     def forward(self, x):
         out = self.base_layer(x)
+        if self.row_selection is not None:
+            return self.row_selection.forward(self, x, out)
         if self.active_adapter is None or self.merged_adapter is not None:
             return out
         if needs_no_gradient(self.adapters[self.active_adapter]):
