@@ -2,7 +2,7 @@
 
 from nola_kernels import nola_basis, nola_mix, nola_project, nola_matmul
 from nola_kernels import inject, save_adapter, load_adapter, merge_and_unload   # adapters
-from nola_kernels import row_adapters, set_factor_cache                        # serving
+from nola_kernels import row_adapters, load_adapters, set_factor_cache         # serving
 """
 
 from .adapters import (
@@ -16,6 +16,7 @@ from .adapters import (
     export_peft_lora,
     inject,
     load_adapter,
+    load_adapters,
     merge_adapter,
     merge_and_unload,
     save_adapter,
@@ -47,6 +48,7 @@ __all__ = [
     "export_peft_lora",
     "inject",
     "load_adapter",
+    "load_adapters",
     "merge_adapter",
     "merge_and_unload",
     "nola_basis",

@@ -1,6 +1,7 @@
 """NOLA adapters for real models: injection, checkpoints, merging and LoRA export
 (docs/adapters.md)."""
 
+from .bank import load_adapters
 from .base_layer import NotMergeableError
 from .checkpoint import load_adapter, save_adapter
 from .checkpoint_file import AdapterFileError, AdapterMismatchError, UnsignedCheckpointWarning
@@ -37,6 +38,7 @@ __all__ = [
     "gpt2_fused_qv",
     "inject",
     "load_adapter",
+    "load_adapters",
     "merge_adapter",
     "merge_and_unload",
     "merge_factors",
