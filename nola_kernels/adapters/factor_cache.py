@@ -26,7 +26,8 @@ import weakref
 
 import torch
 
-from ..api import nola_basis, nola_mix
+from ..api import nola_basis, nola_mix, nola_mix_grouped
+from ..backends import get_backend, resolve_backend
 from ..lowrank import lowrank_delta
 from ..validation import check_bool, check_int
 
@@ -140,10 +141,15 @@ def mix_factors(adapters, backend):
 
 
 def mix_family(coeffs, seed, shape, distribution, backend):
-    """(G, R, C): row g is nola_mix(coeffs[g], seed, shape)."""
-    return torch.stack(
-        [nola_mix(row, seed, shape, distribution=distribution, backend=backend) for row in coeffs]
-    )
+    """(G, R, C): row g is nola_mix(coeffs[g], seed, shape), in one grouped pass that generates
+    each basis entry once for all G rows. One row is the ordinary mix on the layer's backend (so
+    a single adapter's factors are the composed path's bit for bit); a backend without grouped
+    kernels has its grouped pass run by the PyTorch backend."""
+    if coeffs.shape[0] == 1:
+        return nola_mix(coeffs[0], seed, shape, distribution=distribution, backend=backend)[None]
+    resolved = resolve_backend(backend, coeffs.device)
+    grouped = resolved if hasattr(get_backend(resolved), "mix_grouped") else "torch"
+    return nola_mix_grouped(coeffs, seed, shape, distribution=distribution, backend=grouped)
 
 
 class FactorCache:
