@@ -95,6 +95,7 @@ class RowSelection:
         self.rows = len(rows)
         self.row_slots = torch.tensor([self.names.index(n) if n in self.names else -1 for n in rows])
         self._indices = {}
+        self._token_segments = {}
         self._stacked = None
 
     def forward(self, layer, x, out):
@@ -109,16 +110,26 @@ class RowSelection:
         adapters = [layer.adapters[name] for name in self.names]
         if layer.training and any(adapter.config.dropout for adapter in adapters):
             raise RuntimeError("row_adapters applies no dropout: put the model in eval mode (model.eval())")
-        index = self._index(x.device, lead)
         if all(needs_no_gradient(adapter) for adapter in adapters):
             a, b = self._cached_stack(layer, adapters, x.dtype)
             if uses_kernel(x):
-                return _kernel_product(x, a, b, index, out)
+                return _kernel_product(x, a, b, self._segments(x), out)
         else:
             a, b = stack_factors(
                 [(fa.to(x.dtype), fb.to(x.dtype)) for fa, fb in mix_factors(adapters, layer.backend)]
             )
-        return rows_product(x, a, b, index, out)
+        return rows_product(x, a, b, self._index(x.device, lead), out)
+
+    def _segments(self, x):
+        """The kernel's Segments for an input of x's shape: its tokens grouped by adapter."""
+        from .triton_kernels.segmented import Segments  # needs Triton: imported when used
+
+        tokens = x.numel() // x.shape[-1]
+        key = (str(x.device), x.shape[0], tokens)
+        if key not in self._token_segments:
+            token_slots = self.row_slots.repeat_interleave(tokens // self.rows).to(x.device)
+            self._token_segments[key] = Segments.of(token_slots, len(self.names))
+        return self._token_segments[key]
 
     def _index(self, device, lead):
         key = (str(device), lead)
@@ -174,13 +185,8 @@ def rows_product(x, a, b, index, out):
     return out3.index_add(0, index.adapted, delta).view(out.shape)
 
 
-def _kernel_product(x, a, b, index, out):
-    from .triton_kernels.segmented import Segments, segmented_delta  # needs Triton: imported when used
+def _kernel_product(x, a, b, segments, out):
+    from .triton_kernels.segmented import segmented_delta  # needs Triton: imported when used
 
-    lead, in_features = x.shape[0], x.shape[-1]
-    per_entry = x.numel() // (lead * in_features)
-    entry_slots = torch.full((lead,), -1, dtype=torch.int64, device=x.device)
-    entry_slots[index.adapted if index.adapted is not None else slice(None)] = index.slots
-    segments = Segments.of(entry_slots.repeat_interleave(per_entry), a.shape[0])
-    flat = segmented_delta(x.reshape(-1, in_features), a, b, segments, out.reshape(-1, out.shape[-1]))
+    flat = segmented_delta(x.reshape(-1, x.shape[-1]), a, b, segments, out.reshape(-1, out.shape[-1]))
     return flat.view(out.shape)

@@ -77,7 +77,12 @@ def test_generate_keeps_each_rows_adapter_through_the_decode(kind):
     rows = ["a", "d", None, "b", "c"]
     ids = torch.randint(1, 64, (len(rows), 5))
     settings = dict(
-        max_new_tokens=6, min_new_tokens=6, do_sample=False, pad_token_id=0, output_scores=True, return_dict_in_generate=True
+        max_new_tokens=6,
+        min_new_tokens=6,
+        do_sample=False,
+        pad_token_id=0,
+        output_scores=True,
+        return_dict_in_generate=True,
     )
     with torch.no_grad():
         with row_adapters(model, rows):
@@ -205,9 +210,18 @@ def test_trainable_coefficients_get_the_gradients_of_their_rows():
         assert close(grad, layer.adapters[name].alpha.grad, 24, 4, 20, 32)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+KERNEL_CASES = [
+    *(("cpu", dtype) for dtype in (torch.float32, torch.float16)),
+    *(
+        pytest.param("cuda", dtype, marks=pytest.mark.gpu)
+        for dtype in (torch.float32, torch.float16, torch.bfloat16)
+    ),
+]
+
+
+@pytest.mark.parametrize("device, dtype", KERNEL_CASES)
 @pytest.mark.parametrize("rank", [3, 8, 20])
-def test_the_segmented_kernel_matches_the_float64_reference(dtype, rank):
+def test_the_segmented_kernel_matches_the_float64_reference(device, dtype, rank):
     pytest.importorskip("triton")
     from nola_kernels.triton_kernels.segmented import Segments, segmented_delta
 
@@ -217,7 +231,8 @@ def test_the_segmented_kernel_matches_the_float64_reference(dtype, rank):
     b = torch.randn(adapters, out_features, rank).to(dtype)
     slots = torch.randint(-1, adapters - 1, (tokens,))  # the last adapter gets no token
     add_to = torch.randn(tokens, out_features).to(dtype)
-    out = segmented_delta(x, a, b, Segments.of(slots, adapters), add_to)
+    on = [t.to(device) for t in (x, a, b, slots, add_to)]
+    out = segmented_delta(*on[:3], Segments.of(on[3], adapters), on[4]).cpu()
     reference = add_to.double().clone()
     for s in range(adapters):
         rows = slots == s

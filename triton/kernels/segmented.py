@@ -52,6 +52,15 @@ def _block(size):
 
 
 @triton.jit
+def _block_tokens(tokens_ptr, starts_ptr, segment, first, count, BLOCK_M: tl.constexpr):
+    """Token indices first.. (BLOCK_M) of a segment's run, and which of them lie in it."""
+    positions = first + tl.arange(0, BLOCK_M)
+    in_segment = positions < count
+    tokens = tl.load(tokens_ptr + tl.load(starts_ptr + segment) + positions, mask=in_segment, other=0)
+    return tokens.to(tl.int64), in_segment
+
+
+@triton.jit
 def _shrink(
     x_ptr, a_ptr, h_ptr, tokens_ptr, starts_ptr, counts_ptr, in_features, rank,
     BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
@@ -60,11 +69,7 @@ def _shrink(
     count = tl.load(counts_ptr + segment)
     first = tl.program_id(0) * BLOCK_M
     if first < count:
-        positions = first + tl.arange(0, BLOCK_M)
-        in_segment = positions < count
-        tokens = tl.load(tokens_ptr + tl.load(starts_ptr + segment) + positions, mask=in_segment, other=0).to(
-            tl.int64
-        )
+        tokens, in_segment = _block_tokens(tokens_ptr, starts_ptr, segment, first, count, BLOCK_M)
         ranks = tl.arange(0, BLOCK_R)
         a_rows = a_ptr + segment.to(tl.int64) * rank * in_features + ranks[:, None] * in_features
         acc = tl.zeros((BLOCK_M, BLOCK_R), tl.float32)
@@ -94,11 +99,7 @@ def _expand(
     count = tl.load(counts_ptr + segment)
     first = tl.program_id(0) * BLOCK_M
     if first < count:
-        positions = first + tl.arange(0, BLOCK_M)
-        in_segment = positions < count
-        tokens = tl.load(tokens_ptr + tl.load(starts_ptr + segment) + positions, mask=in_segment, other=0).to(
-            tl.int64
-        )
+        tokens, in_segment = _block_tokens(tokens_ptr, starts_ptr, segment, first, count, BLOCK_M)
         ranks = tl.arange(0, BLOCK_R)
         cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
         h = tl.load(
