@@ -8,10 +8,15 @@
 //   accumulates into 64 lanes (lane = position mod 64, positions in increasing order), the lanes
 //   fold pairwise (lane l += lane l + w for w = 32, 16, ..., 1) into the chunk's partial, and
 //   out[i] = scale * (partial_0 + partial_1 + ...) in chunk order.
+// A problem of G groups runs the same items: each entry generated once serves the G rows in turn,
+// and every row's sums run in the order above, so row g has the bits of its own problem.
 // Multiplies and adds stay separate (the build passes -ffp-contract=off), so no target fuses them
 // differently.
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
+#include <memory>
+#include <new>
 #include <type_traits>
 
 #include "nola_cpu.h"
@@ -69,6 +74,31 @@ void for_each_item(uint64_t items, int threads, uint64_t entries, const Fn& fn) 
   for (int64_t item = 0; item < static_cast<int64_t>(items); ++item) fn(static_cast<uint64_t>(item));
 }
 
+// The multiply-adds that every generated entry feeds, once per row: cloned for AVX2 (8 lanes) and
+// the baseline, the clone picked at load time. Each product and sum is one IEEE operation per
+// element in either clone (no contraction), so both give the same bits.
+#ifdef NOLA_CPU_HAVE_AVX2
+#define NOLA_CPU_AVX2_CLONES [[gnu::target_clones("avx2", "default")]]
+#else
+#define NOLA_CPU_AVX2_CLONES
+#endif
+
+// Basis indices a mix tile generates before it adds them to the rows: each row's sums are then
+// loaded and stored once per run instead of once per index.
+constexpr uint64_t kMixRun = 4;
+
+// sums[e] = (sums[e] + weights[0] * values[0][e]) + weights[1] * values[1][e] + ... for e < count,
+// Run indices in order (values[r] at values + r * stride): the order of the single-index sums.
+template <int Run, class Acc>
+NOLA_CPU_AVX2_CLONES void add_weighted(Acc* __restrict__ sums, const float* __restrict__ values, uint64_t stride,
+                                       const Acc* __restrict__ weights, uint64_t count) {
+  for (uint64_t e = 0; e < count; ++e) {
+    Acc sum = sums[e];
+    for (int r = 0; r < Run; ++r) sum = sum + weights[r] * static_cast<Acc>(values[r * stride + e]);
+    sums[e] = sum;
+  }
+}
+
 template <Distribution D, class Batch, class Acc>
 void mix(const NolaCpuProblem& p, const Acc* coeffs, Acc* out) {
   using L = Layout<D>;
@@ -76,14 +106,22 @@ void mix(const NolaCpuProblem& p, const Acc* coeffs, Acc* out) {
   const Acc scale = static_cast<Acc>(p.scale);
   for_each_item(ceil_div(p.numel, L::kTile), p.threads, p.k * p.numel, [&](uint64_t tile) {
     const uint64_t first = tile * L::kTile, count = std::min(L::kTile, p.numel - first);
-    alignas(64) Acc sums[L::kTile] = {};
-    alignas(64) float values[L::kTile];
-    for (uint64_t i = 0; i < p.k; ++i) {
-      const Acc weight = coeffs[i] * scale;
-      L::template generate<Batch>(family, first, count, i, values);
-      for (uint64_t e = 0; e < count; ++e) sums[e] = sums[e] + weight * static_cast<Acc>(values[e]);
+    for (uint64_t g = 0; g < p.groups; ++g) std::fill_n(out + g * p.numel + first, count, Acc{0});
+    alignas(64) float values[kMixRun * L::kTile];
+    for (uint64_t i0 = 0; i0 < p.k; i0 += kMixRun) {
+      const uint64_t run = std::min(kMixRun, p.k - i0);
+      for (uint64_t r = 0; r < run; ++r) L::template generate<Batch>(family, first, count, i0 + r, values + r * L::kTile);
+      for (uint64_t g = 0; g < p.groups; ++g) {
+        Acc weights[kMixRun];
+        for (uint64_t r = 0; r < run; ++r) weights[r] = coeffs[g * p.k + i0 + r] * scale;
+        Acc* sums = out + g * p.numel + first;
+        if (run == kMixRun) {
+          add_weighted<kMixRun>(sums, values, L::kTile, weights, count);
+        } else {
+          for (uint64_t r = 0; r < run; ++r) add_weighted<1>(sums, values + r * L::kTile, L::kTile, weights + r, count);
+        }
+      }
     }
-    std::copy(sums, sums + count, out + first);
   });
 }
 
@@ -120,7 +158,8 @@ const Acc* whole_lanes(const Acc* grad, uint64_t start, uint64_t count, Acc* pad
 
 // lanes[l] += g[e] U[e] for the positions e = l mod 64 of [0, whole), in order.
 template <class Acc>
-void accumulate_lanes(Acc* lanes, const Acc* g, const float* values, uint64_t whole) {
+NOLA_CPU_AVX2_CLONES void accumulate_lanes(Acc* __restrict__ lanes, const Acc* __restrict__ g,
+                                           const float* __restrict__ values, uint64_t whole) {
   for (uint64_t e = 0; e < whole; e += kLanes) {
     for (int l = 0; l < kLanes; ++l) lanes[l] = lanes[l] + g[e + l] * static_cast<Acc>(values[e + l]);
   }
@@ -136,28 +175,46 @@ void sum_partials(const Acc* partials, uint64_t chunks, uint64_t k, Acc scale, A
   }
 }
 
+// Partials are laid out (group, chunk, index); the plan does not depend on the groups, so row g's
+// sums are those of the problem of that row alone. Returns false when a work item's lanes (kLanes
+// per group) could not be allocated.
 template <Distribution D, class Batch, class Acc>
-void project(const NolaCpuProblem& p, const Acc* grad, Acc* partials, Acc* out) {
+bool project(const NolaCpuProblem& p, const Acc* grad, Acc* partials, Acc* out) {
   using L = Layout<D>;
   const Family family = Family::of(p.seed, p.stream);
   const ProjectPlan plan = ProjectPlan::of(p, L::kTile);
+  const uint64_t group_partials = plan.chunks * p.k;
+  std::atomic<bool> allocated{true};
   for_each_item(plan.chunks * plan.index_blocks, p.threads, p.k * p.numel, [&](uint64_t item) {
+    std::unique_ptr<Acc[]> lanes(new (std::nothrow) Acc[p.groups * kLanes]);
+    if (!lanes) {
+      allocated = false;
+      return;
+    }
     const uint64_t chunk = item / plan.index_blocks, block = item % plan.index_blocks;
     const uint64_t first = chunk * plan.chunk_entries;
     const uint64_t stop = std::min(first + plan.chunk_entries, p.numel);
     alignas(64) float values[L::kTile];
     alignas(64) Acc padded[L::kTile];
     for (uint64_t i = block * kIndexBlock; i < std::min(p.k, (block + 1) * kIndexBlock); ++i) {
-      alignas(64) Acc lanes[kLanes] = {};
+      std::fill_n(lanes.get(), p.groups * kLanes, Acc{0});
       for (uint64_t start = first; start < stop; start += L::kTile) {
-        const uint64_t count = std::min(L::kTile, stop - start);
+        const uint64_t count = std::min(L::kTile, stop - start), whole = ceil_div(count, kLanes) * kLanes;
         L::template generate<Batch>(family, start, count, i, values);
-        accumulate_lanes(lanes, whole_lanes(grad, start, count, padded), values, ceil_div(count, kLanes) * kLanes);
+        for (uint64_t g = 0; g < p.groups; ++g) {
+          accumulate_lanes(&lanes[g * kLanes], whole_lanes(grad + g * p.numel, start, count, padded), values, whole);
+        }
       }
-      partials[chunk * p.k + i] = fold_lanes(lanes);
+      for (uint64_t g = 0; g < p.groups; ++g) {
+        partials[g * group_partials + chunk * p.k + i] = fold_lanes(&lanes[g * kLanes]);
+      }
     }
   });
-  sum_partials(partials, plan.chunks, p.k, static_cast<Acc>(p.scale), out);
+  if (!allocated) return false;
+  for (uint64_t g = 0; g < p.groups; ++g) {
+    sum_partials(partials + g * group_partials, plan.chunks, p.k, static_cast<Acc>(p.scale), out + g * p.k);
+  }
+  return true;
 }
 
 template <Distribution D, class Batch>
@@ -229,9 +286,11 @@ uint64_t tile_of(const NolaCpuProblem& p) {
 
 template <class Acc>
 int project_entry(const NolaCpuProblem* p, const Acc* grad, Acc* partials, Acc* out) {
-  return dispatch(*p, [&](auto distribution, auto batch) {
-    project<decltype(distribution)::value, decltype(batch)>(*p, grad, partials, out);
+  bool allocated = true;
+  const int status = dispatch(*p, [&](auto distribution, auto batch) {
+    allocated = project<decltype(distribution)::value, decltype(batch)>(*p, grad, partials, out);
   });
+  return status == NOLA_CPU_OK && !allocated ? NOLA_CPU_OUT_OF_MEMORY : status;
 }
 
 }  // namespace
@@ -250,7 +309,7 @@ int nola_cpu_mix_f64(const NolaCpuProblem* p, const double* coeffs, double* out)
 }
 
 uint64_t nola_cpu_project_partials(const NolaCpuProblem* p) {
-  return nola::cpu::ProjectPlan::of(*p, nola::cpu::tile_of(*p)).chunks * p->k;
+  return p->groups * nola::cpu::ProjectPlan::of(*p, nola::cpu::tile_of(*p)).chunks * p->k;
 }
 
 int nola_cpu_project_f32(const NolaCpuProblem* p, const float* grad, float* partials, float* out) {
