@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# One call on a GPU machine, at most 8 minutes: build the CUDA extension, the GPU tests, every
+# One call on a GPU machine, at most 9 minutes: build the CUDA extension, the GPU tests, every
 # nola_matmul path beside the performance model (bench/device_paths.py: fused and composed per
 # backend, LoRA, official, both distributions, GPT-2 medium and LLaMA-2-7B q_proj), then the CUDA
-# benchmarks.
+# benchmarks, then the serving benchmarks.
 # Logs and results go under $OUT (bench/results/device-run when run by hand); the comparison
 # table prints last. Needs only what the GPU image has: python3 with torch, triton, pytest,
 # pytest-benchmark and hypothesis (PYTHON names another interpreter). Run from the repository
@@ -12,10 +12,11 @@ OUT=${OUT:-bench/results/device-run}
 mkdir -p "$OUT"
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 PYTHON=${PYTHON:-python3}
-# Each step gets a share of the 8 minutes; SIGINT lets pytest still print its summary.
+# Each step gets a share of the 9 minutes; SIGINT lets pytest still print its summary.
 TESTS_SECONDS=${TESTS_SECONDS:-150}
 PATHS_SECONDS=${PATHS_SECONDS:-120}
 BENCH_SECONDS=${BENCH_SECONDS:-150}
+SERVING_SECONDS=${SERVING_SECONDS:-60}
 
 bash bench/build_extension.sh 2>&1 | tee "$OUT/build-summary.txt"  # failing, the cuda backend is skipped
 
@@ -42,5 +43,10 @@ timeout -s INT "$BENCH_SECONDS" \
 bench_status=${PIPESTATUS[0]}
 cp bench/results/latest-cuda.json "$OUT/" 2>/dev/null && "$PYTHON" bench/report.py "$OUT/latest-cuda.json"
 
-echo "tests exit $tests_status, paths exit $paths_status, benchmarks exit $bench_status"
-exit $((tests_status || paths_status || bench_status))
+# Serving: the factor cache against a LoRA layer, and rows of many adapters (the segmented kernel).
+timeout -s INT "$SERVING_SECONDS" \
+    "$PYTHON" -m pytest bench/test_bench_serving.py --benchmark-only -k cuda -q -p no:cacheprovider 2>&1 | tee "$OUT/serving.log"
+serving_status=${PIPESTATUS[0]}
+
+echo "tests exit $tests_status, paths exit $paths_status, benchmarks exit $bench_status, serving exit $serving_status"
+exit $((tests_status || paths_status || bench_status || serving_status))

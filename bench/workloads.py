@@ -231,3 +231,46 @@ def assert_computed(tensors):
         assert tensor is not None
         assert torch.isfinite(tensor).all()
         assert tensor.abs().sum() > 0
+
+
+@dataclass(frozen=True)
+class ServingShape:
+    """A serving case (bench/test_bench_serving.py): `modules` adapted layers in -> out, each
+    adapter rank `rank` with k = l; a batch of `rows` rows of `tokens` tokens each whose rows use
+    `distinct` adapters out of a bank of `bank`."""
+
+    name: str
+    in_features: int
+    out_features: int
+    rank: int
+    k: int
+    rows: int
+    tokens: int
+    distinct: int
+    bank: int
+    modules: int = 1
+    dtype: torch.dtype = torch.float32
+    threads: int | None = None
+
+    @property
+    def label(self):
+        return self.name if self.threads is None else f"{self.name}-{self.threads}t"
+
+
+SERVING_SHAPES = {
+    "cpu": [
+        # One GPT-2-medium q/v layer, unmerged, in eval: the factor cache against a LoRA layer.
+        *(ServingShape("gpt2-medium-eval", 1024, 1024, 8, 512, 1, 512, 1, 1, threads=n) for n in (1, 2)),
+        # 64 rows, one decode token or 16 prompt tokens each, on 64 distinct adapters of a 1,000 bank.
+        ServingShape("gpt2-medium-rows-decode", 1024, 1024, 8, 512, 64, 1, 64, 1000, threads=2),
+        ServingShape("gpt2-medium-rows-prefill", 1024, 1024, 8, 512, 64, 16, 64, 1000, threads=2),
+        # Loading a 1,000-adapter bank into 4 GPT-2-medium-sized layers.
+        ServingShape("gpt2-medium-bank", 1024, 1024, 8, 512, 0, 0, 0, 1000, modules=4, threads=2),
+    ],
+    "cuda": [
+        ServingShape("gpt2-medium-eval", 1024, 1024, 8, 512, 1, 512, 1, 1),
+        ServingShape("gpt2-medium-rows-decode", 1024, 1024, 8, 512, 64, 1, 64, 1000),
+        ServingShape("gpt2-medium-rows-prefill", 1024, 1024, 8, 512, 64, 16, 64, 1000),
+        ServingShape("llama2-7b-q-rows-decode", 4096, 4096, 16, 512, 64, 1, 64, 1000, dtype=torch.bfloat16),
+    ],
+}

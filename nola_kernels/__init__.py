@@ -3,6 +3,7 @@
 from nola_kernels import nola_basis, nola_mix, nola_project, nola_matmul
 from nola_kernels import nola_mix_grouped, nola_project_grouped     # G rows over one family
 from nola_kernels import inject, save_adapter, load_adapter, merge_and_unload   # adapters
+from nola_kernels import row_adapters, load_adapters, set_factor_cache         # serving
 """
 
 from .adapters import (
@@ -16,16 +17,19 @@ from .adapters import (
     export_peft_lora,
     inject,
     load_adapter,
+    load_adapters,
     merge_adapter,
     merge_and_unload,
     save_adapter,
     set_active_adapter,
+    set_factor_cache,
     unload,
     unmerge_adapter,
 )
 from .api import nola_basis, nola_matmul, nola_mix, nola_mix_grouped, nola_project, nola_project_grouped
 from .backends import BackendUnavailableError, available_backends
 from .basis import chunk_budget, set_chunk_budget
+from .serving import row_adapters
 from .spec_version import SPEC_VERSION
 
 __version__ = "0.1.0"
@@ -45,6 +49,7 @@ __all__ = [
     "export_peft_lora",
     "inject",
     "load_adapter",
+    "load_adapters",
     "merge_adapter",
     "merge_and_unload",
     "nola_basis",
@@ -53,9 +58,11 @@ __all__ = [
     "nola_mix_grouped",
     "nola_project",
     "nola_project_grouped",
+    "row_adapters",
     "save_adapter",
     "set_active_adapter",
     "set_chunk_budget",
+    "set_factor_cache",
     "unload",
     "unmerge_adapter",
 ]

@@ -114,3 +114,4 @@ def snapshot(model):
         for name, layer in adapted_modules(model).items()
     }
     return modules, tensors, layers
+

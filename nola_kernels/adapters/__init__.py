@@ -2,10 +2,12 @@
 (docs/adapters.md)."""
 
 from ..official_rng import GPU_LAYOUTS, CudaLayout
+from .bank import load_adapters
 from .base_layer import NotMergeableError
 from .checkpoint import load_adapter, save_adapter
 from .checkpoint_file import AdapterFileError, AdapterMismatchError, UnsignedCheckpointWarning
 from .config import AdapterConfig
+from .factor_cache import FactorCacheSettings, set_factor_cache
 from .inject import adapted_modules, delete_adapter, inject, set_active_adapter, unload
 from .layer import NOLALinear
 from .merge import merge_adapter, merge_and_unload, unmerge_adapter
@@ -28,6 +30,7 @@ __all__ = [
     "AdapterFileError",
     "AdapterMismatchError",
     "CudaLayout",
+    "FactorCacheSettings",
     "NOLALinear",
     "NotMergeableError",
     "OfficialAdapter",
@@ -39,6 +42,7 @@ __all__ = [
     "gpt2_factors",
     "inject",
     "load_adapter",
+    "load_adapters",
     "load_official",
     "merge_adapter",
     "merge_and_unload",
@@ -46,6 +50,7 @@ __all__ = [
     "official_factors",
     "save_adapter",
     "set_active_adapter",
+    "set_factor_cache",
     "strip_peft_prefix",
     "unload",
     "unmerge_adapter",

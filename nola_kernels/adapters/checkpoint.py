@@ -147,13 +147,19 @@ def load_adapter(model, path, adapter_name="default", *, allow_nonfinite=False):
     if plan is not None:
         apply_injection(model, plan)
     adapters = _adapters(model, adapter_name)
-    with torch.no_grad():
-        for name, adapter in adapters.items():
-            for role in ROLES:
-                getattr(adapter, role).copy_(checkpoint.tensors[f"{name}.{role}"])
+    for name, adapter in adapters.items():
+        copy_coefficients(adapter, checkpoint, name)
     for name, module in _copies(model, adapter_name).items():
         module.load_state_dict({key: checkpoint.tensors[f"{name}.{key}"] for key in module.state_dict()})
+    for layer in adapted_modules(model).values():
+        layer.factor_cache.drop(adapter_name)
     return list(adapters)
+
+
+def copy_coefficients(adapter, checkpoint, module_name):
+    with torch.no_grad():
+        for role in ROLES:
+            getattr(adapter, role).copy_(checkpoint.tensors[f"{module_name}.{role}"])
 
 
 def _plan_injection(model, checkpoint, adapter_name):

@@ -137,18 +137,7 @@ def plan_placement(name, module, config, adapter_name):
 def apply_injection(model, plan):
     """Carry out a plan from plan_injection; returns the adapted module names."""
     for placement in plan.placements:
-        if isinstance(placement.module, NOLALinear):
-            placement.module.add_adapter(plan.adapter_name, plan.config, placement.seed_a, placement.seed_b)
-        else:
-            layer = NOLALinear(
-                placement.module,
-                seed_a=placement.seed_a,
-                seed_b=placement.seed_b,
-                adapter_name=plan.adapter_name,
-                backend=plan.backend,
-                **plan.config.to_dict(),
-            )
-            replace_module(model, placement.name, layer)
+        place_adapter(model, placement, plan.adapter_name, plan.config, plan.backend)
     for name, module in plan.copies:
         if isinstance(module, CopiedModule):
             module.add_copy(plan.adapter_name)
@@ -156,6 +145,25 @@ def apply_injection(model, plan):
             replace_module(model, name, CopiedModule(module, plan.adapter_name))
     _activate(model, plan.adapter_name)
     return plan.names
+
+
+def place_adapter(model, placement, adapter_name, config, backend):
+    """Add adapter `adapter_name` where `placement` says: to the NOLALinear there now, or by
+    wrapping the module there in a new one. Returns the layer."""
+    module = model.get_submodule(placement.name)
+    if isinstance(module, NOLALinear):
+        module.add_adapter(adapter_name, config, placement.seed_a, placement.seed_b)
+        return module
+    layer = NOLALinear(
+        module,
+        seed_a=placement.seed_a,
+        seed_b=placement.seed_b,
+        adapter_name=adapter_name,
+        backend=backend,
+        **config.to_dict(),
+    )
+    replace_module(model, placement.name, layer)
+    return layer
 
 
 def inject(

@@ -5,22 +5,16 @@ alpha and beta start at zero, a0 is generated from seed_a (stream 1, scale 1/sqr
 docs/spec.md says) and b0 = 0, so the update starts at zero and beta gets gradient first.
 """
 
-import math
-
 import torch
 from torch import nn
 
-from ..api import nola_basis, nola_matmul, nola_mix
+from ..api import nola_matmul, nola_mix
 from ..backends import resolve_backend
-from ..dtypes import COEFF_DTYPES
 from ..validation import check_backend_name, check_module, check_name, check_seed, check_shape
 from .base_layer import add_to_weight, features, mergeable_weight
 from .config import AdapterConfig
-
-
-def generated_offset(seed_a, rank, in_features, device=None):
-    """a0: basis 0 of stream 1 scaled by 1/sqrt(in), uniform(-1/sqrt(in), 1/sqrt(in))."""
-    return nola_basis(seed_a, 1, (rank, in_features), stream=1, device=device)[0] / math.sqrt(in_features)
+from .factor_cache import FactorCache, cached_delta, needs_no_gradient, shared_offset
+from .factor_cache import mixing_coeffs as _as_coeffs
 
 
 def check_factor_shapes(config, in_features, out_features, where):
@@ -37,11 +31,6 @@ def check_foldable(name, layer):
         resolve_backend(layer.backend, mergeable_weight(layer.base_layer).device)
     except (TypeError, ValueError, RuntimeError) as error:
         raise type(error)(f"{name}: {error}") from error
-
-
-def _as_coeffs(parameter):
-    # A model cast to half precision casts the coefficients too; mixing wants float32 at least.
-    return parameter if parameter.dtype in COEFF_DTYPES else parameter.float()
 
 
 class NOLAAdapter(nn.Module):
@@ -61,9 +50,10 @@ class NOLAAdapter(nn.Module):
 
     def offset(self, device):
         """a0 on `device`, float32 whatever dtype the model is cast to: the contract's a0 exactly.
-        Generated once per device (not a buffer, which a cast to half precision would round)."""
+        Generated once per device and family (not a buffer, which a cast to half precision would
+        round)."""
         if self._a0 is None or self._a0.device != device:
-            self._a0 = generated_offset(self.seed_a, self.config.rank, self.in_features, device)
+            self._a0 = shared_offset(self.seed_a, self.config.rank, self.in_features, device)
         return self._a0
 
     def _apply(self, fn, recurse=True):
@@ -122,7 +112,10 @@ class NOLALinear(nn.Module):
     NOLALinear(base, rank=8, num_basis=256, seed_a=1, seed_b=2) holds one adapter named
     "default"; `options` are AdapterConfig's fields (rank, num_basis, num_basis_b, lora_alpha,
     dropout, distribution; seed, share_basis and target_modules only record how inject derived
-    the seeds). add_adapter adds more; set_active picks the one in use (None: the base alone)."""
+    the seeds). add_adapter adds more; set_active picks the one in use (None: the base alone).
+    Inside nola_kernels.row_adapters, `row_selection` gives each batch row its own adapter."""
+
+    row_selection = None
 
     def __init__(self, base, *, seed_a, seed_b, adapter_name="default", backend="auto", **options):
         check_module("base", base)
@@ -137,6 +130,7 @@ class NOLALinear(nn.Module):
         self.backend = backend
         self.active_adapter = None
         self.merged_adapter = None
+        self.factor_cache = FactorCache()
         # The new layer takes the mode of the module it wraps (eval stays eval: no dropout).
         self.training = self.adapters.training = base.training
         self.add_adapter(adapter_name, config, seed_a, seed_b)
@@ -179,18 +173,24 @@ class NOLALinear(nn.Module):
         if self.merged_adapter is not None and name != self.merged_adapter:
             raise RuntimeError(f"adapter {self.merged_adapter!r} is merged: unmerge it before switching")
         self.active_adapter = name
+        self.factor_cache.clear()
 
     def delete_adapter(self, name):
         if name == self.merged_adapter:
             self.unmerge()
         del self.adapters[name]
+        self.factor_cache.drop(name)
         if self.active_adapter == name:
             self.active_adapter = None
 
     def forward(self, x):
         out = self.base_layer(x)
+        if self.row_selection is not None:
+            return self.row_selection.forward(self, x, out)
         if self.active_adapter is None or self.merged_adapter is not None:
             return out
+        if needs_no_gradient(self.adapters[self.active_adapter]):
+            return cached_delta(self, self.active_adapter, x, out)
         return self.adapters[self.active_adapter].delta(x, self.backend, add_to=out)
 
     def merge(self):
@@ -201,6 +201,7 @@ class NOLALinear(nn.Module):
             raise RuntimeError("no active adapter to merge")
         add_to_weight(self.base_layer, self.adapters[self.active_adapter].dense_delta(self.backend))
         self.merged_adapter = self.active_adapter
+        self.factor_cache.clear()
 
     def unmerge(self):
         """Subtract the merged update again: the weight comes back up to float rounding."""
@@ -208,6 +209,7 @@ class NOLALinear(nn.Module):
             raise RuntimeError("no adapter is merged")
         add_to_weight(self.base_layer, -self.adapters[self.merged_adapter].dense_delta(self.backend))
         self.merged_adapter = None
+        self.factor_cache.clear()
 
     def extra_repr(self):
         return (
