@@ -372,28 +372,34 @@ cudaError_t project_grouped_as(const GroupedProblem& p, const float* grads, floa
   return status;
 }
 
+// f(std::integral_constant<Distribution, D>{}) for the problem's distribution D.
+template <typename F>
+auto with_distribution(Distribution distribution, F&& f) {
+  using Uniform = std::integral_constant<Distribution, Distribution::kUniform>;
+  using Rademacher = std::integral_constant<Distribution, Distribution::kRademacher>;
+  return distribution == Distribution::kUniform ? f(Uniform{}) : f(Rademacher{});
+}
+
 }  // namespace
 
 size_t mix_grouped_workspace_bytes(const GroupedProblem& problem, int sm_count) {
   if (empty_mix(problem)) return 0;
-  return problem.distribution == Distribution::kUniform
-             ? mix_plan<Distribution::kUniform>(problem, sm_count).partial_bytes
-             : mix_plan<Distribution::kRademacher>(problem, sm_count).partial_bytes;
+  return with_distribution(problem.distribution,
+                           [&](auto d) { return mix_plan<decltype(d)::value>(problem, sm_count).partial_bytes; });
 }
 
 cudaError_t mix_grouped(const GroupedProblem& problem, const float* coeffs, float* mixed, void* workspace,
                         int sm_count, cudaStream_t stream) {
   if (empty_mix(problem)) return cudaSuccess;
-  return problem.distribution == Distribution::kUniform
-             ? mix_grouped_as<Distribution::kUniform>(problem, coeffs, mixed, workspace, sm_count, stream)
-             : mix_grouped_as<Distribution::kRademacher>(problem, coeffs, mixed, workspace, sm_count, stream);
+  return with_distribution(problem.distribution, [&](auto d) {
+    return mix_grouped_as<decltype(d)::value>(problem, coeffs, mixed, workspace, sm_count, stream);
+  });
 }
 
 size_t project_grouped_workspace_bytes(const GroupedProblem& problem, int sm_count) {
   if (empty_projection(problem)) return 0;
-  return problem.distribution == Distribution::kUniform
-             ? project_plan<Distribution::kUniform>(problem, sm_count).partial_bytes
-             : project_plan<Distribution::kRademacher>(problem, sm_count).partial_bytes;
+  return with_distribution(problem.distribution,
+                           [&](auto d) { return project_plan<decltype(d)::value>(problem, sm_count).partial_bytes; });
 }
 
 cudaError_t project_grouped(const GroupedProblem& problem, const float* grads, float* projected, void* workspace,
@@ -401,9 +407,9 @@ cudaError_t project_grouped(const GroupedProblem& problem, const float* grads, f
   if (problem.groups == 0 || problem.k == 0) return cudaSuccess;
   // No positions: every projection is an empty sum.
   if (problem.numel == 0) return cudaMemsetAsync(projected, 0, sizeof(float) * problem.groups * problem.k, stream);
-  return problem.distribution == Distribution::kUniform
-             ? project_grouped_as<Distribution::kUniform>(problem, grads, projected, workspace, sm_count, stream)
-             : project_grouped_as<Distribution::kRademacher>(problem, grads, projected, workspace, sm_count, stream);
+  return with_distribution(problem.distribution, [&](auto d) {
+    return project_grouped_as<decltype(d)::value>(problem, grads, projected, workspace, sm_count, stream);
+  });
 }
 
 }  // namespace nola

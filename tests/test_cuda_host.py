@@ -208,4 +208,7 @@ def test_every_kernel_compiles_without_register_spills(ptxas_entries):
     print("\n" + "\n".join(format_report(ptxas_entries)))
     assert ptxas_entries, "nvcc reported no kernels"
     assert {entry.arch for entry in ptxas_entries} == {"sm_80", "sm_90a"}
+    grouped = [entry.kernel for entry in ptxas_entries if entry.source == "grouped.cu"]
+    for kernel in ("mix_grouped_kernel", "project_grouped_kernel"):
+        assert any(kernel in name for name in grouped), kernel
     assert not spilling(ptxas_entries), "\n".join(format_report(spilling(ptxas_entries)))
