@@ -1,5 +1,6 @@
 // Grouped mix and projection: G rows of coefficients (or gradients) over one basis family, every
-// generated basis entry used by all the rows of a chunk (up to 16 rows uniform, 4 rademacher).
+// generated basis entry used by all the rows of a chunk (up to 16 rows uniform; rademacher 2 in
+// the mix, 4 in the projection).
 //
 // mix: a lane owns the positions of one Philox call (uniform: 4) or one word of a call
 // (rademacher: 32; the 4 lanes of a call group make one call each per 4 basis indices and share
@@ -23,13 +24,13 @@ namespace {
 
 constexpr int kThreads = 128;
 constexpr int kStageSteps = 32;        // mix: basis indices whose coefficients are staged at once
-constexpr int kMinStepsPerSplit = 16;  // fewer spend more on partials than the split saves
+constexpr int kMinStepsPerSplit = 16;  // each partial of a k-split sums at least this many products
 constexpr int kProjectIndices = 4;     // project: basis indices per lane
-constexpr int kMinChunkPositions = 32;
+constexpr int kMinChunkPositions = 32;  // likewise for a chunk of positions in the projection
 constexpr int64_t kMaxPartialEntries = 1 << 22;  // 16 MiB of partials at most
 
-// Rows per chunk, at most: as many as keep a lane near 128 registers (a rademacher mix lane holds
-// 32 sums per row).
+// Rows per chunk, at most: as many as keep a lane within about 150 registers, no spills (a
+// rademacher mix lane holds 32 sums per row).
 template <Distribution D>
 constexpr int kMaxMixRows = D == Distribution::kUniform ? 16 : 2;
 template <Distribution D>
