@@ -1,7 +1,8 @@
 """Every nola_matmul path measured beside the performance model's prediction for it: each CUDA
 backend forced fused and composed (mix kernels, then cuBLAS), LoRA (cuBLAS alone) and the
 official code's way, both distributions, at the GPU benchmark shapes; the delta's forward, its
-forward + backward, and a whole layer's forward + backward (x takes a gradient in both). Medians
+forward + backward, and a whole layer's forward + backward (x takes a gradient in both). On a GPU
+with the CUDA extension, also the grouped mix and projection of G factors against G per-factor calls. Medians
 of CUDA-event timings after warm-up. Prints measured / model per case and, per backend, which
 path the measurement picks against what prefers_fused (the model) picks; writes the rows as JSON.
 
@@ -22,6 +23,7 @@ from perf_model import BENCH_SHAPES, shape_of
 from workloads import SHAPES, Shape, Workload
 from workloads import implementations as all_implementations
 
+from nola_kernels import available_backends
 from nola_kernels import perf_model as model
 
 # Benchmark pass -> the model's (layer, backward); x takes a gradient in every backward.
@@ -111,6 +113,48 @@ def choices(rows):
     return lines
 
 
+# Grouped generation on the CUDA backend: one grouped op over G factors of a family against G
+# per-factor calls (name, factor rows, cols, k, G).
+GROUPED_CASES = [("gpt2-medium A", 8, 1024, 512, 12), ("gpt2-medium A", 8, 1024, 512, 48),
+                 ("llama2-7b-q A", 16, 4096, 512, 32)]  # fmt: skip
+
+
+class _Call:
+    """A callable as time_case's workload: nothing to prepare."""
+
+    def __init__(self, call):
+        self.run = call
+
+    def prepare(self):
+        return (), None
+
+
+def _grouped_calls(cuda, coeffs, grads, distribution):
+    """The four timed calls of one grouped case: (op, callable)."""
+    (_, r, c), k = grads.shape, coeffs.shape[1]
+    family = (1, 0)  # seed, stream
+    return {
+        "mix_grouped": lambda: cuda.mix_grouped(coeffs, *family, r, c, 0.1, distribution),
+        "mix per factor": lambda: [cuda.mix(a, *family, r, c, 0.1, distribution) for a in coeffs],
+        "project_grouped": lambda: cuda.project_grouped(grads, *family, k, 0.1, distribution),
+        "project per factor": lambda: [cuda.project(g, *family, k, 0.1, distribution) for g in grads],
+    }
+
+
+def grouped_rows(warmup, reps):
+    from nola_kernels.backends import cuda_backend as cuda
+
+    rows = []
+    for name, r, c, k, groups in GROUPED_CASES:
+        for distribution in ("uniform", "rademacher"):
+            coeffs, grads = torch.randn(groups, k, device="cuda"), torch.randn(groups, r, c, device="cuda")
+            for op, call in _grouped_calls(cuda, coeffs, grads, distribution).items():
+                measured = time_case(_Call(call), "cuda", warmup, reps)
+                rows.append(dict(shape=name, G=groups, distribution=distribution, op=op, measured_us=measured * 1e6))
+                print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def model_shape(name, distribution):
     return replace(shape_of(name), distribution=distribution)
 
@@ -130,9 +174,11 @@ def main(argv=None):
         shapes = [shape for shape in SHAPES["cuda"] if shape.name in BENCH_SHAPES]
         device, warmup, reps = "cuda", 3, args.reps
     rows = run(device, shapes, warmup, reps)
+    grouped = grouped_rows(warmup, reps) if device == "cuda" and "cuda" in available_backends("cuda") else []
     args.out.mkdir(parents=True, exist_ok=True)
     name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
-    (args.out / f"paths-{device}.json").write_text(json.dumps({"device": name, "rows": rows}, indent=1))
+    results = {"device": name, "rows": rows, "grouped": grouped}
+    (args.out / f"paths-{device}.json").write_text(json.dumps(results, indent=1))
     for line in choices(rows):
         print(line)
     return 0

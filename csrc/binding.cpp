@@ -122,6 +122,42 @@ at::Tensor project(const at::Tensor& grad_in, int64_t seed, int64_t stream, int6
   return out;
 }
 
+// coeffs (G, k) -> (G, rows, cols): every row mixed from the one family.
+at::Tensor mix_grouped(const at::Tensor& coeffs_in, int64_t seed, int64_t stream, int64_t rows, int64_t cols,
+                       double scale, const std::string& distribution) {
+  const c10::cuda::CUDAGuard guard(coeffs_in.device());
+  TORCH_CHECK(coeffs_in.dim() == 2, "coeffs must be 2-D (G, k), got ", coeffs_in.sizes());
+  const at::Tensor coeffs = coeffs_in.to(at::kFloat).contiguous();
+  const int64_t groups = coeffs.size(0);
+  const nola::GroupedProblem problem{family(seed, stream), parse_distribution(distribution), groups,
+                                     checked_numel(rows, cols), checked_basis_count(coeffs.size(1), "k"),
+                                     static_cast<float>(scale)};
+  at::Tensor out = at::empty({groups, rows, cols}, coeffs.options());
+  const int sms = sm_count(coeffs);
+  const at::Tensor space = workspace(nola::mix_grouped_workspace_bytes(problem, sms), coeffs);
+  check(nola::mix_grouped(problem, coeffs.data_ptr<float>(), out.data_ptr<float>(), space.data_ptr(), sms,
+                          current_stream()));
+  return out;
+}
+
+// grads (G, rows, cols) -> (G, k): every row projected on the one family.
+at::Tensor project_grouped(const at::Tensor& grads_in, int64_t seed, int64_t stream, int64_t k, double scale,
+                           const std::string& distribution) {
+  const c10::cuda::CUDAGuard guard(grads_in.device());
+  TORCH_CHECK(grads_in.dim() == 3, "grads must be 3-D (G, rows, cols), got ", grads_in.sizes());
+  const at::Tensor grads = grads_in.to(at::kFloat).contiguous();
+  const int64_t groups = grads.size(0);
+  const nola::GroupedProblem problem{family(seed, stream), parse_distribution(distribution), groups,
+                                     checked_numel(grads.size(1), grads.size(2)), checked_basis_count(k, "k"),
+                                     static_cast<float>(scale)};
+  at::Tensor out = at::empty({groups, k}, grads.options());
+  const int sms = sm_count(grads);
+  const at::Tensor space = workspace(nola::project_grouped_workspace_bytes(problem, sms), grads);
+  check(nola::project_grouped(problem, grads.data_ptr<float>(), out.data_ptr<float>(), space.data_ptr(), sms,
+                              current_stream()));
+  return out;
+}
+
 // The tensors of one low-rank call, converted once, and the kernels' view of them.
 struct LowRankInputs {
   at::Tensor x, alpha, beta, a0, b0;
@@ -212,6 +248,10 @@ TORCH_LIBRARY(nola_kernels_cuda, m) {
   m.def("mix(Tensor coeffs, int seed, int stream, int rows, int cols, float scale, str distribution) -> Tensor");
   m.def("project(Tensor grad, int seed, int stream, int k, float scale, str distribution) -> Tensor");
   m.def(
+      "mix_grouped(Tensor coeffs, int seed, int stream, int rows, int cols, float scale, str distribution) "
+      "-> Tensor");
+  m.def("project_grouped(Tensor grads, int seed, int stream, int k, float scale, str distribution) -> Tensor");
+  m.def(
       "lowrank_forward(Tensor x, Tensor alpha, Tensor beta, Tensor? a0, Tensor? b0, int seed_a, int seed_b, "
       "int rank, int out_features, float scaling, str distribution) -> (Tensor, Tensor)");
   m.def(
@@ -224,6 +264,8 @@ TORCH_LIBRARY(nola_kernels_cuda, m) {
 TORCH_LIBRARY_IMPL(nola_kernels_cuda, CUDA, m) {
   m.impl("mix", &mix);
   m.impl("project", &project);
+  m.impl("mix_grouped", &mix_grouped);
+  m.impl("project_grouped", &project_grouped);
   m.impl("lowrank_forward", &lowrank_forward);
   m.impl("lowrank_backward", &lowrank_backward);
   m.impl("philox_rate", &philox_rate);

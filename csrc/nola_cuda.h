@@ -35,6 +35,26 @@ size_t generate_workspace_bytes(Distribution distribution, int64_t numel, int64_
                                 int sm_count);
 cudaError_t generate(const GenerateProblem& problem, void* workspace, int sm_count, cudaStream_t stream);
 
+// Grouped generation over one basis family: G rows of coefficients or gradients share every
+// generated entry (csrc/grouped.cu). mix_grouped: mixed[g, n] = scale * sum_i coeffs[g, i] U_i[n],
+// coeffs (G, k), mixed (G, numel); project_grouped: projected[g, i] = scale * <grads[g], U_i>,
+// grads (G, numel), projected (G, k). All contiguous float32.
+struct GroupedProblem {
+  Family family;
+  Distribution distribution;
+  int64_t groups;  // G
+  int64_t numel;
+  int64_t k;  // at most 2^32
+  float scale;
+};
+
+size_t mix_grouped_workspace_bytes(const GroupedProblem& problem, int sm_count);
+cudaError_t mix_grouped(const GroupedProblem& problem, const float* coeffs, float* mixed, void* workspace,
+                        int sm_count, cudaStream_t stream);
+size_t project_grouped_workspace_bytes(const GroupedProblem& problem, int sm_count);
+cudaError_t project_grouped(const GroupedProblem& problem, const float* grads, float* projected, void* workspace,
+                            int sm_count, cudaStream_t stream);
+
 // A matrix operand: element (row, col) lives at data[row * row_stride + col * col_stride].
 struct MatrixView {
   const void* data;

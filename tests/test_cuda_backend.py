@@ -10,7 +10,7 @@ from nola_kernels import perf_model
 from nola_kernels.backends import cuda_backend
 from nola_kernels.lowrank import LowRankShape
 
-OPS = ("mix", "project", "lowrank_forward", "lowrank_backward", "philox_rate")
+OPS = ("mix", "project", "mix_grouped", "project_grouped", "lowrank_forward", "lowrank_backward", "philox_rate")
 built = pytest.mark.skipif(cuda_backend._ops is None, reason="the CUDA extension is not built here")
 
 

@@ -1,6 +1,6 @@
-"""The CUDA backend on a GPU: the basis bit for bit, mix and project against the materialized basis,
-the fused low-rank kernels against float64 and against the naive path on the same GPU, determinism,
-and compute-sanitizer on a small case. Skipped without CUDA or without the built extension."""
+"""The CUDA backend on a GPU: the basis bit for bit, mix and project (and their grouped forms) against
+the materialized basis, the fused low-rank kernels against float64 and against the naive path on the
+same GPU, determinism, and compute-sanitizer on a small case. Skipped without CUDA or without the built extension."""
 
 import math
 import shutil
@@ -12,7 +12,14 @@ import pytest
 import torch
 from numerics import rel_err
 
-from nola_kernels import available_backends, nola_basis, nola_mix, nola_project
+from nola_kernels import (
+    available_backends,
+    nola_basis,
+    nola_mix,
+    nola_mix_grouped,
+    nola_project,
+    nola_project_grouped,
+)
 from nola_kernels.backends import cuda_backend
 from nola_kernels.lowrank import LowRankSpec
 from nola_kernels.reference import naive_matmul
@@ -87,6 +94,92 @@ def test_empty_matrices_and_out_of_range_arguments():
             ops.lowrank_forward(x, alpha, beta, None, None, 1, 2, rank, out_features, 1.0, "uniform")
     with pytest.raises(RuntimeError, match="alpha must be on cuda"):
         ops.lowrank_forward(x, alpha.cpu(), beta, None, None, 1, 2, 2, 5, 1.0, "uniform")
+
+
+GROUPED = [
+    # seed, stream, G, k, shape, distribution: one row and a partial chunk of rows, rows past a
+    # chunk of 16 (uniform) or of 2 and 4 (rademacher), k-splits, odd sizes, the GPT-2 medium factor
+    (3, 0, 1, 5, (1, 1), "uniform"),
+    (2**32 + 7, 1, 3, 37, (33, 17), "uniform"),
+    (11, 0, 37, 2048, (3, 5), "uniform"),
+    (5, 0, 12, 512, (8, 1024), "uniform"),
+    (2**62, 2**40, 37, 65, (64, 100), "rademacher"),
+    (7, 3, 5, 600, (8, 1024), "rademacher"),
+]
+
+
+def _poison_allocator():
+    # The ops allocate their outputs and workspace: NaN in the blocks the caching allocator hands
+    # out next shows any element a kernel leaves unwritten.
+    torch.full((1 << 26,), float("nan"), device="cuda")
+    torch.cuda.synchronize()
+
+
+def _grouped(seed, stream, G, k, shape, distribution, scale=0.25):
+    coeffs, grads = torch.randn(G, k, device="cuda"), torch.randn(G, *shape, device="cuda")
+    _poison_allocator()
+    mixed = cuda_backend.mix_grouped(coeffs, seed, stream, *shape, scale, distribution)
+    _poison_allocator()
+    projected = cuda_backend.project_grouped(grads, seed, stream, k, scale, distribution)
+    return coeffs, grads, mixed, projected
+
+
+@pytest.mark.parametrize("seed, stream, G, k, shape, distribution", GROUPED)
+def test_grouped_mix_and_project_match_float64_and_the_torch_backend(seed, stream, G, k, shape, distribution):
+    coeffs, grads, mixed, projected = _grouped(seed, stream, G, k, shape, distribution)
+    basis = nola_basis(seed, k, shape, stream=stream, distribution=distribution, device="cuda").double()
+    assert mixed.shape == (G, *shape) and projected.shape == (G, k)
+    assert rel_err(mixed, torch.einsum("gk,krc->grc", coeffs.double(), basis) * 0.25) <= 1e-5
+    assert rel_err(projected, torch.einsum("krc,grc->gk", basis, grads.double()) * 0.25) <= 1e-5
+    # The torch backend orders its sums otherwise: the two float32 results differ by both errors.
+    family = dict(scale=0.25, stream=stream, distribution=distribution, backend="torch")
+    assert rel_err(mixed, nola_mix_grouped(coeffs, seed, shape, **family)) <= 2e-5
+    assert rel_err(projected, nola_project_grouped(grads, seed, k, **family)) <= 2e-5
+
+
+@pytest.mark.parametrize("distribution", ["uniform", "rademacher"])
+def test_grouped_mix_of_one_hot_rows_is_the_basis_bit_for_bit(distribution):
+    # Row g of the identity mixes U_g alone (plus signed zeros), so the result reads the kernel's basis.
+    k, shape = 40, (33, 70)
+    mixed = cuda_backend.mix_grouped(torch.eye(k, device="cuda"), 9, 2, *shape, 1.0, distribution)
+    expected = nola_basis(9, k, shape, stream=2, distribution=distribution, device="cuda")
+    assert torch.equal(_bits(mixed), _bits(expected))
+
+
+@pytest.mark.parametrize("distribution", ["uniform", "rademacher"])
+def test_grouped_results_are_deterministic(distribution):
+    first = _grouped(1, 0, 24, 512, (16, 4096), distribution)
+    second = _grouped(1, 0, 24, 512, (16, 4096), distribution)
+    assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
+    assert torch.equal(first[2], second[2]) and torch.equal(first[3], second[3])
+
+
+def test_grouped_ops_route_to_the_cuda_kernels_and_differentiate():
+    coeffs = torch.randn(13, 70, device="cuda", requires_grad=True)
+    mixed = nola_mix_grouped(coeffs, 4, (9, 31), backend="cuda")
+    weights = torch.randn_like(mixed)
+    mixed.backward(weights)
+    assert torch.equal(mixed, cuda_backend.mix_grouped(coeffs.detach(), 4, 0, 9, 31, 1 / math.sqrt(70), "uniform"))
+    assert torch.equal(coeffs.grad, cuda_backend.project_grouped(weights, 4, 0, 70, 1 / math.sqrt(70), "uniform"))
+
+
+def test_grouped_empty_shapes_and_bad_arguments():
+    ops = torch.ops.nola_kernels_cuda
+    assert ops.mix_grouped(torch.randn(3, 5, device="cuda"), 1, 0, 0, 4, 1.0, "uniform").shape == (3, 0, 4)
+    assert torch.equal(ops.mix_grouped(torch.empty(2, 0, device="cuda"), 1, 0, 3, 4, 1.0, "uniform"),
+                       torch.zeros(2, 3, 4, device="cuda"))  # fmt: skip
+    # No positions: every projection is an empty sum, written as zeros.
+    assert torch.equal(
+        ops.project_grouped(torch.empty(2, 0, 5, device="cuda"), 1, 0, 3, 1.0, "rademacher"),
+        torch.zeros(2, 3, device="cuda"),
+    )
+    assert ops.project_grouped(torch.randn(0, 3, 4, device="cuda"), 1, 0, 6, 1.0, "uniform").shape == (0, 6)
+    with pytest.raises(RuntimeError, match="coeffs must be 2-D"):
+        ops.mix_grouped(torch.randn(5, device="cuda"), 1, 0, 2, 2, 1.0, "uniform")
+    with pytest.raises(RuntimeError, match="grads must be 3-D"):
+        ops.project_grouped(torch.randn(4, 6, device="cuda"), 1, 0, 3, 1.0, "uniform")
+    with pytest.raises(RuntimeError, match="k must be in \\[0, 2\\^32\\]"):
+        ops.project_grouped(torch.randn(1, 4, 6, device="cuda"), 1, 0, 2**32 + 1, 1.0, "uniform")
 
 
 def _factor64(coeffs, seed, shape, offset, distribution):
@@ -208,6 +301,8 @@ SANITIZED = textwrap.dedent(
     for distribution in ("uniform", "rademacher"):
         c.mix(alpha, 1, 0, 7, 13, 0.5, distribution)
         c.project(torch.randn(7, 13, device="cuda"), 1, 0, 9, 0.5, distribution)
+        c.mix_grouped(torch.randn(19, 9, device="cuda"), 1, 0, 7, 13, 0.5, distribution)
+        c.project_grouped(torch.randn(19, 7, 13, device="cuda"), 1, 0, 9, 0.5, distribution)
         spec = LowRankSpec(1, 2, 3, 11, 0.5, distribution)
         delta, h = c.lowrank_forward(x.half(), alpha, beta, a0, None, spec)
         c.lowrank_backward(torch.randn(5, 11, device="cuda").half(), x.half(), h, alpha, beta, a0, None, spec)

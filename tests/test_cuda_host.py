@@ -32,6 +32,21 @@ def host_basis(tmp_path_factory):
     return ctypes.CDLL(str(library))
 
 
+@pytest.fixture(scope="module")
+def grouped_entries(tmp_path_factory):
+    """csrc/grouped_entries.cuh (the grouped kernels' entries of a call) compiled with g++
+    (tests/grouped_entries.cpp)."""
+    if shutil.which("g++") is None:
+        pytest.skip("needs g++")
+    library = tmp_path_factory.mktemp("grouped") / "grouped_entries.so"
+    subprocess.run(
+        ["g++", "-O2", "-std=c++17", "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC", f"-I{CSRC}",
+         "-o", str(library), str(CSRC.parent / "tests" / "grouped_entries.cpp")],
+        check=True,
+    )  # fmt: skip
+    return ctypes.CDLL(str(library))
+
+
 def _host_block(library, seed, stream, i_start, count, n_start, numel, distribution):
     out = torch.empty(count, numel, dtype=torch.float32)
     library.nola_basis_block(
@@ -86,6 +101,30 @@ def test_header_matches_far_positions_and_indices(host_basis, distribution):
         expected = basis_block(2**40 + 9, 1, i_start, i_start + 3, n_start, n_start + 257, distribution)
         got = _host_block(host_basis, 2**40 + 9, 1, i_start, 3, n_start, 257, distribution)
         assert torch.equal(_bits(got), _bits(expected)), (i_start, n_start)
+
+
+@pytest.mark.parametrize("distribution", ["uniform", "rademacher"])
+@pytest.mark.parametrize(
+    "seed, stream, i_start, first_call",
+    [(0, 0, 0, 0), (2**32 + 12345, 1, 7, 3), (2**63 - 1, 2**40 + 3, 2**32 - 3, 5), (2**40 + 9, 1, 1, None)],
+)
+def test_grouped_kernels_read_the_basis_from_each_call(grouped_entries, distribution, seed, stream, i_start,
+                                                       first_call):  # fmt: skip
+    # Each Philox call of basis index i fills positions call * entries + e (uniform: 4 entries,
+    # rademacher: 128); None takes the last calls below 2^34 positions.
+    per_call = 4 if distribution == "uniform" else 128
+    calls, count = 5, 3
+    if first_call is None:
+        first_call = 2**34 // per_call - calls
+    out = torch.empty(count, calls * per_call, dtype=torch.float32)
+    grouped_entries.nola_grouped_entries(
+        ctypes.c_uint64(seed), ctypes.c_uint64(stream), ctypes.c_int(DISTRIBUTION_CODES[distribution]),
+        ctypes.c_uint32(i_start), ctypes.c_uint32(count), ctypes.c_uint64(first_call), ctypes.c_uint64(calls),
+        ctypes.c_void_p(out.data_ptr()),
+    )  # fmt: skip
+    n_start = first_call * per_call
+    expected = basis_block(seed, stream, i_start, i_start + count, n_start, n_start + calls * per_call, distribution)
+    assert torch.equal(_bits(out), _bits(expected))
 
 
 def test_default_mix_scale_is_the_python_apis_rounding(host_basis):
@@ -169,4 +208,7 @@ def test_every_kernel_compiles_without_register_spills(ptxas_entries):
     print("\n" + "\n".join(format_report(ptxas_entries)))
     assert ptxas_entries, "nvcc reported no kernels"
     assert {entry.arch for entry in ptxas_entries} == {"sm_80", "sm_90a"}
+    grouped = [entry.kernel for entry in ptxas_entries if entry.source == "grouped.cu"]
+    for kernel in ("mix_grouped_kernel", "project_grouped_kernel"):
+        assert any(kernel in name for name in grouped), kernel
     assert not spilling(ptxas_entries), "\n".join(format_report(spilling(ptxas_entries)))

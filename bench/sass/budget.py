@@ -58,6 +58,7 @@ class Loop:
     project: bool
     entries_per_iteration: int  # per thread
     compile: object  # () -> (SASS text, function name)
+    rows: int = 1  # rows that use each generated entry (grouped kernels); SASS counts per entry and row
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,7 @@ class Row:
     minimum_philox_calls_per_entry: float
     within_budget: bool
     known_over_budget: str  # the reason, where KNOWN_OVER_BUDGET lists the loop
+    rows: int = 1
 
     @property
     def fails(self):
@@ -181,7 +183,37 @@ def _cuda_loops():
                _cuda_function(hopper.CSRC / "philox_rate.cu", "philox_rate_kernel"))  # fmt: skip
 
 
+# csrc/grouped.cu's kernels in the rows per chunk their launches take at both shapes for G = 12..48
+# (every G > 8): kernel, distribution, rows, entries a lane generates per iteration (uniform mix: one
+# call; rademacher mix: its share of four indices' calls; projection: one call for each of 4 indices).
+CUDA_GROUPED_LOOPS = (
+    ("grouped mix", "uniform", 16, 4),
+    ("grouped mix", "rademacher", 2, 128),
+    ("grouped project", "uniform", 16, 16),
+    ("grouped project", "rademacher", 4, 512),
+)
+
+
+def _grouped_template(mix, distribution, rows, suffix):
+    code = 0 if distribution == "uniform" else 1
+    return f"{'mix' if mix else 'project'}_grouped_{suffix}<(Distribution){code}, {rows}>"
+
+
+def _is_grouped(loop):
+    return loop.backend == "cuda" and loop.kernel.startswith("grouped")
+
+
+def _cuda_grouped_loops():
+    for kernel, distribution, rows, entries in CUDA_GROUPED_LOOPS:
+        mix = kernel.endswith("mix")
+        compile_loop = _cuda_function(hopper.CSRC / "grouped.cu", _grouped_template(mix, distribution, rows, "kernel"))
+        yield Loop(kernel, "cuda", distribution, tuple(SHAPES), mix, not mix, entries, compile_loop, rows)
+
+
 def _cuda_reference(loop):
+    if _is_grouped(loop):
+        wanted = _grouped_template(loop.mix, loop.distribution, loop.rows, "reference")
+        return _cuda_function(Path(__file__).with_name("references.cu"), wanted)
     wanted = _template("reference_kernel", loop.distribution, loop.mix, loop.project)
     return _cuda_function(Path(__file__).with_name("references.cu"), wanted)
 
@@ -193,15 +225,15 @@ def _measure(compile_loop):
 
 def _row(loop, count, reference):
     entries = loop.entries_per_iteration
-    sass_per_entry = count.instructions / entries
+    sass_per_entry = count.instructions / (entries * loop.rows)
     calls_per_entry = count.philox_calls(DEFAULT_ROUNDS) / entries
-    bound = reference.instructions / _reference_entries(loop)
+    bound = reference.instructions / (_reference_entries(loop) * loop.rows)
     minimum_calls = 1 / _entries_per_call(loop.distribution)
     return Row(
         loop.kernel, loop.backend, loop.distribution, list(loop.shapes), entries, count.instructions,
         round(sass_per_entry, 3), round(calls_per_entry, 5), count.barriers, count.shared_accesses, round(bound, 3),
         minimum_calls, sass_per_entry <= SASS_RATIO * bound and calls_per_entry <= PHILOX_RATIO * minimum_calls,
-        KNOWN_OVER_BUDGET.get((loop.backend, loop.kernel, loop.distribution), ""),
+        KNOWN_OVER_BUDGET.get((loop.backend, loop.kernel, loop.distribution), ""), loop.rows,
     )  # fmt: skip
 
 
@@ -210,6 +242,8 @@ CUDA_REFERENCE_ENTRIES = {"uniform": 16, "rademacher": 128}
 
 
 def _reference_entries(loop):
+    if _is_grouped(loop):
+        return loop.entries_per_iteration  # the grouped references generate a lane's entries
     if loop.backend == "cuda":
         return CUDA_REFERENCE_ENTRIES[loop.distribution]
     return _reference_calls_per_thread(loop) * _entries_per_call(loop.distribution)
@@ -227,7 +261,7 @@ def measure(backends=("triton", "cuda")):
             loops.append(loop)
             compiles.append((loop.compile, _triton_reference(loop, warps)))
     if "cuda" in backends:
-        for loop in _cuda_loops():
+        for loop in [*_cuda_loops(), *_cuda_grouped_loops()]:
             loops.append(loop)
             compiles.append((loop.compile, _cuda_reference(loop)))
     with ThreadPoolExecutor(2) as pool:

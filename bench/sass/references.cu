@@ -3,6 +3,7 @@
 // call made by the thread that uses it), the entries' values, and one FMA (mix) or one
 // multiply-add into a running sum (projection) per entry; nothing else. Compiled with the flags of
 // csrc/, never launched.
+#include "grouped_entries.cuh"
 #include "philox.cuh"
 
 namespace nola {
@@ -65,5 +66,98 @@ template __global__ void reference_kernel<Distribution::kUniform, true, true>(Fa
 template __global__ void reference_kernel<Distribution::kRademacher, true, false>(Family, uint32_t, const float*, const float*, float*);
 template __global__ void reference_kernel<Distribution::kRademacher, false, true>(Family, uint32_t, const float*, const float*, float*);
 template __global__ void reference_kernel<Distribution::kRademacher, true, true>(Family, uint32_t, const float*, const float*, float*);
+
+// The grouped kernels' references (csrc/grouped.cu): per iteration a thread generates the same
+// entries as the kernel's lane with the same calls, and does one FMA per entry and row; the
+// mix also reads each basis index's coefficients (4 rows a load where the rows allow), the
+// projection keeps its gradients in registers. Uniform mix: one call of 4 positions per index;
+// rademacher mix: one call whose 4 words serve 4 indices; projection: one call for each of 4 indices.
+template <int kRows>
+__device__ void load_weights(const float* source, float (&out)[kRows]) {
+  if constexpr (kRows % 4 == 0) {
+#pragma unroll
+    for (int r = 0; r < kRows; r += 4) {
+      const float4 v = __ldg(reinterpret_cast<const float4*>(source + r));
+      out[r] = v.x, out[r + 1] = v.y, out[r + 2] = v.z, out[r + 3] = v.w;
+    }
+  } else {
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) out[r] = __ldg(source + r);
+  }
+}
+
+template <Distribution D, int kRows>
+__global__ void mix_grouped_reference(Family family, uint32_t k, const float* coeffs, float* out) {
+  constexpr bool kUniform = D == Distribution::kUniform;
+  constexpr int kPositions = kUniform ? 4 : 32, kStepsPerCall = kUniform ? 1 : 4;
+  const uint32_t call = blockIdx.x * blockDim.x + threadIdx.x;
+  float sums[kRows][kPositions];
+#pragma unroll
+  for (int r = 0; r < kRows; ++r) {
+#pragma unroll
+    for (int e = 0; e < kPositions; ++e) sums[r][e] = 0.0f;
+  }
+#pragma unroll 1
+  for (uint32_t i = 0; i < k; i += kStepsPerCall) {
+    const Words words = family.call(call, i);
+#pragma unroll
+    for (int s = 0; s < kStepsPerCall; ++s) {
+      float weight[kRows];
+      load_weights<kRows>(coeffs + (i + s) * kRows, weight);
+#pragma unroll
+      for (int e = 0; e < kPositions; ++e) {
+        const float value = kUniform ? uniform_value(words.x[e]) : rademacher_value(words.x[s], e);
+#pragma unroll
+        for (int r = 0; r < kRows; ++r) sums[r][e] = fmaf(weight[r], value, sums[r][e]);
+      }
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < kRows; ++r) {
+#pragma unroll
+    for (int e = 0; e < kPositions; ++e) out[(r * gridDim.x * blockDim.x + call) * kPositions + e] = sums[r][e];
+  }
+}
+
+template <Distribution D, int kRows>
+__global__ void project_grouped_reference(Family family, uint32_t calls, const float* grads, float* out) {
+  using Entries = CallEntries<D>;
+  const uint32_t first_index = (blockIdx.x * blockDim.x + threadIdx.x) * 4;
+  float grad[kRows][4];
+  float sums[4][kRows];
+#pragma unroll
+  for (int r = 0; r < kRows; ++r) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) grad[r][e] = grads[r * 4 + e];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) sums[j][r] = 0.0f;
+  }
+#pragma unroll 1
+  for (uint32_t c = 0; c < calls; ++c) {
+    Words words[4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) words[j] = family.call(c, first_index + j);
+#pragma unroll
+    for (int e = 0; e < Entries::kCount; ++e) {
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const float value = Entries::value(words[j], e);
+#pragma unroll
+        for (int r = 0; r < kRows; ++r) sums[j][r] = fmaf(grad[r][e % 4], value, sums[j][r]);
+      }
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) out[(first_index + j) * kRows + r] = sums[j][r];
+  }
+}
+
+// The row counts grouped.cu launches for G > 8 (bench/sass/budget.py, CUDA_GROUPED_LOOPS).
+template __global__ void mix_grouped_reference<Distribution::kUniform, 16>(Family, uint32_t, const float*, float*);
+template __global__ void mix_grouped_reference<Distribution::kRademacher, 2>(Family, uint32_t, const float*, float*);
+template __global__ void project_grouped_reference<Distribution::kUniform, 16>(Family, uint32_t, const float*, float*);
+template __global__ void project_grouped_reference<Distribution::kRademacher, 4>(Family, uint32_t, const float*, float*);
 
 }  // namespace nola

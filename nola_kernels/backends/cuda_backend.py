@@ -60,6 +60,18 @@ def project(grad, seed, stream, k, scale, distribution):
     return _ops.project(grad, seed, stream, k, scale, distribution)
 
 
+def mix_grouped(coeffs, seed, stream, rows, cols, scale, distribution):
+    """scale * sum_i coeffs[g, i] * U_i for every row g of coeffs (G, k), as a (G, rows, cols)
+    float32 tensor; each basis entry is generated once for a chunk of rows (csrc/grouped.cu)."""
+    return _ops.mix_grouped(coeffs, seed, stream, rows, cols, scale, distribution)
+
+
+def project_grouped(grads, seed, stream, k, scale, distribution):
+    """scale * <grads[g], U_i> for i < k and every row g of grads (G, rows, cols), as a (G, k)
+    float32 tensor."""
+    return _ops.project_grouped(grads, seed, stream, k, scale, distribution)
+
+
 def prefers_fused(shape):
     """Whether lowrank_forward/backward beat mix + cuBLAS products at this LowRankShape, by the
     performance model (nola_kernels/perf_model.py). Both paths generate each factor with the same
