@@ -1,0 +1,216 @@
+"""nola_mix_grouped and nola_project_grouped as Triton kernels: matmuls whose basis operand is
+generated inside the tile loop, once per launch for all G rows.
+
+  mix:     out[g, n] = scale * sum_i coeffs[g, i] U_i[n]     (coeffs[G x k] @ U[k x numel])
+  project: out[g, i] = scale * sum_n grads[g, n] U_i[n]      (grads[G x numel] @ U^T[numel x k])
+
+A program generates tiles of (indices x positions) entries of U in registers, each thread making
+whole Philox calls, and multiplies them with the G rows (padded to tl.dot's 16) on tensor cores.
+Precision (float32 results as accurate as float32 FMAs):
+- uniform: input_precision="tf32x3". Its split of an operand into a TF32 high part and a TF32
+  rest is exact for a uniform entry (an odd multiple of 2^-23 below 1: the rest after rounding to
+  11 bits has at most 11), so only the dense operand's split (within 2^-24 of it, relatively) and
+  the dropped product of the two rests (within 2^-24 of the product) round: about one float32
+  rounding per product.
+- rademacher: +-1 is exact in TF32, and the dense operand is split by hand into three TF32 parts
+  that add up to it exactly (11 + 11 + 2 significant bits), so every product is exact and only the
+  float32 accumulation rounds.
+Sums over the split dimension (k for mix, positions for project) are per-program partials in
+fixed-size steps, added afterwards by torch.sum: no float atomics, the same bits run to run.
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+from .launch import GRID_TARGET_WARPS, INTERPRETED, ceil_div, on_device, output_buffer, seed_words
+from .philox_tiles import RADEMACHER_SHIFT, _words, basis_tile, flip_sign
+
+GROUPED_WARPS = 4
+# Rows per program: tl.dot's minimum of 16 up to 64 (the accumulator's registers); past 64 rows
+# the grid takes a third axis of row blocks, each generating the tiles again.
+MIN_ROWS, MAX_ROWS = 16, 64
+# (basis indices, positions) of a generated tile: whole Philox calls along the positions, at
+# least one call per thread (uniform: 8 calls a thread in mix, 8 in project; rademacher: one call
+# of 128 entries).
+MIX_TILE = {"uniform": (32, 128), "rademacher": (64, 256)}
+PROJECT_TILE = {"uniform": (64, 64), "rademacher": (64, 256)}
+# Programs a launch aims at: two per SM of an H100 (132), or a few in the interpreter so that the
+# partial sums run in CPU tests. Splits of the reduced dimension take at least MIN_STEPS tiles,
+# and the mix partials stay within MIX_PARTIAL_ENTRIES floats (16 MiB) or the output's size.
+TARGET_PROGRAMS = 4 if INTERPRETED else 2 * GRID_TARGET_WARPS // (32 * GROUPED_WARPS)
+MIN_STEPS = 1 if INTERPRETED else 4
+MIX_PARTIAL_ENTRIES = 1 << 22
+
+
+@triton.jit
+def _columns(w0, w1, w2, w3):
+    """Four (32, I, C) tensors (one per Philox word, bit b of the word in row b) as one
+    (I, 128 C) tile. The column order is _offsets'; each thread keeps its calls' 128 entries."""
+    I: tl.constexpr = w0.shape[1]
+    C: tl.constexpr = w0.shape[2]
+    joined = tl.permute(tl.join(tl.join(w0, w1), tl.join(w2, w3)), (1, 0, 2, 3, 4))
+    return tl.reshape(joined, (I, 128 * C))
+
+
+@triton.jit
+def _offsets(WIDTH: tl.constexpr, RADEMACHER: tl.constexpr):
+    """The position, from the tile's first, of each tile column (WIDTH,)."""
+    if RADEMACHER:
+        entry = 128 * tl.arange(0, WIDTH >> RADEMACHER_SHIFT.value)[None, None, :] + tl.arange(0, 32)[:, None, None]
+        return tl.reshape(_columns(entry, entry + 32, entry + 64, entry + 96), (WIDTH,))
+    else:
+        return tl.arange(0, WIDTH)
+
+
+@triton.jit
+def _tile(seed, stream_lo, stream_hi, indices, first, WIDTH: tl.constexpr, RADEMACHER: tl.constexpr,
+          ROUNDS: tl.constexpr):  # fmt: skip
+    """(I, WIDTH) float32: entry [r, j] is U_{indices[r]} at flat position first + _offsets[j]
+    (first: a multiple of WIDTH, itself whole Philox calls)."""
+    if RADEMACHER:
+        call = (first >> RADEMACHER_SHIFT) + tl.arange(0, WIDTH >> RADEMACHER_SHIFT.value)
+        # Calls along the last axis and indices along the middle one, the 32 bits of a word along
+        # the first: threads split the calls, and each keeps the 128 entries of its own.
+        z0, z1, z2, z3 = _words(seed, call[None, None, :], indices[None, :, None], stream_lo, stream_hi, ROUNDS)
+        bits = tl.arange(0, 32)[:, None, None]
+        one = tl.full((32, 1, 1), 1.0, tl.float32)
+        return _columns(flip_sign(one, z0, bits), flip_sign(one, z1, bits), flip_sign(one, z2, bits),
+                        flip_sign(one, z3, bits))  # fmt: skip
+    else:
+        return basis_tile(seed, stream_lo, stream_hi, indices, tl.zeros_like(indices) + first, WIDTH, False, True, ROUNDS)
+
+
+@triton.jit
+def _tf32(value):
+    """value rounded to TF32's 11 significant bits, to nearest (ties away from 0), in float32."""
+    return ((value.to(tl.uint32, bitcast=True) + 0x1000) & 0xFFFFE000).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _dot(dense, basis, acc, RADEMACHER: tl.constexpr):
+    """acc + dense @ basis on tensor cores, as precise as float32 (module docstring)."""
+    if RADEMACHER:
+        high = _tf32(dense)
+        rest = dense - high
+        middle = _tf32(rest)
+        acc = tl.dot(high, basis, acc, input_precision="tf32")
+        acc = tl.dot(middle, basis, acc, input_precision="tf32")
+        return tl.dot(rest - middle, basis, acc, input_precision="tf32")
+    else:
+        return tl.dot(dense, basis, acc, input_precision="tf32x3")
+
+
+@triton.jit
+def _mix_kernel(
+    coeffs_ptr, partial_ptr, rows, numel, k, per_split, scale, seed, stream_lo, stream_hi,
+    ROWS: tl.constexpr, BLOCK_I: tl.constexpr, WIDTH: tl.constexpr, RADEMACHER: tl.constexpr,
+    ROUNDS: tl.constexpr,
+):  # fmt: skip
+    """partial[split, g, n] = scale * sum over the split's i of coeffs[g, i] U_i[n], for the
+    program's WIDTH positions n and ROWS rows g, BLOCK_I basis indices per step."""
+    first = tl.program_id(0).to(tl.int64) * WIDTH
+    split = tl.program_id(1).to(tl.int64)
+    g = tl.program_id(2) * ROWS + tl.arange(0, ROWS)
+    i_start = split * per_split
+    i_stop = tl.minimum(i_start + per_split, k)
+    acc = tl.zeros((ROWS, WIDTH), tl.float32)
+    for i0 in range(i_start, i_stop, BLOCK_I):
+        indices = i0 + tl.arange(0, BLOCK_I)
+        live = (g[:, None] < rows) & (indices[None, :] < i_stop)
+        coeffs = tl.load(coeffs_ptr + g[:, None].to(tl.int64) * k + indices[None, :], mask=live, other=0.0)
+        acc = _dot(coeffs, _tile(seed, stream_lo, stream_hi, indices, first, WIDTH, RADEMACHER, ROUNDS), acc, RADEMACHER)
+    n = first + _offsets(WIDTH, RADEMACHER)
+    out = partial_ptr + (split * rows + g[:, None]) * numel + n[None, :]
+    tl.store(out, acc * scale, mask=(g[:, None] < rows) & (n[None, :] < numel))
+
+
+@triton.jit
+def _project_kernel(
+    grads_ptr, partial_ptr, rows, numel, k, blocks_per_group, seed, stream_lo, stream_hi,
+    ROWS: tl.constexpr, BLOCK_I: tl.constexpr, WIDTH: tl.constexpr, RADEMACHER: tl.constexpr,
+    ROUNDS: tl.constexpr,
+):  # fmt: skip
+    """partial[group, g, i] = sum over the group's positions n of grads[g, n] U_i[n], for the
+    program's BLOCK_I basis indices i and ROWS rows g, WIDTH positions per step in order."""
+    indices = tl.program_id(0).to(tl.int64) * BLOCK_I + tl.arange(0, BLOCK_I)
+    group = tl.program_id(1).to(tl.int64)
+    g = tl.program_id(2) * ROWS + tl.arange(0, ROWS)
+    offsets = _offsets(WIDTH, RADEMACHER)
+    rows_ptr = grads_ptr + g[:, None].to(tl.int64) * numel
+    acc = tl.zeros((ROWS, BLOCK_I), tl.float32)
+    first_block = group * blocks_per_group
+    stop_block = tl.minimum(first_block + blocks_per_group, tl.cdiv(numel, WIDTH))
+    for block in range(first_block, stop_block):
+        first = block * WIDTH
+        n = first + offsets
+        grads = tl.load(rows_ptr + n[None, :], mask=(g[:, None] < rows) & (n[None, :] < numel), other=0.0)
+        basis = _tile(seed, stream_lo, stream_hi, indices, first, WIDTH, RADEMACHER, ROUNDS)
+        acc = _dot(grads, tl.trans(basis), acc, RADEMACHER)
+    out = partial_ptr + (group * rows + g[:, None]) * k + indices[None, :]
+    tl.store(out, acc, mask=(g[:, None] < rows) & (indices[None, :] < k))
+
+
+def _row_block(rows):
+    return min(MAX_ROWS, max(MIN_ROWS, triton.next_power_of_2(rows)))
+
+
+def mix_grid(rows, numel, k, distribution):
+    """(row block, indices per step, tile width, (blocks, splits, row blocks), indices per split)
+    of a grouped mix: splits of k (whole steps, at least MIN_STEPS each) until the grid reaches
+    TARGET_PROGRAMS, within the partials' bound."""
+    block_i, width = MIX_TILE[distribution]
+    row_block = _row_block(rows)
+    blocks, row_blocks = ceil_div(numel, width), ceil_div(rows, row_block)
+    most_splits = min(ceil_div(k, MIN_STEPS * block_i), max(1, MIX_PARTIAL_ENTRIES // (rows * numel)))
+    splits = max(1, min(ceil_div(TARGET_PROGRAMS, blocks * row_blocks), most_splits))
+    per_split = ceil_div(ceil_div(k, splits), block_i) * block_i
+    return row_block, block_i, width, (blocks, ceil_div(k, per_split), row_blocks), per_split
+
+
+def project_grid(rows, numel, k, distribution):
+    """(row block, indices per program, tile width, (index blocks, groups, row blocks), position
+    blocks per group) of a grouped projection: position blocks in groups of whole blocks, as few
+    groups as reach TARGET_PROGRAMS."""
+    block_i, width = PROJECT_TILE[distribution]
+    row_block = _row_block(rows)
+    index_blocks, blocks, row_blocks = ceil_div(k, block_i), ceil_div(numel, width), ceil_div(rows, row_block)
+    wanted_groups = min(blocks, ceil_div(TARGET_PROGRAMS, index_blocks * row_blocks))
+    blocks_per_group = ceil_div(blocks, wanted_groups)
+    return row_block, block_i, width, (index_blocks, ceil_div(blocks, blocks_per_group), row_blocks), blocks_per_group
+
+
+def _sum_partials(partial):
+    return partial[0] if partial.shape[0] == 1 else partial.sum(0)
+
+
+def mix_grouped(coeffs, seed, stream, rows, cols, scale, distribution, rounds):
+    """(G, rows, cols) float32: row g is scale * sum_i coeffs[g, i] U_i; coeffs: contiguous
+    float32 (G, k)."""
+    count, k = coeffs.shape
+    numel = rows * cols
+    row_block, block_i, width, grid, per_split = mix_grid(count, numel, k, distribution)
+    partial = output_buffer((grid[1], count, numel), torch.float32, coeffs.device)
+    with on_device(coeffs):
+        _mix_kernel[grid](
+            coeffs, partial, count, numel, k, per_split, scale, *seed_words(seed, stream),
+            ROWS=row_block, BLOCK_I=block_i, WIDTH=width, RADEMACHER=distribution == "rademacher", ROUNDS=rounds,
+            num_warps=GROUPED_WARPS,
+        )  # fmt: skip
+        return _sum_partials(partial).view(count, rows, cols)
+
+
+def project_grouped(grads, seed, stream, k, scale, distribution, rounds):
+    """(G, k) float32: row g is scale * <grads[g], U_i> for i < k; grads: contiguous float32
+    (G, rows, cols)."""
+    count = grads.shape[0]
+    numel = grads[0].numel()
+    row_block, block_i, width, grid, blocks_per_group = project_grid(count, numel, k, distribution)
+    partial = output_buffer((grid[1], count, k), torch.float32, grads.device)
+    with on_device(grads):
+        _project_kernel[grid](
+            grads, partial, count, numel, k, blocks_per_group, *seed_words(seed, stream),
+            ROWS=row_block, BLOCK_I=block_i, WIDTH=width, RADEMACHER=distribution == "rademacher", ROUNDS=rounds,
+            num_warps=GROUPED_WARPS,
+        )  # fmt: skip
+        return _sum_partials(partial).mul_(scale)
