@@ -88,17 +88,26 @@ def _tf32(value):
 
 
 @triton.jit
-def _dot(dense, basis, acc, RADEMACHER: tl.constexpr):
-    """acc + dense @ basis on tensor cores, as precise as float32 (module docstring)."""
+def _product(dense, basis, acc, BASIS_FIRST: tl.constexpr, PRECISION: tl.constexpr):
+    if BASIS_FIRST:
+        return tl.dot(basis, dense, acc, input_precision=PRECISION)
+    else:
+        return tl.dot(dense, basis, acc, input_precision=PRECISION)
+
+
+@triton.jit
+def _dot(dense, basis, acc, RADEMACHER: tl.constexpr, BASIS_FIRST: tl.constexpr):
+    """acc + dense @ basis (or basis @ dense) on tensor cores, as precise as float32 (module
+    docstring)."""
     if RADEMACHER:
         high = _tf32(dense)
         rest = dense - high
         middle = _tf32(rest)
-        acc = tl.dot(high, basis, acc, input_precision="tf32")
-        acc = tl.dot(middle, basis, acc, input_precision="tf32")
-        return tl.dot(rest - middle, basis, acc, input_precision="tf32")
+        acc = _product(high, basis, acc, BASIS_FIRST, "tf32")
+        acc = _product(middle, basis, acc, BASIS_FIRST, "tf32")
+        return _product(rest - middle, basis, acc, BASIS_FIRST, "tf32")
     else:
-        return tl.dot(dense, basis, acc, input_precision="tf32x3")
+        return _product(dense, basis, acc, BASIS_FIRST, "tf32x3")
 
 
 @triton.jit
@@ -119,7 +128,8 @@ def _mix_kernel(
         indices = i0 + tl.arange(0, BLOCK_I)
         live = (g[:, None] < rows) & (indices[None, :] < i_stop)
         coeffs = tl.load(coeffs_ptr + g[:, None].to(tl.int64) * k + indices[None, :], mask=live, other=0.0)
-        acc = _dot(coeffs, _tile(seed, stream_lo, stream_hi, indices, first, WIDTH, RADEMACHER, ROUNDS), acc, RADEMACHER)
+        basis = _tile(seed, stream_lo, stream_hi, indices, first, WIDTH, RADEMACHER, ROUNDS)
+        acc = _dot(coeffs, basis, acc, RADEMACHER, False)
     n = first + _offsets(WIDTH, RADEMACHER)
     out = partial_ptr + (split * rows + g[:, None]) * numel + n[None, :]
     tl.store(out, acc * scale, mask=(g[:, None] < rows) & (n[None, :] < numel))
@@ -132,23 +142,24 @@ def _project_kernel(
     ROUNDS: tl.constexpr,
 ):  # fmt: skip
     """partial[group, g, i] = sum over the group's positions n of grads[g, n] U_i[n], for the
-    program's BLOCK_I basis indices i and ROWS rows g, WIDTH positions per step in order."""
+    program's BLOCK_I basis indices i and ROWS rows g, WIDTH positions per step in order. The
+    product is U grads^T, so that the generated tile is the left operand as it was made."""
     indices = tl.program_id(0).to(tl.int64) * BLOCK_I + tl.arange(0, BLOCK_I)
     group = tl.program_id(1).to(tl.int64)
     g = tl.program_id(2) * ROWS + tl.arange(0, ROWS)
     offsets = _offsets(WIDTH, RADEMACHER)
-    rows_ptr = grads_ptr + g[:, None].to(tl.int64) * numel
-    acc = tl.zeros((ROWS, BLOCK_I), tl.float32)
+    rows_ptr = grads_ptr + g[None, :].to(tl.int64) * numel
+    acc = tl.zeros((BLOCK_I, ROWS), tl.float32)
     first_block = group * blocks_per_group
     stop_block = tl.minimum(first_block + blocks_per_group, tl.cdiv(numel, WIDTH))
     for block in range(first_block, stop_block):
         first = block * WIDTH
         n = first + offsets
-        grads = tl.load(rows_ptr + n[None, :], mask=(g[:, None] < rows) & (n[None, :] < numel), other=0.0)
+        grads = tl.load(rows_ptr + n[:, None], mask=(n[:, None] < numel) & (g[None, :] < rows), other=0.0)
         basis = _tile(seed, stream_lo, stream_hi, indices, first, WIDTH, RADEMACHER, ROUNDS)
-        acc = _dot(grads, tl.trans(basis), acc, RADEMACHER)
-    out = partial_ptr + (group * rows + g[:, None]) * k + indices[None, :]
-    tl.store(out, acc, mask=(g[:, None] < rows) & (indices[None, :] < k))
+        acc = _dot(grads, basis, acc, RADEMACHER, True)
+    out = partial_ptr + (group * rows + g[None, :]) * k + indices[:, None]
+    tl.store(out, acc, mask=(indices[:, None] < k) & (g[None, :] < rows))
 
 
 def _row_block(rows):
