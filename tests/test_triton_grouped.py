@@ -13,8 +13,8 @@ pytest.importorskip("triton")
 if "triton" not in available_backends("cpu"):
     pytest.skip("the Triton kernels run on the CPU only in the interpreter", allow_module_level=True)
 
-from nola_kernels.backends import triton_backend  # noqa: E402
-from nola_kernels.triton_kernels import grouped  # noqa: E402
+from nola_kernels.backends import triton_backend
+from nola_kernels.triton_kernels import grouped
 
 DISTRIBUTIONS = ["uniform", "rademacher"]
 ROW_COUNTS = [1, 3, 17]
@@ -69,7 +69,9 @@ def test_more_rows_than_a_program_holds(distribution):
     projected = triton_backend.project_grouped(grads, seed, stream, k, 1.0, distribution)
     for g in (0, grouped.MAX_ROWS - 1, grouped.MAX_ROWS, count - 1):
         assert rel_err(mixed[g].view(-1), coeffs[g].double() @ basis) <= rounding_bound(torch.float32, k)
-        assert rel_err(projected[g], basis @ grads[g].double().view(-1)) <= rounding_bound(torch.float32, shape[0] * shape[1])
+        assert rel_err(projected[g], basis @ grads[g].double().view(-1)) <= rounding_bound(
+            torch.float32, shape[0] * shape[1]
+        )
 
 
 @pytest.mark.parametrize("distribution", DISTRIBUTIONS)
@@ -87,10 +89,9 @@ def test_grouped_is_deterministic(distribution):
 def test_interpreted_grids_split_the_sums():
     """The test shapes run the partial sums: several splits of k (mix) and groups of positions
     (project)."""
-    seed, stream, k, shape = FAMILIES[1]
-    numel = FAMILIES[0][3][0] * FAMILIES[0][3][1]
-    assert grouped.mix_grid(3, shape[0] * shape[1], k, "uniform")[3][1] > 1
-    assert grouped.project_grid(3, numel, FAMILIES[0][2], "uniform")[3][1] > 1
+    (_, _, mix_k, (rows, cols)), (_, _, project_k, (project_rows, project_cols)) = FAMILIES[1], FAMILIES[0]
+    assert grouped.mix_plan(3, rows * cols, mix_k, "uniform").grid[1] > 1
+    assert grouped.project_plan(3, project_rows * project_cols, project_k, "uniform").grid[1] > 1
 
 
 @pytest.mark.parametrize("distribution", DISTRIBUTIONS)

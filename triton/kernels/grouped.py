@@ -19,6 +19,8 @@ Sums over the split dimension (k for mix, positions for project) are per-program
 fixed-size steps, added afterwards by torch.sum: no float atomics, the same bits run to run.
 """
 
+from typing import NamedTuple
+
 import torch
 import triton
 import triton.language as tl
@@ -35,29 +37,31 @@ MIN_ROWS, MAX_ROWS = 16, 64
 # of 128 entries).
 MIX_TILE = {"uniform": (32, 128), "rademacher": (64, 256)}
 PROJECT_TILE = {"uniform": (64, 64), "rademacher": (64, 256)}
-# Programs a launch aims at: two per SM of an H100 (132), or a few in the interpreter so that the
-# partial sums run in CPU tests. Splits of the reduced dimension take at least MIN_STEPS tiles,
-# and the mix partials stay within MIX_PARTIAL_ENTRIES floats (16 MiB) or the output's size.
-TARGET_PROGRAMS = 4 if INTERPRETED else 2 * GRID_TARGET_WARPS // (32 * GROUPED_WARPS)
-MIN_STEPS = 1 if INTERPRETED else 4
-MIX_PARTIAL_ENTRIES = 1 << 22
+# Programs a launch aims at: as many warps as the flat kernels (launch.py), or a few in the
+# interpreter so that the partial sums run in CPU tests; splits of the reduced dimension are whole
+# tiles, and the partials stay within PARTIAL_ENTRIES floats (16 MiB) or the output's size.
+TARGET_PROGRAMS = 4 if INTERPRETED else GRID_TARGET_WARPS // GROUPED_WARPS
+PARTIAL_ENTRIES = 1 << 22
 
 
 @triton.jit
 def _columns(w0, w1, w2, w3):
     """Four (32, I, C) tensors (one per Philox word, bit b of the word in row b) as one
     (I, 128 C) tile. The column order is _offsets'; each thread keeps its calls' 128 entries."""
-    I: tl.constexpr = w0.shape[1]
-    C: tl.constexpr = w0.shape[2]
+    INDICES: tl.constexpr = w0.shape[1]
+    CALLS: tl.constexpr = w0.shape[2]
     joined = tl.permute(tl.join(tl.join(w0, w1), tl.join(w2, w3)), (1, 0, 2, 3, 4))
-    return tl.reshape(joined, (I, 128 * C))
+    return tl.reshape(joined, (INDICES, 128 * CALLS))
 
 
 @triton.jit
 def _offsets(WIDTH: tl.constexpr, RADEMACHER: tl.constexpr):
     """The position, from the tile's first, of each tile column (WIDTH,)."""
     if RADEMACHER:
-        entry = 128 * tl.arange(0, WIDTH >> RADEMACHER_SHIFT.value)[None, None, :] + tl.arange(0, 32)[:, None, None]
+        entry = (
+            128 * tl.arange(0, WIDTH >> RADEMACHER_SHIFT.value)[None, None, :]
+            + tl.arange(0, 32)[:, None, None]
+        )
         return tl.reshape(_columns(entry, entry + 32, entry + 64, entry + 96), (WIDTH,))
     else:
         return tl.arange(0, WIDTH)
@@ -72,13 +76,17 @@ def _tile(seed, stream_lo, stream_hi, indices, first, WIDTH: tl.constexpr, RADEM
         call = (first >> RADEMACHER_SHIFT) + tl.arange(0, WIDTH >> RADEMACHER_SHIFT.value)
         # Calls along the last axis and indices along the middle one, the 32 bits of a word along
         # the first: threads split the calls, and each keeps the 128 entries of its own.
-        z0, z1, z2, z3 = _words(seed, call[None, None, :], indices[None, :, None], stream_lo, stream_hi, ROUNDS)
+        z0, z1, z2, z3 = _words(
+            seed, call[None, None, :], indices[None, :, None], stream_lo, stream_hi, ROUNDS
+        )
         bits = tl.arange(0, 32)[:, None, None]
         one = tl.full((32, 1, 1), 1.0, tl.float32)
         return _columns(flip_sign(one, z0, bits), flip_sign(one, z1, bits), flip_sign(one, z2, bits),
                         flip_sign(one, z3, bits))  # fmt: skip
     else:
-        return basis_tile(seed, stream_lo, stream_hi, indices, tl.zeros_like(indices) + first, WIDTH, False, True, ROUNDS)
+        return basis_tile(
+            seed, stream_lo, stream_hi, indices, tl.zeros_like(indices) + first, WIDTH, False, True, ROUNDS
+        )
 
 
 @triton.jit
@@ -162,33 +170,45 @@ def _project_kernel(
     tl.store(out, acc, mask=(indices[:, None] < k) & (g[None, :] < rows))
 
 
-def _row_block(rows):
+class Plan(NamedTuple):
+    """A grouped launch: rows per program, basis indices and positions of a generated tile, the
+    grid, and the reduced dimension's share of a program (mix: basis indices per split; project:
+    position blocks per group)."""
+
+    rows: int
+    block_i: int
+    width: int
+    grid: tuple
+    share: int
+
+
+def rows_per_program(rows):
+    """Rows per program for `rows` rows: a power of 2 from MIN_ROWS to MAX_ROWS."""
     return min(MAX_ROWS, max(MIN_ROWS, triton.next_power_of_2(rows)))
 
 
-def mix_grid(rows, numel, k, distribution):
-    """(row block, indices per step, tile width, (blocks, splits, row blocks), indices per split)
-    of a grouped mix: splits of k (whole steps, at least MIN_STEPS each) until the grid reaches
-    TARGET_PROGRAMS, within the partials' bound."""
+def mix_plan(rows, numel, k, distribution):
+    """Splits of k (whole steps) until the grid of (position blocks,
+    splits, row blocks) reaches TARGET_PROGRAMS, within the partials' bound."""
     block_i, width = MIX_TILE[distribution]
-    row_block = _row_block(rows)
+    row_block = rows_per_program(rows)
     blocks, row_blocks = ceil_div(numel, width), ceil_div(rows, row_block)
-    most_splits = min(ceil_div(k, MIN_STEPS * block_i), max(1, MIX_PARTIAL_ENTRIES // (rows * numel)))
+    most_splits = min(ceil_div(k, block_i), max(1, PARTIAL_ENTRIES // (rows * numel)))
     splits = max(1, min(ceil_div(TARGET_PROGRAMS, blocks * row_blocks), most_splits))
     per_split = ceil_div(ceil_div(k, splits), block_i) * block_i
-    return row_block, block_i, width, (blocks, ceil_div(k, per_split), row_blocks), per_split
+    return Plan(row_block, block_i, width, (blocks, ceil_div(k, per_split), row_blocks), per_split)
 
 
-def project_grid(rows, numel, k, distribution):
-    """(row block, indices per program, tile width, (index blocks, groups, row blocks), position
-    blocks per group) of a grouped projection: position blocks in groups of whole blocks, as few
-    groups as reach TARGET_PROGRAMS."""
+def project_plan(rows, numel, k, distribution):
+    """Position blocks in groups of whole blocks until the grid of (index
+    blocks, groups, row blocks) reaches TARGET_PROGRAMS, within the partials' bound."""
     block_i, width = PROJECT_TILE[distribution]
-    row_block = _row_block(rows)
+    row_block = rows_per_program(rows)
     index_blocks, blocks, row_blocks = ceil_div(k, block_i), ceil_div(numel, width), ceil_div(rows, row_block)
-    wanted_groups = min(blocks, ceil_div(TARGET_PROGRAMS, index_blocks * row_blocks))
-    blocks_per_group = ceil_div(blocks, wanted_groups)
-    return row_block, block_i, width, (index_blocks, ceil_div(blocks, blocks_per_group), row_blocks), blocks_per_group
+    most_groups = min(blocks, max(1, PARTIAL_ENTRIES // (rows * k)))
+    groups = max(1, min(ceil_div(TARGET_PROGRAMS, index_blocks * row_blocks), most_groups))
+    per_group = ceil_div(blocks, groups)
+    return Plan(row_block, block_i, width, (index_blocks, ceil_div(blocks, per_group), row_blocks), per_group)
 
 
 def _sum_partials(partial):
@@ -200,12 +220,12 @@ def mix_grouped(coeffs, seed, stream, rows, cols, scale, distribution, rounds):
     float32 (G, k)."""
     count, k = coeffs.shape
     numel = rows * cols
-    row_block, block_i, width, grid, per_split = mix_grid(count, numel, k, distribution)
-    partial = output_buffer((grid[1], count, numel), torch.float32, coeffs.device)
+    plan = mix_plan(count, numel, k, distribution)
+    partial = output_buffer((plan.grid[1], count, numel), torch.float32, coeffs.device)
     with on_device(coeffs):
-        _mix_kernel[grid](
-            coeffs, partial, count, numel, k, per_split, scale, *seed_words(seed, stream),
-            ROWS=row_block, BLOCK_I=block_i, WIDTH=width, RADEMACHER=distribution == "rademacher", ROUNDS=rounds,
+        _mix_kernel[plan.grid](
+            coeffs, partial, count, numel, k, plan.share, scale, *seed_words(seed, stream),
+            ROWS=plan.rows, BLOCK_I=plan.block_i, WIDTH=plan.width, RADEMACHER=distribution == "rademacher", ROUNDS=rounds,
             num_warps=GROUPED_WARPS,
         )  # fmt: skip
         return _sum_partials(partial).view(count, rows, cols)
@@ -216,12 +236,12 @@ def project_grouped(grads, seed, stream, k, scale, distribution, rounds):
     (G, rows, cols)."""
     count = grads.shape[0]
     numel = grads[0].numel()
-    row_block, block_i, width, grid, blocks_per_group = project_grid(count, numel, k, distribution)
-    partial = output_buffer((grid[1], count, k), torch.float32, grads.device)
+    plan = project_plan(count, numel, k, distribution)
+    partial = output_buffer((plan.grid[1], count, k), torch.float32, grads.device)
     with on_device(grads):
-        _project_kernel[grid](
-            grads, partial, count, numel, k, blocks_per_group, *seed_words(seed, stream),
-            ROWS=row_block, BLOCK_I=block_i, WIDTH=width, RADEMACHER=distribution == "rademacher", ROUNDS=rounds,
+        _project_kernel[plan.grid](
+            grads, partial, count, numel, k, plan.share, *seed_words(seed, stream),
+            ROWS=plan.rows, BLOCK_I=plan.block_i, WIDTH=plan.width, RADEMACHER=distribution == "rademacher", ROUNDS=rounds,
             num_warps=GROUPED_WARPS,
         )  # fmt: skip
         return _sum_partials(partial).mul_(scale)
