@@ -6,14 +6,15 @@ generated inside the tile loop, once per launch for all G rows.
 
 A program generates tiles of (indices x positions) entries of U in registers, each thread making
 whole Philox calls, and multiplies them with the G rows (padded to tl.dot's 16) on tensor cores.
-Precision (float32 results as accurate as float32 FMAs):
-- uniform: input_precision="tf32x3". Its split of an operand into a TF32 high part and a TF32
-  rest is exact for a uniform entry (an odd multiple of 2^-23 below 1: the rest after rounding to
-  11 bits has at most 11), so only the dense operand's split (within 2^-24 of it, relatively) and
-  the dropped product of the two rests (within 2^-24 of the product) round: about one float32
-  rounding per product.
-- rademacher: +-1 is exact in TF32, and the dense operand is split by hand into three TF32 parts
-  that add up to it exactly (11 + 11 + 2 significant bits), so every product is exact and only the
+Precision (float32 results as accurate as float32 FMAs): TF32 products on operand parts that are
+exact in TF32, split by hand (Triton's tf32x3 does the same split with inf checks on every
+element, which cost more SASS per entry).
+- uniform: an entry (an odd multiple of 2^-23 below 1) is its TF32 rounding plus a rest exact in
+  TF32 (at most 11 significant bits); the dense operand is its TF32 rounding plus the TF32
+  rounding of its rest (within 2^-24 of it, relatively). Three products, the two rests' product
+  dropped (within 2^-24 of the whole): about one float32 rounding per product.
+- rademacher: +-1 is exact in TF32, and the dense operand is split into three TF32 parts that add
+  up to it exactly (11 + 11 + the rest's last bits), so every product is exact and only the
   float32 accumulation rounds.
 Sums over the split dimension (k for mix, positions for project) are per-program partials in
 fixed-size steps, added afterwards by torch.sum: no float atomics, the same bits run to run.
@@ -96,26 +97,29 @@ def _tf32(value):
 
 
 @triton.jit
-def _product(dense, basis, acc, BASIS_FIRST: tl.constexpr, PRECISION: tl.constexpr):
+def _product(dense, basis, acc, BASIS_FIRST: tl.constexpr):
     if BASIS_FIRST:
-        return tl.dot(basis, dense, acc, input_precision=PRECISION)
+        return tl.dot(basis, dense, acc, input_precision="tf32")
     else:
-        return tl.dot(dense, basis, acc, input_precision=PRECISION)
+        return tl.dot(dense, basis, acc, input_precision="tf32")
 
 
 @triton.jit
 def _dot(dense, basis, acc, RADEMACHER: tl.constexpr, BASIS_FIRST: tl.constexpr):
     """acc + dense @ basis (or basis @ dense) on tensor cores, as precise as float32 (module
-    docstring)."""
+    docstring), every operand part exact in TF32."""
+    high = _tf32(dense)
+    rest = dense - high
+    middle = _tf32(rest)
     if RADEMACHER:
-        high = _tf32(dense)
-        rest = dense - high
-        middle = _tf32(rest)
-        acc = _product(high, basis, acc, BASIS_FIRST, "tf32")
-        acc = _product(middle, basis, acc, BASIS_FIRST, "tf32")
-        return _product(rest - middle, basis, acc, BASIS_FIRST, "tf32")
+        acc = _product(high, basis, acc, BASIS_FIRST)
+        acc = _product(middle, basis, acc, BASIS_FIRST)
+        return _product(rest - middle, basis, acc, BASIS_FIRST)
     else:
-        return _product(dense, basis, acc, BASIS_FIRST, "tf32x3")
+        basis_high = _tf32(basis)
+        acc = _product(middle, basis_high, acc, BASIS_FIRST)
+        acc = _product(high, basis - basis_high, acc, BASIS_FIRST)
+        return _product(high, basis_high, acc, BASIS_FIRST)
 
 
 @triton.jit
