@@ -13,6 +13,9 @@ pytest.importorskip("triton")
 if "triton" not in available_backends("cpu"):
     pytest.skip("the Triton kernels run on the CPU only in the interpreter", allow_module_level=True)
 
+import triton
+import triton.language as tl
+
 from nola_kernels.backends import triton_backend
 from nola_kernels.triton_kernels import grouped
 
@@ -104,3 +107,45 @@ def test_nan_propagates(distribution):
     projected = triton_backend.project_grouped(grads, seed, stream, k, 1.0, distribution)
     assert mixed[1].isnan().all() and not mixed[0].isnan().any()
     assert projected[0].isnan().all() and not projected[1].isnan().any()
+
+
+@triton.jit
+def _store_parts(values_ptr, parts_ptr, count, BLOCK: tl.constexpr):
+    """The three TF32 parts of grouped's dense-operand split, and the two of its uniform split."""
+    n = tl.arange(0, BLOCK)
+    live = n < count
+    value = tl.load(values_ptr + n, mask=live)
+    high = grouped._tf32(value)
+    middle = grouped._tf32(value - high)
+    for part, part_value in enumerate((high, middle, value - high - middle, value - high)):
+        tl.store(parts_ptr + part * count + n, part_value, mask=live)
+
+
+def _split(values):
+    parts = torch.full((4, values.numel()), float("nan"))
+    _store_parts[(1,)](values, parts, values.numel(), BLOCK=triton.next_power_of_2(values.numel()))
+    return parts.double()
+
+
+def _is_tf32(parts):
+    return ((parts.float().view(torch.int32) & 0x1FFF) == 0).all()
+
+
+def test_dense_split_is_three_exact_tf32_parts():
+    values = torch.randn(4096) * torch.exp2(torch.randint(-60, 60, (4096,)).float())
+    high, middle, low, _ = _split(values)
+    assert torch.equal(high + middle + low, values.double())
+    assert _is_tf32(torch.stack((high, middle, low)))
+    # The two-part form the uniform products use is within one float32 unit in the last place.
+    assert ((high + middle - values.double()).abs() <= 2.0**-23 * values.double().abs()).all()
+
+
+@pytest.mark.parametrize("distribution", DISTRIBUTIONS)
+def test_basis_split_is_exact(distribution):
+    """Every uniform entry is its TF32 rounding plus a TF32 rest; +-1 is TF32 itself."""
+    entries = nola_basis(5, 8, (16, 128), distribution=distribution).reshape(-1)
+    high, _, _, rest = _split(entries)
+    assert torch.equal(high + rest, entries.double())
+    assert _is_tf32(torch.stack((high, rest)))
+    if distribution == "rademacher":
+        assert torch.equal(high, entries.double())

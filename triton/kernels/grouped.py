@@ -11,7 +11,7 @@ exact in TF32, split by hand (Triton's tf32x3 does the same split with inf check
 element, which cost more SASS per entry).
 - uniform: an entry (an odd multiple of 2^-23 below 1) is its TF32 rounding plus a rest exact in
   TF32 (at most 11 significant bits); the dense operand is its TF32 rounding plus the TF32
-  rounding of its rest (within 2^-24 of it, relatively). Three products, the two rests' product
+  rounding of its rest (within one float32 ulp of it). Three products, the two rests' product
   dropped (within 2^-24 of the whole): about one float32 rounding per product.
 - rademacher: +-1 is exact in TF32, and the dense operand is split into three TF32 parts that add
   up to it exactly (11 + 11 + the rest's last bits), so every product is exact and only the
@@ -97,29 +97,22 @@ def _tf32(value):
 
 
 @triton.jit
-def _product(dense, basis, acc, BASIS_FIRST: tl.constexpr):
-    if BASIS_FIRST:
-        return tl.dot(basis, dense, acc, input_precision="tf32")
-    else:
-        return tl.dot(dense, basis, acc, input_precision="tf32")
-
-
-@triton.jit
-def _dot(dense, basis, acc, RADEMACHER: tl.constexpr, BASIS_FIRST: tl.constexpr):
-    """acc + dense @ basis (or basis @ dense) on tensor cores, as precise as float32 (module
-    docstring), every operand part exact in TF32."""
+def _dot(basis, dense, acc, RADEMACHER: tl.constexpr):
+    """acc + basis @ dense on tensor cores, as precise as float32 (module docstring): TF32
+    products of operand parts that are exact in TF32. The generated tile is the left operand,
+    which Hopper's wgmma takes at 64 rows and more."""
     high = _tf32(dense)
     rest = dense - high
     middle = _tf32(rest)
     if RADEMACHER:
-        acc = _product(high, basis, acc, BASIS_FIRST)
-        acc = _product(middle, basis, acc, BASIS_FIRST)
-        return _product(rest - middle, basis, acc, BASIS_FIRST)
+        acc = tl.dot(basis, high, acc, input_precision="tf32")
+        acc = tl.dot(basis, middle, acc, input_precision="tf32")
+        return tl.dot(basis, rest - middle, acc, input_precision="tf32")
     else:
         basis_high = _tf32(basis)
-        acc = _product(middle, basis_high, acc, BASIS_FIRST)
-        acc = _product(high, basis - basis_high, acc, BASIS_FIRST)
-        return _product(high, basis_high, acc, BASIS_FIRST)
+        acc = tl.dot(basis_high, middle, acc, input_precision="tf32")
+        acc = tl.dot(basis - basis_high, high, acc, input_precision="tf32")
+        return tl.dot(basis_high, high, acc, input_precision="tf32")
 
 
 @triton.jit
@@ -129,22 +122,22 @@ def _mix_kernel(
     ROUNDS: tl.constexpr,
 ):  # fmt: skip
     """partial[split, g, n] = scale * sum over the split's i of coeffs[g, i] U_i[n], for the
-    program's WIDTH positions n and ROWS rows g, BLOCK_I basis indices per step."""
+    program's WIDTH positions n and ROWS rows g, BLOCK_I basis indices per step, as U^T coeffs^T."""
     first = tl.program_id(0).to(tl.int64) * WIDTH
     split = tl.program_id(1).to(tl.int64)
     g = tl.program_id(2) * ROWS + tl.arange(0, ROWS)
     i_start = split * per_split
     i_stop = tl.minimum(i_start + per_split, k)
-    acc = tl.zeros((ROWS, WIDTH), tl.float32)
+    acc = tl.zeros((WIDTH, ROWS), tl.float32)
     for i0 in range(i_start, i_stop, BLOCK_I):
         indices = i0 + tl.arange(0, BLOCK_I)
-        live = (g[:, None] < rows) & (indices[None, :] < i_stop)
-        coeffs = tl.load(coeffs_ptr + g[:, None].to(tl.int64) * k + indices[None, :], mask=live, other=0.0)
+        live = (indices[:, None] < i_stop) & (g[None, :] < rows)
+        coeffs = tl.load(coeffs_ptr + g[None, :].to(tl.int64) * k + indices[:, None], mask=live, other=0.0)
         basis = _tile(seed, stream_lo, stream_hi, indices, first, WIDTH, RADEMACHER, ROUNDS)
-        acc = _dot(coeffs, basis, acc, RADEMACHER, False)
+        acc = _dot(tl.trans(basis), coeffs, acc, RADEMACHER)
     n = first + _offsets(WIDTH, RADEMACHER)
-    out = partial_ptr + (split * rows + g[:, None]) * numel + n[None, :]
-    tl.store(out, acc * scale, mask=(g[:, None] < rows) & (n[None, :] < numel))
+    out = partial_ptr + (split * rows + g[None, :]) * numel + n[:, None]
+    tl.store(out, acc * scale, mask=(n[:, None] < numel) & (g[None, :] < rows))
 
 
 @triton.jit
@@ -154,8 +147,8 @@ def _project_kernel(
     ROUNDS: tl.constexpr,
 ):  # fmt: skip
     """partial[group, g, i] = sum over the group's positions n of grads[g, n] U_i[n], for the
-    program's BLOCK_I basis indices i and ROWS rows g, WIDTH positions per step in order. The
-    product is U grads^T, so that the generated tile is the left operand as it was made."""
+    program's BLOCK_I basis indices i and ROWS rows g, WIDTH positions per step in order, as
+    U grads^T."""
     indices = tl.program_id(0).to(tl.int64) * BLOCK_I + tl.arange(0, BLOCK_I)
     group = tl.program_id(1).to(tl.int64)
     g = tl.program_id(2) * ROWS + tl.arange(0, ROWS)
@@ -169,7 +162,7 @@ def _project_kernel(
         n = first + offsets
         grads = tl.load(rows_ptr + n[:, None], mask=(n[:, None] < numel) & (g[None, :] < rows), other=0.0)
         basis = _tile(seed, stream_lo, stream_hi, indices, first, WIDTH, RADEMACHER, ROUNDS)
-        acc = _dot(grads, basis, acc, RADEMACHER, True)
+        acc = _dot(basis, grads, acc, RADEMACHER)
     out = partial_ptr + (group * rows + g[None, :]) * k + indices[:, None]
     tl.store(out, acc, mask=(indices[:, None] < k) & (g[None, :] < rows))
 
