@@ -166,10 +166,11 @@ def _grouped_triton_loops():
                     RADEMACHER=distribution == "rademacher", ROUNDS=DEFAULT_ROUNDS,
                 )  # fmt: skip
                 entries = block_i * width // (32 * grouped.GROUPED_WARPS)
+                compile_loop = _triton(kernel, "fp32", constexprs, grouped.GROUPED_WARPS, grouped.GROUPED_STAGES)
+                mix = name.endswith("mix")
                 yield (
-                    Loop(f"{name} ({rows} rows)", "triton", distribution, tuple(SHAPES), name.endswith("mix"),
-                         name.endswith("project"), entries, _triton(kernel, "fp32", constexprs, grouped.GROUPED_WARPS),
-                         rows),
+                    Loop(f"{name} ({rows} rows)", "triton", distribution, tuple(SHAPES), mix, not mix, entries,
+                         compile_loop, rows),
                     grouped.GROUPED_WARPS,
                 )  # fmt: skip
 

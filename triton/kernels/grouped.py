@@ -30,6 +30,9 @@ from .launch import GRID_TARGET_WARPS, INTERPRETED, ceil_div, on_device, output_
 from .philox_tiles import RADEMACHER_SHIFT, _words, basis_tile, flip_sign
 
 GROUPED_WARPS = 4
+# Two stages of the pipelined loads: three would take 256 KiB of shared memory for the 64-row
+# rademacher projection, past Hopper's 227 KiB.
+GROUPED_STAGES = 2
 # Rows per program: tl.dot's minimum of 16 up to 64 (the accumulator's registers); past 64 rows
 # the grid takes a third axis of row blocks, each generating the tiles again.
 MIN_ROWS, MAX_ROWS = 16, 64
@@ -223,7 +226,7 @@ def mix_grouped(coeffs, seed, stream, rows, cols, scale, distribution, rounds):
         _mix_kernel[plan.grid](
             coeffs, partial, count, numel, k, plan.share, scale, *seed_words(seed, stream),
             ROWS=plan.rows, BLOCK_I=plan.block_i, WIDTH=plan.width, RADEMACHER=distribution == "rademacher", ROUNDS=rounds,
-            num_warps=GROUPED_WARPS,
+            num_warps=GROUPED_WARPS, num_stages=GROUPED_STAGES,
         )  # fmt: skip
         return _sum_partials(partial).view(count, rows, cols)
 
@@ -239,6 +242,6 @@ def project_grouped(grads, seed, stream, k, scale, distribution, rounds):
         _project_kernel[plan.grid](
             grads, partial, count, numel, k, plan.share, *seed_words(seed, stream),
             ROWS=plan.rows, BLOCK_I=plan.block_i, WIDTH=plan.width, RADEMACHER=distribution == "rademacher", ROUNDS=rounds,
-            num_warps=GROUPED_WARPS,
+            num_warps=GROUPED_WARPS, num_stages=GROUPED_STAGES,
         )  # fmt: skip
         return _sum_partials(partial).mul_(scale)
