@@ -10,7 +10,7 @@ import torch
 
 from nola_kernels.basis import COUNTER_SHIFT
 from nola_kernels.philox import DEFAULT_ROUNDS
-from nola_kernels.triton_kernels import lowrank, mix_project
+from nola_kernels.triton_kernels import grouped, lowrank, mix_project
 from nola_kernels.triton_kernels.launch import BLOCK_I, MIX_WARPS, PROJECT_WARPS, flat_block
 
 from . import hopper, references
@@ -58,7 +58,11 @@ class Loop:
     project: bool
     entries_per_iteration: int  # per thread
     compile: object  # () -> (SASS text, function name)
-    rows: int = 1  # rows that use each generated entry (grouped kernels); SASS counts per entry and row
+    # Rows that share each generated entry (the grouped kernels): SASS counts per entry and row,
+    # against a reference of one FMA per entry and row. `reference_rows` of those rows are in the
+    # compiled reference loop itself; one FMA per entry is added for each of the others.
+    rows: int = 1
+    reference_rows: int = 1
 
 
 @dataclass(frozen=True)
@@ -146,6 +150,34 @@ def _fused_loops():
             )  # fmt: skip
 
 
+# Row counts of the grouped kernels at GPT-2 medium with shared bases (q and v of 6 or 24 layers):
+# they launch the 16- and 64-row specializations, the same at both shapes.
+GROUPED_ROWS = (12, 48)
+
+
+def _grouped_triton_loops():
+    """grouped's tl.dot kernels: per thread, the generated tile's entries over the threads."""
+    for distribution in ("uniform", "rademacher"):
+        for name, kernel, tiles in (
+            ("grouped mix", grouped._mix_kernel, grouped.MIX_TILE),
+            ("grouped project", grouped._project_kernel, grouped.PROJECT_TILE),
+        ):
+            block_i, width = tiles[distribution]
+            for rows in GROUPED_ROWS:
+                constexprs = dict(
+                    ROWS=grouped.rows_per_program(rows), BLOCK_I=block_i, WIDTH=width,
+                    RADEMACHER=distribution == "rademacher", ROUNDS=DEFAULT_ROUNDS,
+                )  # fmt: skip
+                entries = block_i * width // (32 * grouped.GROUPED_WARPS)
+                compile_loop = _triton(kernel, "fp32", constexprs, grouped.GROUPED_WARPS, grouped.GROUPED_STAGES)
+                mix = name.endswith("mix")
+                yield (
+                    Loop(f"{name} ({rows} rows)", "triton", distribution, tuple(SHAPES), mix, not mix, entries,
+                         compile_loop, rows),
+                    grouped.GROUPED_WARPS,
+                )  # fmt: skip
+
+
 # Entries a lane generates per iteration of its basis loop: in generate.cu, one basis index of
 # kPerLane * kEntries entries (uniform) or four of 32 (rademacher); in philox_rate.cu, kChains
 # calls of 4.
@@ -207,7 +239,7 @@ def _cuda_grouped_loops():
     for kernel, distribution, rows, entries in CUDA_GROUPED_LOOPS:
         mix = kernel.endswith("mix")
         compile_loop = _cuda_function(hopper.CSRC / "grouped.cu", _grouped_template(mix, distribution, rows, "kernel"))
-        yield Loop(kernel, "cuda", distribution, tuple(SHAPES), mix, not mix, entries, compile_loop, rows)
+        yield Loop(kernel, "cuda", distribution, tuple(SHAPES), mix, not mix, entries, compile_loop, rows, rows)
 
 
 def _cuda_reference(loop):
@@ -227,7 +259,7 @@ def _row(loop, count, reference):
     entries = loop.entries_per_iteration
     sass_per_entry = count.instructions / (entries * loop.rows)
     calls_per_entry = count.philox_calls(DEFAULT_ROUNDS) / entries
-    bound = reference.instructions / (_reference_entries(loop) * loop.rows)
+    bound = (reference.instructions / _reference_entries(loop) + loop.rows - loop.reference_rows) / loop.rows
     minimum_calls = 1 / _entries_per_call(loop.distribution)
     return Row(
         loop.kernel, loop.backend, loop.distribution, list(loop.shapes), entries, count.instructions,
@@ -257,7 +289,7 @@ def measure(backends=("triton", "cuda")):
     """Every hot loop's Row: the kernels and their references compiled two at a time."""
     loops, compiles = [], []
     if "triton" in backends:
-        for loop, warps in [*_flat_loops(), *_fused_loops()]:
+        for loop, warps in [*_flat_loops(), *_fused_loops(), *_grouped_triton_loops()]:
             loops.append(loop)
             compiles.append((loop.compile, _triton_reference(loop, warps)))
     if "cuda" in backends:

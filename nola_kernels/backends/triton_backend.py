@@ -8,6 +8,7 @@ import triton
 from .. import perf_model
 
 # Without Triton this raises ImportError, which the backend registry reports as the reason.
+from ..triton_kernels import grouped as _grouped
 from ..triton_kernels import lowrank as _lowrank
 from ..triton_kernels import mix_project as _mix_project
 from ..triton_kernels.launch import INTERPRETED
@@ -41,6 +42,14 @@ def mix(coeffs, seed, stream, rows, cols, scale, distribution):
 
 def project(grad, seed, stream, k, scale, distribution):
     return _mix_project.project(grad, seed, stream, k, scale, distribution, ROUNDS)
+
+
+def mix_grouped(coeffs, seed, stream, rows, cols, scale, distribution):
+    return _grouped.mix_grouped(coeffs, seed, stream, rows, cols, scale, distribution, ROUNDS)
+
+
+def project_grouped(grads, seed, stream, k, scale, distribution):
+    return _grouped.project_grouped(grads, seed, stream, k, scale, distribution, ROUNDS)
 
 
 # Largest padded rank (next power of 2) of the fused kernels: their backward tiles outgrow Hopper's

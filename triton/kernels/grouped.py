@@ -1,0 +1,247 @@
+"""nola_mix_grouped and nola_project_grouped as Triton kernels: matmuls whose basis operand is
+generated inside the tile loop, once per launch for all G rows.
+
+  mix:     out[g, n] = scale * sum_i coeffs[g, i] U_i[n]     (coeffs[G x k] @ U[k x numel])
+  project: out[g, i] = scale * sum_n grads[g, n] U_i[n]      (grads[G x numel] @ U^T[numel x k])
+
+A program generates tiles of (indices x positions) entries of U in registers, each thread making
+whole Philox calls, and multiplies them with the G rows (padded to tl.dot's 16) on tensor cores.
+Precision (float32 results as accurate as float32 FMAs): TF32 products on operand parts that are
+exact in TF32, split by hand (Triton's tf32x3 does the same split with inf checks on every
+element, which cost more SASS per entry).
+- uniform: an entry (an odd multiple of 2^-23 below 1) is its TF32 rounding plus a rest exact in
+  TF32 (at most 11 significant bits); the dense operand is its TF32 rounding plus the TF32
+  rounding of its rest (within one float32 ulp of it). Three products, the two rests' product
+  dropped (within 2^-24 of the whole): about one float32 rounding per product.
+- rademacher: +-1 is exact in TF32, and the dense operand is split into three TF32 parts that add
+  up to it exactly (11 + 11 + the rest's last bits), so every product is exact and only the
+  float32 accumulation rounds.
+Sums over the split dimension (k for mix, positions for project) are per-program partials in
+fixed-size steps, added afterwards by torch.sum: no float atomics, the same bits run to run.
+"""
+
+from typing import NamedTuple
+
+import torch
+import triton
+import triton.language as tl
+
+from .launch import GRID_TARGET_WARPS, INTERPRETED, ceil_div, on_device, output_buffer, seed_words
+from .philox_tiles import RADEMACHER_SHIFT, _words, basis_tile, flip_sign
+
+GROUPED_WARPS = 4
+# Two stages of the pipelined loads: three would take 256 KiB of shared memory for the 64-row
+# rademacher projection, past Hopper's 227 KiB.
+GROUPED_STAGES = 2
+# Rows per program: tl.dot's minimum of 16 up to 64 (the accumulator's registers); past 64 rows
+# the grid takes a third axis of row blocks, each generating the tiles again.
+MIN_ROWS, MAX_ROWS = 16, 64
+# (basis indices, positions) of a generated tile: whole Philox calls along the positions, at
+# least one call per thread (uniform: 8 calls a thread in mix, 8 in project; rademacher: one call
+# of 128 entries).
+MIX_TILE = {"uniform": (32, 128), "rademacher": (64, 256)}
+PROJECT_TILE = {"uniform": (64, 64), "rademacher": (64, 256)}
+# Programs a launch aims at: as many warps as the flat kernels (launch.py), or a few in the
+# interpreter so that the partial sums run in CPU tests; splits of the reduced dimension are whole
+# tiles, and the partials stay within PARTIAL_ENTRIES floats (16 MiB) or the output's size.
+TARGET_PROGRAMS = 4 if INTERPRETED else GRID_TARGET_WARPS // GROUPED_WARPS
+PARTIAL_ENTRIES = 1 << 22
+
+
+@triton.jit
+def _columns(w0, w1, w2, w3):
+    """Four (32, I, C) tensors (one per Philox word, bit b of the word in row b) as one
+    (I, 128 C) tile. The column order is _offsets'; each thread keeps its calls' 128 entries."""
+    INDICES: tl.constexpr = w0.shape[1]
+    CALLS: tl.constexpr = w0.shape[2]
+    joined = tl.permute(tl.join(tl.join(w0, w1), tl.join(w2, w3)), (1, 0, 2, 3, 4))
+    return tl.reshape(joined, (INDICES, 128 * CALLS))
+
+
+@triton.jit
+def _offsets(WIDTH: tl.constexpr, RADEMACHER: tl.constexpr):
+    """The position, from the tile's first, of each tile column (WIDTH,)."""
+    if RADEMACHER:
+        entry = (
+            128 * tl.arange(0, WIDTH >> RADEMACHER_SHIFT.value)[None, None, :]
+            + tl.arange(0, 32)[:, None, None]
+        )
+        return tl.reshape(_columns(entry, entry + 32, entry + 64, entry + 96), (WIDTH,))
+    else:
+        return tl.arange(0, WIDTH)
+
+
+@triton.jit
+def _tile(seed, stream_lo, stream_hi, indices, first, WIDTH: tl.constexpr, RADEMACHER: tl.constexpr,
+          ROUNDS: tl.constexpr):  # fmt: skip
+    """(I, WIDTH) float32: entry [r, j] is U_{indices[r]} at flat position first + _offsets[j]
+    (first: a multiple of WIDTH, itself whole Philox calls)."""
+    if RADEMACHER:
+        call = (first >> RADEMACHER_SHIFT) + tl.arange(0, WIDTH >> RADEMACHER_SHIFT.value)
+        # Calls along the last axis and indices along the middle one, the 32 bits of a word along
+        # the first: threads split the calls, and each keeps the 128 entries of its own.
+        z0, z1, z2, z3 = _words(
+            seed, call[None, None, :], indices[None, :, None], stream_lo, stream_hi, ROUNDS
+        )
+        bits = tl.arange(0, 32)[:, None, None]
+        one = tl.full((32, 1, 1), 1.0, tl.float32)
+        return _columns(flip_sign(one, z0, bits), flip_sign(one, z1, bits), flip_sign(one, z2, bits),
+                        flip_sign(one, z3, bits))  # fmt: skip
+    else:
+        return basis_tile(
+            seed, stream_lo, stream_hi, indices, tl.zeros_like(indices) + first, WIDTH, False, True, ROUNDS
+        )
+
+
+@triton.jit
+def _tf32(value):
+    """value rounded to TF32's 11 significant bits, to nearest (ties away from 0), in float32."""
+    return ((value.to(tl.uint32, bitcast=True) + 0x1000) & 0xFFFFE000).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _dot(basis, dense, acc, RADEMACHER: tl.constexpr):
+    """acc + basis @ dense on tensor cores, as precise as float32 (module docstring): TF32
+    products of operand parts that are exact in TF32. The generated tile is the left operand,
+    which Hopper's wgmma takes at 64 rows and more."""
+    high = _tf32(dense)
+    rest = dense - high
+    middle = _tf32(rest)
+    if RADEMACHER:
+        acc = tl.dot(basis, high, acc, input_precision="tf32")
+        acc = tl.dot(basis, middle, acc, input_precision="tf32")
+        return tl.dot(basis, rest - middle, acc, input_precision="tf32")
+    else:
+        basis_high = _tf32(basis)
+        acc = tl.dot(basis_high, middle, acc, input_precision="tf32")
+        acc = tl.dot(basis - basis_high, high, acc, input_precision="tf32")
+        return tl.dot(basis_high, high, acc, input_precision="tf32")
+
+
+@triton.jit
+def _mix_kernel(
+    coeffs_ptr, partial_ptr, rows, numel, k, per_split, scale, seed, stream_lo, stream_hi,
+    ROWS: tl.constexpr, BLOCK_I: tl.constexpr, WIDTH: tl.constexpr, RADEMACHER: tl.constexpr,
+    ROUNDS: tl.constexpr,
+):  # fmt: skip
+    """partial[split, g, n] = scale * sum over the split's i of coeffs[g, i] U_i[n], for the
+    program's WIDTH positions n and ROWS rows g, BLOCK_I basis indices per step, as U^T coeffs^T."""
+    first = tl.program_id(0).to(tl.int64) * WIDTH
+    split = tl.program_id(1).to(tl.int64)
+    g = tl.program_id(2) * ROWS + tl.arange(0, ROWS)
+    i_start = split * per_split
+    i_stop = tl.minimum(i_start + per_split, k)
+    acc = tl.zeros((WIDTH, ROWS), tl.float32)
+    for i0 in range(i_start, i_stop, BLOCK_I):
+        indices = i0 + tl.arange(0, BLOCK_I)
+        live = (indices[:, None] < i_stop) & (g[None, :] < rows)
+        coeffs = tl.load(coeffs_ptr + g[None, :].to(tl.int64) * k + indices[:, None], mask=live, other=0.0)
+        basis = _tile(seed, stream_lo, stream_hi, indices, first, WIDTH, RADEMACHER, ROUNDS)
+        acc = _dot(tl.trans(basis), coeffs, acc, RADEMACHER)
+    n = first + _offsets(WIDTH, RADEMACHER)
+    out = partial_ptr + (split * rows + g[None, :]) * numel + n[:, None]
+    tl.store(out, acc * scale, mask=(n[:, None] < numel) & (g[None, :] < rows))
+
+
+@triton.jit
+def _project_kernel(
+    grads_ptr, partial_ptr, rows, numel, k, blocks_per_group, seed, stream_lo, stream_hi,
+    ROWS: tl.constexpr, BLOCK_I: tl.constexpr, WIDTH: tl.constexpr, RADEMACHER: tl.constexpr,
+    ROUNDS: tl.constexpr,
+):  # fmt: skip
+    """partial[group, g, i] = sum over the group's positions n of grads[g, n] U_i[n], for the
+    program's BLOCK_I basis indices i and ROWS rows g, WIDTH positions per step in order, as
+    U grads^T."""
+    indices = tl.program_id(0).to(tl.int64) * BLOCK_I + tl.arange(0, BLOCK_I)
+    group = tl.program_id(1).to(tl.int64)
+    g = tl.program_id(2) * ROWS + tl.arange(0, ROWS)
+    offsets = _offsets(WIDTH, RADEMACHER)
+    rows_ptr = grads_ptr + g[None, :].to(tl.int64) * numel
+    acc = tl.zeros((BLOCK_I, ROWS), tl.float32)
+    first_block = group * blocks_per_group
+    stop_block = tl.minimum(first_block + blocks_per_group, tl.cdiv(numel, WIDTH))
+    for block in range(first_block, stop_block):
+        first = block * WIDTH
+        n = first + offsets
+        grads = tl.load(rows_ptr + n[:, None], mask=(n[:, None] < numel) & (g[None, :] < rows), other=0.0)
+        basis = _tile(seed, stream_lo, stream_hi, indices, first, WIDTH, RADEMACHER, ROUNDS)
+        acc = _dot(basis, grads, acc, RADEMACHER)
+    out = partial_ptr + (group * rows + g[None, :]) * k + indices[:, None]
+    tl.store(out, acc, mask=(indices[:, None] < k) & (g[None, :] < rows))
+
+
+class Plan(NamedTuple):
+    """A grouped launch: rows per program, basis indices and positions of a generated tile, the
+    grid, and the reduced dimension's share of a program (mix: basis indices per split; project:
+    position blocks per group)."""
+
+    rows: int
+    block_i: int
+    width: int
+    grid: tuple
+    share: int
+
+
+def rows_per_program(rows):
+    """Rows per program for `rows` rows: a power of 2 from MIN_ROWS to MAX_ROWS."""
+    return min(MAX_ROWS, max(MIN_ROWS, triton.next_power_of_2(rows)))
+
+
+def mix_plan(rows, numel, k, distribution):
+    """Splits of k (whole steps) until the grid of (position blocks,
+    splits, row blocks) reaches TARGET_PROGRAMS, within the partials' bound."""
+    block_i, width = MIX_TILE[distribution]
+    row_block = rows_per_program(rows)
+    blocks, row_blocks = ceil_div(numel, width), ceil_div(rows, row_block)
+    most_splits = min(ceil_div(k, block_i), max(1, PARTIAL_ENTRIES // (rows * numel)))
+    splits = max(1, min(ceil_div(TARGET_PROGRAMS, blocks * row_blocks), most_splits))
+    per_split = ceil_div(ceil_div(k, splits), block_i) * block_i
+    return Plan(row_block, block_i, width, (blocks, ceil_div(k, per_split), row_blocks), per_split)
+
+
+def project_plan(rows, numel, k, distribution):
+    """Position blocks in groups of whole blocks until the grid of (index
+    blocks, groups, row blocks) reaches TARGET_PROGRAMS, within the partials' bound."""
+    block_i, width = PROJECT_TILE[distribution]
+    row_block = rows_per_program(rows)
+    index_blocks, blocks, row_blocks = ceil_div(k, block_i), ceil_div(numel, width), ceil_div(rows, row_block)
+    most_groups = min(blocks, max(1, PARTIAL_ENTRIES // (rows * k)))
+    groups = max(1, min(ceil_div(TARGET_PROGRAMS, index_blocks * row_blocks), most_groups))
+    per_group = ceil_div(blocks, groups)
+    return Plan(row_block, block_i, width, (index_blocks, ceil_div(blocks, per_group), row_blocks), per_group)
+
+
+def _sum_partials(partial):
+    return partial[0] if partial.shape[0] == 1 else partial.sum(0)
+
+
+def mix_grouped(coeffs, seed, stream, rows, cols, scale, distribution, rounds):
+    """(G, rows, cols) float32: row g is scale * sum_i coeffs[g, i] U_i; coeffs: contiguous
+    float32 (G, k)."""
+    count, k = coeffs.shape
+    numel = rows * cols
+    plan = mix_plan(count, numel, k, distribution)
+    partial = output_buffer((plan.grid[1], count, numel), torch.float32, coeffs.device)
+    with on_device(coeffs):
+        _mix_kernel[plan.grid](
+            coeffs, partial, count, numel, k, plan.share, scale, *seed_words(seed, stream),
+            ROWS=plan.rows, BLOCK_I=plan.block_i, WIDTH=plan.width, RADEMACHER=distribution == "rademacher", ROUNDS=rounds,
+            num_warps=GROUPED_WARPS, num_stages=GROUPED_STAGES,
+        )  # fmt: skip
+        return _sum_partials(partial).view(count, rows, cols)
+
+
+def project_grouped(grads, seed, stream, k, scale, distribution, rounds):
+    """(G, k) float32: row g is scale * <grads[g], U_i> for i < k; grads: contiguous float32
+    (G, rows, cols)."""
+    count = grads.shape[0]
+    numel = grads[0].numel()
+    plan = project_plan(count, numel, k, distribution)
+    partial = output_buffer((plan.grid[1], count, k), torch.float32, grads.device)
+    with on_device(grads):
+        _project_kernel[plan.grid](
+            grads, partial, count, numel, k, plan.share, *seed_words(seed, stream),
+            ROWS=plan.rows, BLOCK_I=plan.block_i, WIDTH=plan.width, RADEMACHER=distribution == "rademacher", ROUNDS=rounds,
+            num_warps=GROUPED_WARPS, num_stages=GROUPED_STAGES,
+        )  # fmt: skip
+        return _sum_partials(partial).mul_(scale)
