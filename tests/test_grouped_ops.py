@@ -21,7 +21,7 @@ from nola_kernels import (
     nola_project_grouped,
     ops,
 )
-from nola_kernels.backends import cpu_backend, get_backend
+from nola_kernels.backends import cpu_backend
 
 # Backends whose row g has the bits of their own per-row mix/project (docs/spec.md, Determinism).
 ROW_EXACT_BACKENDS = ("torch", "cpu")
@@ -37,14 +37,6 @@ CASES = [
 ]
 
 
-@pytest.fixture
-def grouped_backend(backend):
-    """The backends of the CPU matrix that implement the grouped ops."""
-    if not hasattr(get_backend(backend), "mix_grouped"):
-        pytest.skip("grouped ops not implemented")
-    return backend
-
-
 def _float32_bound(length):
     """Twice the bound of the float32 per-row path (docs/spec.md: the grouped ops' precision)."""
     return 2 * rounding_bound(torch.float32, length)
@@ -56,10 +48,10 @@ def _reference_basis(seed, k, shape, stream, distribution):
 
 @pytest.mark.parametrize("seed, groups, k, shape, stream, distribution", CASES)
 def test_mix_grouped_matches_the_reference_and_the_rows(
-    grouped_backend, seed, groups, k, shape, stream, distribution
+    backend, seed, groups, k, shape, stream, distribution
 ):
     coeffs = torch.randn(groups, k)
-    family = dict(stream=stream, distribution=distribution, backend=grouped_backend)
+    family = dict(stream=stream, distribution=distribution, backend=backend)
     expected = torch.einsum(
         "gk,krc->grc", coeffs.double(), _reference_basis(seed, k, shape, stream, distribution)
     )
@@ -67,7 +59,7 @@ def test_mix_grouped_matches_the_reference_and_the_rows(
     assert mixed.shape == (groups, *shape) and mixed.dtype == torch.float32
     assert rel_err(mixed, expected / math.sqrt(k)) <= _float32_bound(k)
     rows = torch.stack([nola_mix(row, seed, shape, **family) for row in coeffs])
-    if grouped_backend in ROW_EXACT_BACKENDS:
+    if backend in ROW_EXACT_BACKENDS:
         assert torch.equal(mixed, rows)
     else:
         assert rel_err(mixed, rows) <= 2 * _float32_bound(k)
@@ -75,10 +67,10 @@ def test_mix_grouped_matches_the_reference_and_the_rows(
 
 @pytest.mark.parametrize("seed, groups, k, shape, stream, distribution", CASES)
 def test_project_grouped_matches_the_reference_and_the_rows(
-    grouped_backend, seed, groups, k, shape, stream, distribution
+    backend, seed, groups, k, shape, stream, distribution
 ):
     grads = torch.randn(groups, *shape)
-    family = dict(scale=0.3, stream=stream, distribution=distribution, backend=grouped_backend)
+    family = dict(scale=0.3, stream=stream, distribution=distribution, backend=backend)
     basis = _reference_basis(seed, k, shape, stream, distribution)
     expected = torch.einsum("grc,krc->gk", grads.double(), basis) * 0.3
     projected = nola_project_grouped(grads, seed, k, **family)
@@ -86,97 +78,97 @@ def test_project_grouped_matches_the_reference_and_the_rows(
     numel = shape[0] * shape[1]
     assert rel_err(projected, expected) <= _float32_bound(numel)
     rows = torch.stack([nola_project(grad, seed, k, **family) for grad in grads])
-    if grouped_backend in ROW_EXACT_BACKENDS:
+    if backend in ROW_EXACT_BACKENDS:
         assert torch.equal(projected, rows)
     else:
         assert rel_err(projected, rows) <= 2 * _float32_bound(numel)
 
 
 @pytest.mark.parametrize("distribution", ["uniform", "rademacher"])
-def test_grouped_ops_are_adjoint(grouped_backend, distribution):
+def test_grouped_ops_are_adjoint(backend, distribution):
     groups, k, shape = 3, 37, (19, 23)
     coeffs, grads = (
         torch.randn(groups, k, dtype=torch.float64),
         torch.randn(groups, *shape, dtype=torch.float64),
     )
-    family = dict(stream=2, distribution=distribution, backend=grouped_backend)
+    family = dict(stream=2, distribution=distribution, backend=backend)
     lhs = (nola_mix_grouped(coeffs, 9, shape, **family) * grads).sum().item()
     rhs = (coeffs * nola_project_grouped(grads, 9, k, **family)).sum().item()
     assert abs(lhs - rhs) <= 1e-12 * max(1.0, abs(lhs))
 
 
-def test_float64_is_computed_in_float64_row_by_row(grouped_backend):
+def test_float64_is_computed_in_float64_row_by_row(backend):
     coeffs, grads = torch.randn(3, 6, dtype=torch.float64), torch.randn(3, 4, 5, dtype=torch.float64)
-    mixed = nola_mix_grouped(coeffs, 2, (4, 5), backend=grouped_backend)
-    projected = nola_project_grouped(grads, 2, 6, backend=grouped_backend)
+    mixed = nola_mix_grouped(coeffs, 2, (4, 5), backend=backend)
+    projected = nola_project_grouped(grads, 2, 6, backend=backend)
     assert mixed.dtype == projected.dtype == torch.float64
     # float64 work runs on the PyTorch backend, whose rows are exact.
     assert torch.equal(
-        mixed, torch.stack([nola_mix(row, 2, (4, 5), backend=grouped_backend) for row in coeffs])
+        mixed, torch.stack([nola_mix(row, 2, (4, 5), backend=backend) for row in coeffs])
     )
     assert torch.equal(
-        projected, torch.stack([nola_project(g, 2, 6, backend=grouped_backend) for g in grads])
+        projected, torch.stack([nola_project(g, 2, 6, backend=backend) for g in grads])
     )
 
 
-def test_low_precision_grads_are_projected_in_float32(grouped_backend):
+def test_low_precision_grads_are_projected_in_float32(backend):
     grads = torch.randn(3, 9, 10).bfloat16()
-    projected = nola_project_grouped(grads, 1, 8, backend=grouped_backend)
+    projected = nola_project_grouped(grads, 1, 8, backend=backend)
     assert projected.dtype == torch.float32
-    assert torch.equal(projected, nola_project_grouped(grads.float(), 1, 8, backend=grouped_backend))
+    assert torch.equal(projected, nola_project_grouped(grads.float(), 1, 8, backend=backend))
 
 
-def test_strided_inputs_give_the_contiguous_results(grouped_backend):
+def test_strided_inputs_give_the_contiguous_results(backend):
     coeffs, grads = torch.randn(7, 4).t(), torch.randn(5, 6, 3).permute(2, 0, 1)
     assert torch.equal(
-        nola_mix_grouped(coeffs, 4, (5, 6), backend=grouped_backend),
-        nola_mix_grouped(coeffs.contiguous(), 4, (5, 6), backend=grouped_backend),
+        nola_mix_grouped(coeffs, 4, (5, 6), backend=backend),
+        nola_mix_grouped(coeffs.contiguous(), 4, (5, 6), backend=backend),
     )
     assert torch.equal(
-        nola_project_grouped(grads, 4, 7, backend=grouped_backend),
-        nola_project_grouped(grads.contiguous(), 4, 7, backend=grouped_backend),
+        nola_project_grouped(grads, 4, 7, backend=backend),
+        nola_project_grouped(grads.contiguous(), 4, 7, backend=backend),
     )
 
 
-def test_nan_stays_in_its_row(grouped_backend):
+def test_nan_stays_in_its_row(backend):
     coeffs = torch.randn(3, 4)
     coeffs[1, 2] = float("nan")
-    mixed = nola_mix_grouped(coeffs, 1, (3, 3), backend=grouped_backend)
+    mixed = nola_mix_grouped(coeffs, 1, (3, 3), backend=backend)
     assert torch.isnan(mixed[1]).all() and torch.isfinite(mixed[[0, 2]]).all()
     grads = torch.randn(3, 3, 3)
     grads[2, 1, 1] = float("inf")
-    projected = nola_project_grouped(grads, 1, 4, backend=grouped_backend)
+    projected = nola_project_grouped(grads, 1, 4, backend=backend)
     assert not torch.isfinite(projected[2]).any() and torch.isfinite(projected[:2]).all()
 
 
 @pytest.mark.parametrize("budget", [64, 5000, 1 << 20])
-def test_chunking_does_not_change_results(grouped_backend, set_budget, budget):
+def test_chunking_does_not_change_results(backend, set_budget, budget):
     coeffs, grads = torch.randn(3, 300), torch.randn(3, 17, 45)
-    mixed = nola_mix_grouped(coeffs, 4, (17, 45), backend=grouped_backend)
-    projected = nola_project_grouped(grads, 4, 300, backend=grouped_backend)
+    mixed = nola_mix_grouped(coeffs, 4, (17, 45), backend=backend)
+    projected = nola_project_grouped(grads, 4, 300, backend=backend)
     set_budget(budget)
-    assert torch.equal(nola_mix_grouped(coeffs, 4, (17, 45), backend=grouped_backend), mixed)
-    assert torch.equal(nola_project_grouped(grads, 4, 300, backend=grouped_backend), projected)
+    assert torch.equal(nola_mix_grouped(coeffs, 4, (17, 45), backend=backend), mixed)
+    assert torch.equal(nola_project_grouped(grads, 4, 300, backend=backend), projected)
 
 
-def test_gradcheck_in_float64(grouped_backend):
+def test_gradcheck_in_float64(backend):
     coeffs = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
     grads = torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True)
 
     def mixed(c):
-        return nola_mix_grouped(c, 7, (3, 4), stream=1, backend=grouped_backend)
+        return nola_mix_grouped(c, 7, (3, 4), stream=1, backend=backend)
 
     def projected(g):
-        return nola_project_grouped(g, 7, 5, scale=0.3, distribution="rademacher", backend=grouped_backend)
+        return nola_project_grouped(g, 7, 5, scale=0.3, distribution="rademacher", backend=backend)
 
     for fn, inputs in ((mixed, (coeffs,)), (projected, (grads,))):
         assert torch.autograd.gradcheck(fn, inputs)
         assert torch.autograd.gradgradcheck(fn, inputs)
 
 
-def test_each_op_is_the_others_backward(grouped_backend):
+def test_each_op_is_the_others_backward(backend):
     groups, k, shape = 3, 21, (6, 7)
-    family = dict(scale=0.7, stream=3, distribution="uniform", backend=grouped_backend)
+    family = dict(scale=0.7, stream=3, distribution="uniform", backend=backend)
     coeffs = torch.randn(groups, k, requires_grad=True)
     grads = torch.randn(groups, *shape, requires_grad=True)
     upstream_matrices, upstream_coeffs = torch.randn(groups, *shape), torch.randn(groups, k)
@@ -198,25 +190,25 @@ def test_each_op_is_the_others_backward(grouped_backend):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_opcheck_mix_grouped(grouped_backend, dtype):
+def test_opcheck_mix_grouped(backend, dtype):
     for requires_grad in (False, True):
         coeffs = torch.randn(3, 9, dtype=dtype, requires_grad=requires_grad)
-        torch.library.opcheck(ops.mix_grouped, (coeffs, 2**40, 1, 4, 6, 0.3, "uniform", grouped_backend))
+        torch.library.opcheck(ops.mix_grouped, (coeffs, 2**40, 1, 4, 6, 0.3, "uniform", backend))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
-def test_opcheck_project_grouped(grouped_backend, dtype):
+def test_opcheck_project_grouped(backend, dtype):
     for requires_grad in (False, True):
         grads = torch.randn(3, 4, 6, dtype=dtype, requires_grad=requires_grad)
-        torch.library.opcheck(ops.project_grouped, (grads, 5, 0, 9, 0.3, "rademacher", grouped_backend))
+        torch.library.opcheck(ops.project_grouped, (grads, 5, 0, 9, 0.3, "rademacher", backend))
 
 
-def test_compile_fullgraph_forward_and_backward(grouped_backend):
+def test_compile_fullgraph_forward_and_backward(backend):
     coeffs = torch.randn(4, 24, requires_grad=True)
 
     def step(coeffs):
-        mixed = nola_mix_grouped(coeffs, 1, (5, 12), backend=grouped_backend)
-        return nola_project_grouped(mixed.square(), 2, 3, backend=grouped_backend).sum()
+        mixed = nola_mix_grouped(coeffs, 1, (5, 12), backend=backend)
+        return nola_project_grouped(mixed.square(), 2, 3, backend=backend).sum()
 
     compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
     (eager,) = torch.autograd.grad(step(coeffs), coeffs)

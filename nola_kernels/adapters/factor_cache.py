@@ -27,7 +27,6 @@ import weakref
 import torch
 
 from ..api import nola_basis, nola_mix, nola_mix_grouped
-from ..backends import get_backend, resolve_backend
 from ..lowrank import lowrank_delta
 from ..validation import check_bool, check_int
 
@@ -143,13 +142,10 @@ def mix_factors(adapters, backend):
 def mix_family(coeffs, seed, shape, distribution, backend):
     """(G, R, C): row g is nola_mix(coeffs[g], seed, shape), in one grouped pass that generates
     each basis entry once for all G rows. One row is the ordinary mix on the layer's backend (so
-    a single adapter's factors are the composed path's bit for bit); a backend without grouped
-    kernels has its grouped pass run by the PyTorch backend."""
+    a single adapter's factors are the composed path's bit for bit)."""
     if coeffs.shape[0] == 1:
         return nola_mix(coeffs[0], seed, shape, distribution=distribution, backend=backend)[None]
-    resolved = resolve_backend(backend, coeffs.device)
-    grouped = resolved if hasattr(get_backend(resolved), "mix_grouped") else "torch"
-    return nola_mix_grouped(coeffs, seed, shape, distribution=distribution, backend=grouped)
+    return nola_mix_grouped(coeffs, seed, shape, distribution=distribution, backend=backend)
 
 
 class FactorCache:
