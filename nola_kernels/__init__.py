@@ -2,6 +2,7 @@
 
 from nola_kernels import nola_basis, nola_mix, nola_project, nola_matmul
 from nola_kernels import inject, save_adapter, load_adapter, merge_and_unload   # adapters
+from nola_kernels import group_generation   # one generation pass per shared basis family
 """
 
 from .adapters import (
@@ -13,6 +14,7 @@ from .adapters import (
     adapted_modules,
     delete_adapter,
     export_peft_lora,
+    group_generation,
     inject,
     load_adapter,
     merge_adapter,
@@ -42,6 +44,7 @@ __all__ = [
     "chunk_budget",
     "delete_adapter",
     "export_peft_lora",
+    "group_generation",
     "inject",
     "load_adapter",
     "merge_adapter",

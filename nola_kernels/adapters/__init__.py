@@ -5,6 +5,7 @@ from .base_layer import NotMergeableError
 from .checkpoint import load_adapter, save_adapter
 from .checkpoint_file import AdapterFileError, AdapterMismatchError, UnsignedCheckpointWarning
 from .config import AdapterConfig
+from .grouping import group_generation
 from .inject import adapted_modules, delete_adapter, inject, set_active_adapter, unload
 from .layer import NOLALinear
 from .merge import merge_adapter, merge_and_unload, unmerge_adapter
@@ -33,6 +34,7 @@ __all__ = [
     "derive_seed",
     "export_peft_lora",
     "gpt2_fused_qv",
+    "group_generation",
     "inject",
     "load_adapter",
     "merge_adapter",

@@ -13,6 +13,7 @@ from torch import nn
 from ..api import nola_basis, nola_matmul, nola_mix
 from ..backends import resolve_backend
 from ..dtypes import COEFF_DTYPES
+from ..lowrank import lowrank_delta
 from ..validation import check_backend_name, check_module, check_name, check_seed, check_shape
 from .base_layer import add_to_weight, features, mergeable_weight
 from .config import AdapterConfig
@@ -124,6 +125,8 @@ class NOLALinear(nn.Module):
     dropout, distribution; seed, share_basis and target_modules only record how inject derived
     the seeds). add_adapter adds more; set_active picks the one in use (None: the base alone)."""
 
+    grouped = None  # this layer's factors from its model's grouped pass (adapters/grouping.py)
+
     def __init__(self, base, *, seed_a, seed_b, adapter_name="default", backend="auto", **options):
         check_module("base", base)
         in_features, out_features = features(base, "base")
@@ -191,7 +194,10 @@ class NOLALinear(nn.Module):
         out = self.base_layer(x)
         if self.active_adapter is None or self.merged_adapter is not None:
             return out
-        return self.adapters[self.active_adapter].delta(x, self.backend, add_to=out)
+        adapter = self.adapters[self.active_adapter]
+        if self.grouped is not None and self.grouped.usable(adapter):
+            return lowrank_delta(adapter.dropout(x), self.grouped.a, self.grouped.b, add_to=out)
+        return adapter.delta(x, self.backend, add_to=out)
 
     def merge(self):
         """Fold the active adapter's scaling * B A into the base weight (forward then skips it)."""
