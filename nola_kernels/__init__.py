@@ -1,6 +1,7 @@
 """nola_kernels: NOLA adapters whose random bases are generated on the fly (NOLA-Philox v1).
 
 from nola_kernels import nola_basis, nola_mix, nola_project, nola_matmul
+from nola_kernels import nola_mix_grouped, nola_project_grouped     # G rows over one family
 from nola_kernels import inject, save_adapter, load_adapter, merge_and_unload   # adapters
 from nola_kernels import group_generation   # one generation pass per shared basis family
 """
@@ -24,7 +25,7 @@ from .adapters import (
     unload,
     unmerge_adapter,
 )
-from .api import nola_basis, nola_matmul, nola_mix, nola_project
+from .api import nola_basis, nola_matmul, nola_mix, nola_mix_grouped, nola_project, nola_project_grouped
 from .backends import BackendUnavailableError, available_backends
 from .basis import chunk_budget, set_chunk_budget
 from .spec_version import SPEC_VERSION
@@ -52,7 +53,9 @@ __all__ = [
     "nola_basis",
     "nola_matmul",
     "nola_mix",
+    "nola_mix_grouped",
     "nola_project",
+    "nola_project_grouped",
     "save_adapter",
     "set_active_adapter",
     "set_chunk_budget",

@@ -6,6 +6,7 @@ import torch
 from . import ops
 from .backends import get_backend, resolve_backend
 from .basis import basis_block, chunk_budget, iter_blocks
+from .dtypes import COEFF_DTYPES
 from .lowrank import LowRankSpec
 from .routing import runs_fused
 from .validation import (
@@ -63,6 +64,43 @@ def nola_project(grad, seed, k, *, scale=None, stream=0, distribution="uniform",
     scale = _mix_scale(scale, k)
     backend = resolve_backend(backend, grad.device)
     return ops.project(grad, seed, stream, k, scale, distribution, backend)
+
+
+def nola_mix_grouped(coeffs, seed, shape, *, scale=None, stream=0, distribution="uniform", backend="auto"):
+    """Row g of the (G, R, C) result is nola_mix(coeffs[g], seed, shape, ...) for (G, k) coeffs:
+    G matrices mixed from one family, scale defaulting to 1/sqrt(k). float32 (float64 for
+    float64 coeffs); differentiable in coeffs; each basis entry is generated once for all rows."""
+    check_float_tensor("coeffs", coeffs, COEFF_DTYPES)
+    _check_groups("coeffs", coeffs, ("G", "k"))
+    check_coeffs("coeffs[0]", coeffs[0])
+    rows, cols = check_shape("shape", shape)
+    seed, stream, distribution = check_family(seed, stream, distribution)
+    scale = _mix_scale(scale, coeffs.shape[1])
+    backend = resolve_backend(backend, coeffs.device)
+    return ops.mix_grouped(coeffs, seed, stream, rows, cols, scale, distribution, backend)
+
+
+def nola_project_grouped(grads, seed, k, *, scale=None, stream=0, distribution="uniform", backend="auto"):
+    """Row g of the (G, k) result is nola_project(grads[g], seed, k, ...) for (G, R, C) grads: the
+    adjoint of nola_mix_grouped. float32 (float64 for float64 grads); differentiable in grads."""
+    check_float_tensor("grads", grads)
+    _check_groups("grads", grads, ("G", "rows", "cols"))
+    if 0 in grads.shape[1:]:
+        raise ValueError(f"grads must have rows >= 1 and cols >= 1, got shape {tuple(grads.shape)}")
+    check_shape("grads.shape[1:]", grads.shape[1:])
+    k = check_basis_count(k)
+    seed, stream, distribution = check_family(seed, stream, distribution)
+    scale = _mix_scale(scale, k)
+    backend = resolve_backend(backend, grads.device)
+    return ops.project_grouped(grads, seed, stream, k, scale, distribution, backend)
+
+
+def _check_groups(name, tensor, dims):
+    """A grouped operand: one dimension per name in `dims`, the first (G) at least 1."""
+    if tensor.dim() != len(dims):
+        raise ValueError(f"{name} must be {len(dims)}-D ({', '.join(dims)}), got shape {tuple(tensor.shape)}")
+    if tensor.shape[0] == 0:
+        raise ValueError(f"{name} must have at least one row (G >= 1), got shape {tuple(tensor.shape)}")
 
 
 def nola_matmul(

@@ -2,9 +2,11 @@
 
 `nola_kernels::mix` and `nola_kernels::project` are adjoint linear maps between coefficients and
 a matrix, so each one's backward is the other: gradients regenerate the basis instead of saving
-it. Each op takes a resolved backend name and hands the work to that backend's module; float64
-work goes to the PyTorch backend (the dtype rule, nola_kernels/dtypes.py). The low-rank ops'
-schemas take the LowRankSpec's fields as flat scalars; backends receive the LowRankSpec.
+it. Their grouped forms, `mix_grouped` and `project_grouped` (G rows over one family), are
+adjoint in the same way. Each op takes a resolved backend name and hands the work to that
+backend's module; float64 work goes to the PyTorch backend (the dtype rule,
+nola_kernels/dtypes.py). The low-rank ops' schemas take the LowRankSpec's fields as flat
+scalars; backends receive the LowRankSpec.
 """
 
 import math
@@ -25,60 +27,93 @@ def _backend_for(tensor, backend):
     return get_backend("torch" if accumulation_dtype(tensor) == torch.float64 else backend)
 
 
-@torch.library.custom_op("nola_kernels::mix", mutates_args=())
-def mix(
-    coeffs: torch.Tensor,
-    seed: int,
-    stream: int,
-    rows: int,
-    cols: int,
-    scale: float,
-    distribution: str,
-    backend: str,
-) -> torch.Tensor:
-    return _backend_for(coeffs, backend).mix(coeffs, seed, stream, rows, cols, scale, distribution)
+def _as_given(tensor):
+    return tensor
 
 
-@mix.register_fake
-def _(coeffs, seed, stream, rows, cols, scale, distribution, backend):
-    return coeffs.new_empty((rows, cols), dtype=accumulation_dtype(coeffs))
+def _grouped_operand(tensor):
+    """The grouped ops' backend functions take contiguous float32 operands ("torch" takes
+    float64 too, and float64 work goes there)."""
+    return tensor.to(accumulation_dtype(tensor)).contiguous()
 
 
-@torch.library.custom_op("nola_kernels::project", mutates_args=())
-def project(
-    grad: torch.Tensor, seed: int, stream: int, k: int, scale: float, distribution: str, backend: str
-) -> torch.Tensor:
-    return _backend_for(grad, backend).project(grad, seed, stream, k, scale, distribution)
+def _mix_op(name, operand):
+    """nola_kernels::<name>, run by the backend function of that name on operand(coeffs)."""
+
+    @torch.library.custom_op(f"nola_kernels::{name}", mutates_args=())
+    def op(
+        coeffs: torch.Tensor,
+        seed: int,
+        stream: int,
+        rows: int,
+        cols: int,
+        scale: float,
+        distribution: str,
+        backend: str,
+    ) -> torch.Tensor:
+        kernel = getattr(_backend_for(coeffs, backend), name)
+        return kernel(operand(coeffs), seed, stream, rows, cols, scale, distribution)
+
+    return op
 
 
-@project.register_fake
-def _(grad, seed, stream, k, scale, distribution, backend):
-    return grad.new_empty((k,), dtype=accumulation_dtype(grad))
+def _project_op(name, operand):
+    """nola_kernels::<name>, run by the backend function of that name on operand(grad)."""
+
+    @torch.library.custom_op(f"nola_kernels::{name}", mutates_args=())
+    def op(
+        grad: torch.Tensor, seed: int, stream: int, k: int, scale: float, distribution: str, backend: str
+    ) -> torch.Tensor:
+        return getattr(_backend_for(grad, backend), name)(operand(grad), seed, stream, k, scale, distribution)
+
+    return op
 
 
-def _setup_mix(ctx, inputs, output):
-    coeffs, ctx.seed, ctx.stream, _, _, ctx.scale, ctx.distribution, ctx.backend = inputs
-    ctx.k, ctx.coeffs_dtype = coeffs.numel(), coeffs.dtype
+mix = _mix_op("mix", _as_given)
+project = _project_op("project", _as_given)
+# G rows of mix (or project) over one family, each generated basis entry used by all rows.
+mix_grouped = _mix_op("mix_grouped", _grouped_operand)
+project_grouped = _project_op("project_grouped", _grouped_operand)
 
 
-def _mix_backward(ctx, grad):
-    grad_coeffs = project(grad, ctx.seed, ctx.stream, ctx.k, ctx.scale, ctx.distribution, ctx.backend)
-    return grad_coeffs.to(ctx.coeffs_dtype), None, None, None, None, None, None, None
+# The fakes and the autograd serve both forms: the leading dimension G, where there is one, passes
+# through (coeffs (..., k) <-> matrices (..., rows, cols)).
+def _mix_fake(coeffs, seed, stream, rows, cols, scale, distribution, backend):
+    return coeffs.new_empty((*coeffs.shape[:-1], rows, cols), dtype=accumulation_dtype(coeffs))
 
 
-def _setup_project(ctx, inputs, output):
-    grad_in, ctx.seed, ctx.stream, _, ctx.scale, ctx.distribution, ctx.backend = inputs
-    ctx.shape, ctx.grad_dtype = grad_in.shape, grad_in.dtype
+def _project_fake(grad, seed, stream, k, scale, distribution, backend):
+    return grad.new_empty((*grad.shape[:-2], k), dtype=accumulation_dtype(grad))
 
 
-def _project_backward(ctx, grad):
-    rows, cols = ctx.shape
-    grad_in = mix(grad, ctx.seed, ctx.stream, rows, cols, ctx.scale, ctx.distribution, ctx.backend)
-    return grad_in.to(ctx.grad_dtype), None, None, None, None, None, None
+def _register_adjoints(mix_op, project_op):
+    """Each op's backward is the other op, so gradients of any order regenerate the basis."""
+
+    def setup_mix(ctx, inputs, output):
+        coeffs, ctx.seed, ctx.stream, _, _, ctx.scale, ctx.distribution, ctx.backend = inputs
+        ctx.k, ctx.coeffs_dtype = coeffs.shape[-1], coeffs.dtype
+
+    def mix_backward(ctx, grad):
+        grad_coeffs = project_op(grad, ctx.seed, ctx.stream, ctx.k, ctx.scale, ctx.distribution, ctx.backend)
+        return grad_coeffs.to(ctx.coeffs_dtype), None, None, None, None, None, None, None
+
+    def setup_project(ctx, inputs, output):
+        grad_in, ctx.seed, ctx.stream, _, ctx.scale, ctx.distribution, ctx.backend = inputs
+        ctx.shape, ctx.grad_dtype = grad_in.shape, grad_in.dtype
+
+    def project_backward(ctx, grad):
+        rows, cols = ctx.shape[-2:]
+        grad_in = mix_op(grad, ctx.seed, ctx.stream, rows, cols, ctx.scale, ctx.distribution, ctx.backend)
+        return grad_in.to(ctx.grad_dtype), None, None, None, None, None, None
+
+    mix_op.register_fake(_mix_fake)
+    project_op.register_fake(_project_fake)
+    mix_op.register_autograd(mix_backward, setup_context=setup_mix)
+    project_op.register_autograd(project_backward, setup_context=setup_project)
 
 
-torch.library.register_autograd("nola_kernels::mix", _mix_backward, setup_context=_setup_mix)
-torch.library.register_autograd("nola_kernels::project", _project_backward, setup_context=_setup_project)
+_register_adjoints(mix, project)
+_register_adjoints(mix_grouped, project_grouped)
 
 
 def composed_delta(x, alpha, beta, a0, b0, spec, backend, add_to=None):

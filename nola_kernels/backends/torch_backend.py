@@ -9,6 +9,9 @@ give the same bits whatever the chunk budget, the thread count or the device:
 - project: the positions of a coefficient are summed in blocks of POSITION_BLOCK consecutive
   positions, each block by `_fold`, and the block sums are folded in turn.
 
+mix and project are the grouped ops at G = 1: the G rows of a grouped call run the same
+elementwise steps side by side, so row g has the bits of the single call on that row.
+
 Only elementwise multiplies and adds run (no matmul, no library reduction), and each rounds once
 whatever the layout, so an entry is computed alike in any batch of blocks: the budget decides
 only how many blocks are generated at once.
@@ -56,18 +59,31 @@ def _block_sums(terms, size, dim):
     return sums[0] if len(sums) == 1 else torch.cat(sums, dim)
 
 
+def _group_budget(device, groups):
+    """The chunk budget shared by the G rows of a grouped call: a block's products are G times
+    its entries."""
+    return max(chunk_budget(device) // groups, 1)
+
+
 def mix(coeffs, seed, stream, rows, cols, scale, distribution):
     """scale * sum_i coeffs[i] * U_i as a (rows, cols) tensor in float32 (float64 for float64 coeffs)."""
+    return mix_grouped(coeffs.unsqueeze(0), seed, stream, rows, cols, scale, distribution)[0]
+
+
+def mix_grouped(coeffs, seed, stream, rows, cols, scale, distribution):
+    """Row g is mix(coeffs[g]) bit for bit: a (G, rows, cols) tensor from (G, k) coeffs, each
+    block of the basis generated once for all G rows."""
     dtype, device = accumulation_dtype(coeffs), coeffs.device
+    groups, k = coeffs.shape
     numel = rows * cols
-    weights = (coeffs.to(dtype) * scale).unsqueeze(1)
-    out = torch.zeros(numel, dtype=dtype, device=device)
-    blocks = iter_blocks(coeffs.numel(), numel, distribution, chunk_budget(device), dtype, row_step=BASIS_BLOCK)
-    for i0, i1, n0, n1 in blocks:
-        terms = _block(seed, stream, i0, i1, n0, n1, distribution, device, dtype).mul_(weights[i0:i1])
-        _add_in_order(out[n0:n1], _block_sums(terms, BASIS_BLOCK, 0))
+    weights = (coeffs.to(dtype) * scale).unsqueeze(2)
+    out = torch.zeros(groups, numel, dtype=dtype, device=device)
+    budget = _group_budget(device, groups)
+    for i0, i1, n0, n1 in iter_blocks(k, numel, distribution, budget, dtype, row_step=BASIS_BLOCK):
+        terms = _block(seed, stream, i0, i1, n0, n1, distribution, device, dtype).mul(weights[:, i0:i1])
+        _add_in_order(out[:, n0:n1], _block_sums(terms, BASIS_BLOCK, 1).unbind(1))
         del terms  # before the next block is generated
-    return out.view(rows, cols)
+    return out.view(groups, rows, cols)
 
 
 def _add_in_order(out, rows):
@@ -78,17 +94,26 @@ def _add_in_order(out, rows):
 
 def project(grad, seed, stream, k, scale, distribution):
     """scale * <grad, U_i> for i < k: a (k,) tensor in float32 (float64 for float64 grad)."""
-    dtype, device = accumulation_dtype(grad), grad.device
-    flat = grad.reshape(-1).to(dtype)
-    numel = flat.numel()
-    out = torch.empty(k, dtype=dtype, device=device)
-    blocks = iter_blocks(k, numel, distribution, chunk_budget(device), dtype, col_step=POSITION_BLOCK)
-    for i0, i1, n0, n1 in blocks:  # the blocks of a row group come in order of n
-        if n0 == 0:
-            position_sums = torch.empty(i1 - i0, -(-numel // POSITION_BLOCK), dtype=dtype, device=device)
-        terms = _block(seed, stream, i0, i1, n0, n1, distribution, device, dtype).mul_(flat[n0:n1])
-        position_sums[:, n0 // POSITION_BLOCK : -(-n1 // POSITION_BLOCK)] = _block_sums(terms, POSITION_BLOCK, 1)
+    return project_grouped(grad.unsqueeze(0), seed, stream, k, scale, distribution)[0]
+
+
+def project_grouped(grads, seed, stream, k, scale, distribution):
+    """Row g is project(grads[g]) bit for bit: a (G, k) tensor from (G, rows, cols) grads, each
+    block of the basis generated once for all G rows."""
+    dtype, device = accumulation_dtype(grads), grads.device
+    groups = grads.shape[0]
+    flat = grads.reshape(groups, -1).to(dtype)
+    numel = flat.shape[1]
+    out = torch.empty(groups, k, dtype=dtype, device=device)
+    budget = _group_budget(device, groups)
+    for i0, i1, n0, n1 in iter_blocks(k, numel, distribution, budget, dtype, col_step=POSITION_BLOCK):
+        if n0 == 0:  # the blocks of a row group come in order of n
+            position_blocks = -(-numel // POSITION_BLOCK)
+            position_sums = torch.empty(groups, i1 - i0, position_blocks, dtype=dtype, device=device)
+        terms = _block(seed, stream, i0, i1, n0, n1, distribution, device, dtype).mul(flat[:, None, n0:n1])
+        these_blocks = slice(n0 // POSITION_BLOCK, -(-n1 // POSITION_BLOCK))
+        position_sums[:, :, these_blocks] = _block_sums(terms, POSITION_BLOCK, 2)
         del terms  # before the next block is generated
         if n1 == numel:
-            out[i0:i1] = _fold(position_sums, 1)
+            out[:, i0:i1] = _fold(position_sums, 2)
     return out.mul_(scale)

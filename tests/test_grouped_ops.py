@@ -1,0 +1,288 @@
+"""The grouped ops' contract on every backend that runs on the CPU here: nola_mix_grouped and
+nola_project_grouped against the float64 reference built from nola_basis, row g against the
+backend's own nola_mix / nola_project (bit for bit where docs/spec.md promises it), their
+autograd (each the other's backward, to any order), the torch.library registration, and the
+refusals of bad arguments."""
+
+import math
+
+import pytest
+import torch
+from numerics import rel_err, rounding_bound
+
+from nola_kernels import (
+    BackendUnavailableError,
+    available_backends,
+    nola_basis,
+    nola_mix,
+    nola_mix_grouped,
+    nola_project,
+    nola_project_grouped,
+    ops,
+)
+from nola_kernels.backends import get_backend
+
+# Backends whose row g has the bits of their own per-row mix/project (docs/spec.md, Determinism).
+ROW_EXACT_BACKENDS = ("torch", "cpu")
+
+CASES = [
+    # seed, G, k, shape, stream, distribution: k and the shapes cut no block evenly (16 basis
+    # indices, 128 or 2048 positions, 4 or 128 entries per Philox call)
+    (3, 1, 1, (1, 1), 0, "uniform"),
+    (2**33 + 7, 3, 37, (7, 13), 1, "uniform"),
+    (11, 17, 300, (33, 130), 0, "uniform"),
+    (2**62, 3, 65, (5, 211), 2**40, "rademacher"),
+    (5, 17, 21, (129, 3), 0, "rademacher"),
+]
+
+
+@pytest.fixture
+def grouped_backend(backend):
+    """The backends of the CPU matrix that implement the grouped ops."""
+    if not hasattr(get_backend(backend), "mix_grouped"):
+        pytest.skip("grouped ops not implemented")
+    return backend
+
+
+def _float32_bound(length):
+    """Twice the bound of the float32 per-row path (docs/spec.md: the grouped ops' precision)."""
+    return 2 * rounding_bound(torch.float32, length)
+
+
+def _reference_basis(seed, k, shape, stream, distribution):
+    return nola_basis(seed, k, shape, stream=stream, distribution=distribution).double()
+
+
+@pytest.mark.parametrize("seed, groups, k, shape, stream, distribution", CASES)
+def test_mix_grouped_matches_the_reference_and_the_rows(
+    grouped_backend, seed, groups, k, shape, stream, distribution
+):
+    coeffs = torch.randn(groups, k)
+    family = dict(stream=stream, distribution=distribution, backend=grouped_backend)
+    expected = torch.einsum(
+        "gk,krc->grc", coeffs.double(), _reference_basis(seed, k, shape, stream, distribution)
+    )
+    mixed = nola_mix_grouped(coeffs, seed, shape, **family)
+    assert mixed.shape == (groups, *shape) and mixed.dtype == torch.float32
+    assert rel_err(mixed, expected / math.sqrt(k)) <= _float32_bound(k)
+    rows = torch.stack([nola_mix(row, seed, shape, **family) for row in coeffs])
+    if grouped_backend in ROW_EXACT_BACKENDS:
+        assert torch.equal(mixed, rows)
+    else:
+        assert rel_err(mixed, rows) <= 2 * _float32_bound(k)
+
+
+@pytest.mark.parametrize("seed, groups, k, shape, stream, distribution", CASES)
+def test_project_grouped_matches_the_reference_and_the_rows(
+    grouped_backend, seed, groups, k, shape, stream, distribution
+):
+    grads = torch.randn(groups, *shape)
+    family = dict(scale=0.3, stream=stream, distribution=distribution, backend=grouped_backend)
+    basis = _reference_basis(seed, k, shape, stream, distribution)
+    expected = torch.einsum("grc,krc->gk", grads.double(), basis) * 0.3
+    projected = nola_project_grouped(grads, seed, k, **family)
+    assert projected.shape == (groups, k) and projected.dtype == torch.float32
+    numel = shape[0] * shape[1]
+    assert rel_err(projected, expected) <= _float32_bound(numel)
+    rows = torch.stack([nola_project(grad, seed, k, **family) for grad in grads])
+    if grouped_backend in ROW_EXACT_BACKENDS:
+        assert torch.equal(projected, rows)
+    else:
+        assert rel_err(projected, rows) <= 2 * _float32_bound(numel)
+
+
+@pytest.mark.parametrize("distribution", ["uniform", "rademacher"])
+def test_grouped_ops_are_adjoint(grouped_backend, distribution):
+    groups, k, shape = 3, 37, (19, 23)
+    coeffs, grads = (
+        torch.randn(groups, k, dtype=torch.float64),
+        torch.randn(groups, *shape, dtype=torch.float64),
+    )
+    family = dict(stream=2, distribution=distribution, backend=grouped_backend)
+    lhs = (nola_mix_grouped(coeffs, 9, shape, **family) * grads).sum().item()
+    rhs = (coeffs * nola_project_grouped(grads, 9, k, **family)).sum().item()
+    assert abs(lhs - rhs) <= 1e-12 * max(1.0, abs(lhs))
+
+
+def test_float64_is_computed_in_float64_row_by_row(grouped_backend):
+    coeffs, grads = torch.randn(3, 6, dtype=torch.float64), torch.randn(3, 4, 5, dtype=torch.float64)
+    mixed = nola_mix_grouped(coeffs, 2, (4, 5), backend=grouped_backend)
+    projected = nola_project_grouped(grads, 2, 6, backend=grouped_backend)
+    assert mixed.dtype == projected.dtype == torch.float64
+    # float64 work runs on the PyTorch backend, whose rows are exact.
+    assert torch.equal(
+        mixed, torch.stack([nola_mix(row, 2, (4, 5), backend=grouped_backend) for row in coeffs])
+    )
+    assert torch.equal(
+        projected, torch.stack([nola_project(g, 2, 6, backend=grouped_backend) for g in grads])
+    )
+
+
+def test_low_precision_grads_are_projected_in_float32(grouped_backend):
+    grads = torch.randn(3, 9, 10).bfloat16()
+    projected = nola_project_grouped(grads, 1, 8, backend=grouped_backend)
+    assert projected.dtype == torch.float32
+    assert torch.equal(projected, nola_project_grouped(grads.float(), 1, 8, backend=grouped_backend))
+
+
+def test_strided_inputs_give_the_contiguous_results(grouped_backend):
+    coeffs, grads = torch.randn(7, 4).t(), torch.randn(5, 6, 3).permute(2, 0, 1)
+    assert torch.equal(
+        nola_mix_grouped(coeffs, 4, (5, 6), backend=grouped_backend),
+        nola_mix_grouped(coeffs.contiguous(), 4, (5, 6), backend=grouped_backend),
+    )
+    assert torch.equal(
+        nola_project_grouped(grads, 4, 7, backend=grouped_backend),
+        nola_project_grouped(grads.contiguous(), 4, 7, backend=grouped_backend),
+    )
+
+
+def test_nan_stays_in_its_row(grouped_backend):
+    coeffs = torch.randn(3, 4)
+    coeffs[1, 2] = float("nan")
+    mixed = nola_mix_grouped(coeffs, 1, (3, 3), backend=grouped_backend)
+    assert torch.isnan(mixed[1]).all() and torch.isfinite(mixed[[0, 2]]).all()
+    grads = torch.randn(3, 3, 3)
+    grads[2, 1, 1] = float("inf")
+    projected = nola_project_grouped(grads, 1, 4, backend=grouped_backend)
+    assert not torch.isfinite(projected[2]).any() and torch.isfinite(projected[:2]).all()
+
+
+@pytest.mark.parametrize("budget", [64, 5000, 1 << 20])
+def test_chunking_does_not_change_results(grouped_backend, set_budget, budget):
+    coeffs, grads = torch.randn(3, 300), torch.randn(3, 17, 45)
+    mixed = nola_mix_grouped(coeffs, 4, (17, 45), backend=grouped_backend)
+    projected = nola_project_grouped(grads, 4, 300, backend=grouped_backend)
+    set_budget(budget)
+    assert torch.equal(nola_mix_grouped(coeffs, 4, (17, 45), backend=grouped_backend), mixed)
+    assert torch.equal(nola_project_grouped(grads, 4, 300, backend=grouped_backend), projected)
+
+
+def test_gradcheck_in_float64(grouped_backend):
+    coeffs = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
+    grads = torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True)
+
+    def mixed(c):
+        return nola_mix_grouped(c, 7, (3, 4), stream=1, backend=grouped_backend)
+
+    def projected(g):
+        return nola_project_grouped(g, 7, 5, scale=0.3, distribution="rademacher", backend=grouped_backend)
+
+    for fn, inputs in ((mixed, (coeffs,)), (projected, (grads,))):
+        assert torch.autograd.gradcheck(fn, inputs)
+        assert torch.autograd.gradgradcheck(fn, inputs)
+
+
+def test_each_op_is_the_others_backward(grouped_backend):
+    groups, k, shape = 3, 21, (6, 7)
+    family = dict(scale=0.7, stream=3, distribution="uniform", backend=grouped_backend)
+    coeffs = torch.randn(groups, k, requires_grad=True)
+    grads = torch.randn(groups, *shape, requires_grad=True)
+    upstream_matrices, upstream_coeffs = torch.randn(groups, *shape), torch.randn(groups, k)
+
+    mixed = nola_mix_grouped(coeffs, 5, shape, **family)
+    (grad_coeffs,) = torch.autograd.grad(mixed, coeffs, upstream_matrices, create_graph=True)
+    assert torch.equal(grad_coeffs, nola_project_grouped(upstream_matrices, 5, k, **family))
+    projected = nola_project_grouped(grads, 5, k, **family)
+    (grad_grads,) = torch.autograd.grad(projected, grads, upstream_coeffs, create_graph=True)
+    assert torch.equal(grad_grads, nola_mix_grouped(upstream_coeffs, 5, shape, **family))
+
+    # Double backward: grad_coeffs = project(upstream) is linear in upstream, not in coeffs.
+    upstream = upstream_matrices.clone().requires_grad_()
+    (grad_coeffs,) = torch.autograd.grad(
+        nola_mix_grouped(coeffs, 5, shape, **family), coeffs, upstream, create_graph=True
+    )
+    (second,) = torch.autograd.grad(grad_coeffs, upstream, upstream_coeffs)
+    assert torch.equal(second, nola_mix_grouped(upstream_coeffs, 5, shape, **family))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_opcheck_mix_grouped(grouped_backend, dtype):
+    for requires_grad in (False, True):
+        coeffs = torch.randn(3, 9, dtype=dtype, requires_grad=requires_grad)
+        torch.library.opcheck(ops.mix_grouped, (coeffs, 2**40, 1, 4, 6, 0.3, "uniform", grouped_backend))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_opcheck_project_grouped(grouped_backend, dtype):
+    for requires_grad in (False, True):
+        grads = torch.randn(3, 4, 6, dtype=dtype, requires_grad=requires_grad)
+        torch.library.opcheck(ops.project_grouped, (grads, 5, 0, 9, 0.3, "rademacher", grouped_backend))
+
+
+def test_compile_fullgraph_forward_and_backward(grouped_backend):
+    coeffs = torch.randn(4, 24, requires_grad=True)
+
+    def step(coeffs):
+        mixed = nola_mix_grouped(coeffs, 1, (5, 12), backend=grouped_backend)
+        return nola_project_grouped(mixed.square(), 2, 3, backend=grouped_backend).sum()
+
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    (eager,) = torch.autograd.grad(step(coeffs), coeffs)
+    (traced,) = torch.autograd.grad(compiled(coeffs), coeffs)
+    assert torch.equal(traced, eager)
+
+
+def _refusals():
+    coeffs, grads = torch.randn(3, 5), torch.randn(3, 4, 6)
+    mix = lambda coeffs=coeffs, seed=1, shape=(4, 6), **kw: nola_mix_grouped(coeffs, seed, shape, **kw)  # noqa: E731
+    project = lambda grads=grads, seed=1, k=5, **kw: nola_project_grouped(grads, seed, k, **kw)  # noqa: E731
+    return [
+        (lambda: mix(coeffs=[[1.0, 2.0]]), TypeError, "coeffs must be a torch.Tensor"),
+        (
+            lambda: mix(coeffs=torch.ones(3, 5, dtype=torch.int64)),
+            TypeError,
+            "coeffs must have dtype float32, float64",
+        ),
+        (lambda: mix(coeffs=coeffs.half()), TypeError, "coeffs must have dtype float32, float64"),
+        (lambda: mix(coeffs=torch.randn(5)), ValueError, r"coeffs must be 2-D \(G, k\), got shape \(5,\)"),
+        (lambda: mix(coeffs=torch.randn(2, 3, 5)), ValueError, r"coeffs must be 2-D \(G, k\)"),
+        (lambda: mix(coeffs=torch.randn(0, 5)), ValueError, r"coeffs must have at least one row \(G >= 1\)"),
+        (lambda: mix(coeffs=torch.randn(3, 0)), ValueError, r"coeffs\[0\] must not be empty"),
+        (lambda: mix(shape=(4, 0)), ValueError, r"shape\[1\] must be an int >= 1"),
+        (lambda: mix(shape=(4,)), ValueError, "shape must be a pair"),
+        (lambda: mix(shape=(2**17, 2**18)), ValueError, r"shape must have at most 2\*\*34 entries"),
+        (lambda: mix(seed=-1), ValueError, "seed must be an int in"),
+        (lambda: mix(seed=1.5), TypeError, "seed must be an int"),
+        (lambda: mix(stream=2**63), ValueError, "stream must be an int in"),
+        (lambda: mix(scale="big"), TypeError, "scale must be a real number"),
+        (lambda: mix(distribution="gauss"), ValueError, "distribution must be one of"),
+        (lambda: mix(backend="tpu"), ValueError, "backend must be 'auto' or one of"),
+        (lambda: project(grads=grads.numpy()), TypeError, "grads must be a torch.Tensor"),
+        (lambda: project(grads=grads.int()), TypeError, "grads must have dtype"),
+        (
+            lambda: project(grads=torch.randn(4, 6)),
+            ValueError,
+            r"grads must be 3-D \(G, rows, cols\), got shape \(4, 6\)",
+        ),
+        (
+            lambda: project(grads=torch.randn(0, 4, 6)),
+            ValueError,
+            r"grads must have at least one row \(G >= 1\)",
+        ),
+        (lambda: project(grads=torch.randn(3, 0, 6)), ValueError, "grads must have rows >= 1 and cols >= 1"),
+        (lambda: project(k=0), ValueError, r"k must be an int in \[1, 4294967297\), got 0"),
+        (lambda: project(k=2**32 + 1), ValueError, "k must be an int in"),
+        (lambda: project(k=5.0), TypeError, "k must be an int"),
+        (lambda: project(k=True), TypeError, "k must be an int, got bool"),
+        (lambda: project(seed=2**63), ValueError, "seed must be an int in"),
+        (lambda: project(stream=-1), ValueError, "stream must be an int in"),
+        (lambda: project(scale=None, distribution="normal"), ValueError, "distribution must be one of"),
+        (lambda: project(scale=10**400), ValueError, "scale is out of float range"),
+        (lambda: project(backend=None), ValueError, "backend must be 'auto' or one of"),
+    ]
+
+
+@pytest.mark.parametrize("call, error, match", _refusals())
+def test_bad_arguments_are_refused_by_name(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
+
+
+@pytest.mark.skipif("cuda" in available_backends("cpu"), reason="the CUDA backend runs here")
+def test_unavailable_backend_says_why():
+    with pytest.raises(BackendUnavailableError, match="backend 'cuda' cannot run on cpu"):
+        nola_mix_grouped(torch.randn(2, 3), 1, (2, 2), backend="cuda")
+    with pytest.raises(BackendUnavailableError, match="backend 'cuda' cannot run on cpu"):
+        nola_project_grouped(torch.randn(2, 2, 2), 1, 3, backend="cuda")
+
