@@ -21,13 +21,7 @@ from collections import defaultdict
 
 import torch
 
-try:  # STAND-IN until the grouped ops are merged
-    from ..api import nola_mix_grouped
-except ImportError:
-    from ..api import nola_mix
-
-    def nola_mix_grouped(coeffs, seed, shape, *, distribution, backend):
-        return torch.stack([nola_mix(c, seed, shape, distribution=distribution, backend=backend) for c in coeffs])
+from ..api import nola_mix_grouped
 from ..backends import resolve_backend
 from ..validation import check_bool, check_module
 from .inject import adapted_modules
