@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 from numerics import rel_err, rounding_bound
+from test_cpu_backend import CODE_PATHS, built, set_threads  # noqa: F401 (set_threads: a fixture)
 
 from nola_kernels import (
     BackendUnavailableError,
@@ -20,7 +21,7 @@ from nola_kernels import (
     nola_project_grouped,
     ops,
 )
-from nola_kernels.backends import get_backend
+from nola_kernels.backends import cpu_backend, get_backend
 
 # Backends whose row g has the bits of their own per-row mix/project (docs/spec.md, Determinism).
 ROW_EXACT_BACKENDS = ("torch", "cpu")
@@ -286,3 +287,37 @@ def test_unavailable_backend_says_why():
     with pytest.raises(BackendUnavailableError, match="backend 'cuda' cannot run on cpu"):
         nola_project_grouped(torch.randn(2, 2, 2), 1, 3, backend="cuda")
 
+
+@built
+@pytest.mark.parametrize("distribution", ["uniform", "rademacher"])
+def test_cpu_same_bits_for_any_thread_count_and_instruction_set(request, distribution):
+    set_thread_count = request.getfixturevalue("set_threads")
+    coeffs, grads = torch.randn(5, 40), torch.randn(5, 33, 257)  # enough entries for several threads
+    results = {}
+    for code_path in CODE_PATHS:
+        for threads in (1, 2, 3):
+            set_thread_count(threads)
+            with cpu_backend.instruction_set(code_path):
+                mixed = cpu_backend.mix_grouped(coeffs, 5, 1, 33, 257, 0.3, distribution)
+                projected = cpu_backend.project_grouped(grads, 5, 1, 40, 0.3, distribution)
+            results[code_path, threads] = (mixed, projected)
+    first = next(iter(results.values()))
+    for key, (mixed, projected) in results.items():
+        assert torch.equal(mixed, first[0]) and torch.equal(projected, first[1]), key
+
+
+@built
+@pytest.mark.parametrize("distribution", ["uniform", "rademacher"])
+def test_cpu_kernels_write_every_output_and_partial(distribution):
+    groups, k, numel = 3, 37, 5003
+    problem = cpu_backend._problem(3, 0, k, numel, distribution, 0.5, groups=groups)
+    single = cpu_backend._problem(3, 0, k, numel, distribution, 0.5)
+    library = cpu_backend._library
+    assert library.nola_cpu_project_partials(problem) == groups * library.nola_cpu_project_partials(single)
+    coeffs, grads = torch.randn(groups, k), torch.randn(groups, numel)
+    mixed = torch.full((groups, numel), float("nan"))
+    cpu_backend._run(library.nola_cpu_mix_f32, problem, coeffs, mixed)
+    partials = torch.full((library.nola_cpu_project_partials(problem),), float("nan"))
+    projected = torch.full((groups, k), float("nan"))
+    cpu_backend._run(library.nola_cpu_project_f32, problem, grads, partials, projected)
+    assert torch.isfinite(mixed).all() and torch.isfinite(partials).all() and torch.isfinite(projected).all()

@@ -8,10 +8,15 @@
 //   accumulates into 64 lanes (lane = position mod 64, positions in increasing order), the lanes
 //   fold pairwise (lane l += lane l + w for w = 32, 16, ..., 1) into the chunk's partial, and
 //   out[i] = scale * (partial_0 + partial_1 + ...) in chunk order.
+// A problem of G groups runs the same items: each entry generated once serves the G rows in turn,
+// and every row's sums run in the order above, so row g has the bits of its own problem.
 // Multiplies and adds stay separate (the build passes -ffp-contract=off), so no target fuses them
 // differently.
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
+#include <memory>
+#include <new>
 #include <type_traits>
 
 #include "nola_cpu.h"
@@ -76,14 +81,16 @@ void mix(const NolaCpuProblem& p, const Acc* coeffs, Acc* out) {
   const Acc scale = static_cast<Acc>(p.scale);
   for_each_item(ceil_div(p.numel, L::kTile), p.threads, p.k * p.numel, [&](uint64_t tile) {
     const uint64_t first = tile * L::kTile, count = std::min(L::kTile, p.numel - first);
-    alignas(64) Acc sums[L::kTile] = {};
+    for (uint64_t g = 0; g < p.groups; ++g) std::fill_n(out + g * p.numel + first, count, Acc{0});
     alignas(64) float values[L::kTile];
     for (uint64_t i = 0; i < p.k; ++i) {
-      const Acc weight = coeffs[i] * scale;
       L::template generate<Batch>(family, first, count, i, values);
-      for (uint64_t e = 0; e < count; ++e) sums[e] = sums[e] + weight * static_cast<Acc>(values[e]);
+      for (uint64_t g = 0; g < p.groups; ++g) {
+        const Acc weight = coeffs[g * p.k + i] * scale;
+        Acc* __restrict__ sums = out + g * p.numel + first;
+        for (uint64_t e = 0; e < count; ++e) sums[e] = sums[e] + weight * static_cast<Acc>(values[e]);
+      }
     }
-    std::copy(sums, sums + count, out + first);
   });
 }
 
@@ -136,28 +143,46 @@ void sum_partials(const Acc* partials, uint64_t chunks, uint64_t k, Acc scale, A
   }
 }
 
+// Partials are laid out (group, chunk, index); the plan does not depend on the groups, so row g's
+// sums are those of the problem of that row alone. Returns false when a work item's lanes (kLanes
+// per group) could not be allocated.
 template <Distribution D, class Batch, class Acc>
-void project(const NolaCpuProblem& p, const Acc* grad, Acc* partials, Acc* out) {
+bool project(const NolaCpuProblem& p, const Acc* grad, Acc* partials, Acc* out) {
   using L = Layout<D>;
   const Family family = Family::of(p.seed, p.stream);
   const ProjectPlan plan = ProjectPlan::of(p, L::kTile);
+  const uint64_t group_partials = plan.chunks * p.k;
+  std::atomic<bool> allocated{true};
   for_each_item(plan.chunks * plan.index_blocks, p.threads, p.k * p.numel, [&](uint64_t item) {
+    std::unique_ptr<Acc[]> lanes(new (std::nothrow) Acc[p.groups * kLanes]);
+    if (!lanes) {
+      allocated = false;
+      return;
+    }
     const uint64_t chunk = item / plan.index_blocks, block = item % plan.index_blocks;
     const uint64_t first = chunk * plan.chunk_entries;
     const uint64_t stop = std::min(first + plan.chunk_entries, p.numel);
     alignas(64) float values[L::kTile];
     alignas(64) Acc padded[L::kTile];
     for (uint64_t i = block * kIndexBlock; i < std::min(p.k, (block + 1) * kIndexBlock); ++i) {
-      alignas(64) Acc lanes[kLanes] = {};
+      std::fill_n(lanes.get(), p.groups * kLanes, Acc{0});
       for (uint64_t start = first; start < stop; start += L::kTile) {
-        const uint64_t count = std::min(L::kTile, stop - start);
+        const uint64_t count = std::min(L::kTile, stop - start), whole = ceil_div(count, kLanes) * kLanes;
         L::template generate<Batch>(family, start, count, i, values);
-        accumulate_lanes(lanes, whole_lanes(grad, start, count, padded), values, ceil_div(count, kLanes) * kLanes);
+        for (uint64_t g = 0; g < p.groups; ++g) {
+          accumulate_lanes(&lanes[g * kLanes], whole_lanes(grad + g * p.numel, start, count, padded), values, whole);
+        }
       }
-      partials[chunk * p.k + i] = fold_lanes(lanes);
+      for (uint64_t g = 0; g < p.groups; ++g) {
+        partials[g * group_partials + chunk * p.k + i] = fold_lanes(&lanes[g * kLanes]);
+      }
     }
   });
-  sum_partials(partials, plan.chunks, p.k, static_cast<Acc>(p.scale), out);
+  if (!allocated) return false;
+  for (uint64_t g = 0; g < p.groups; ++g) {
+    sum_partials(partials + g * group_partials, plan.chunks, p.k, static_cast<Acc>(p.scale), out + g * p.k);
+  }
+  return true;
 }
 
 template <Distribution D, class Batch>
@@ -229,9 +254,11 @@ uint64_t tile_of(const NolaCpuProblem& p) {
 
 template <class Acc>
 int project_entry(const NolaCpuProblem* p, const Acc* grad, Acc* partials, Acc* out) {
-  return dispatch(*p, [&](auto distribution, auto batch) {
-    project<decltype(distribution)::value, decltype(batch)>(*p, grad, partials, out);
+  bool allocated = true;
+  const int status = dispatch(*p, [&](auto distribution, auto batch) {
+    allocated = project<decltype(distribution)::value, decltype(batch)>(*p, grad, partials, out);
   });
+  return status == NOLA_CPU_OK && !allocated ? NOLA_CPU_OUT_OF_MEMORY : status;
 }
 
 }  // namespace
@@ -250,7 +277,7 @@ int nola_cpu_mix_f64(const NolaCpuProblem* p, const double* coeffs, double* out)
 }
 
 uint64_t nola_cpu_project_partials(const NolaCpuProblem* p) {
-  return nola::cpu::ProjectPlan::of(*p, nola::cpu::tile_of(*p)).chunks * p->k;
+  return p->groups * nola::cpu::ProjectPlan::of(*p, nola::cpu::tile_of(*p)).chunks * p->k;
 }
 
 int nola_cpu_project_f32(const NolaCpuProblem* p, const float* grad, float* partials, float* out) {

@@ -3,7 +3,8 @@
 // cpu_backend.py calls it through ctypes and mirrors NolaCpuProblem field by field).
 //
 // Results do not depend on `threads` or on `isa`: every sum runs in an order fixed by the
-// problem's shape alone (csrc/README.md, "The CPU backend").
+// problem's shape alone (csrc/README.md, "The CPU backend"), and row g of a grouped problem has
+// the bits of the problem with groups = 1 on that row alone.
 #pragma once
 
 #include <stdint.h>
@@ -23,12 +24,14 @@ enum NolaCpuStatus {
 };
 
 // One basis family over one matrix: basis matrices [0, k) (or [index_start, index_start + k) for
-// nola_cpu_basis) at flat positions [0, numel) (or [position_start, position_start + numel)).
+// nola_cpu_basis) at flat positions [0, numel) (or [position_start, position_start + numel)), for
+// `groups` rows of coefficients and matrices at once (G; 1 for the plain mix and project).
 typedef struct NolaCpuProblem {
   uint64_t seed;
   uint64_t stream;
   uint64_t k;
   uint64_t numel;
+  uint64_t groups;          // mix and project: rows g < groups, each entry generated once for all
   uint64_t index_start;     // nola_cpu_basis only
   uint64_t position_start;  // nola_cpu_basis only
   double scale;
@@ -40,12 +43,12 @@ typedef struct NolaCpuProblem {
 // 1 if this machine runs `isa`, else 0.
 int nola_cpu_isa_supported(int32_t isa);
 
-// out[n] = scale * sum_{i<k} coeffs[i] U_i[n] for n < numel.
+// out[g numel + n] = scale * sum_{i<k} coeffs[g k + i] U_i[n] for n < numel, g < groups.
 int nola_cpu_mix_f32(const NolaCpuProblem* problem, const float* coeffs, float* out);
 int nola_cpu_mix_f64(const NolaCpuProblem* problem, const double* coeffs, double* out);
 
-// out[i] = scale * sum_{n<numel} grad[n] U_i[n] for i < k. `partials` holds
-// nola_cpu_project_partials(problem) values: the per-chunk sums, added in chunk order.
+// out[g k + i] = scale * sum_{n<numel} grad[g numel + n] U_i[n] for i < k, g < groups. `partials`
+// holds nola_cpu_project_partials(problem) values: the per-chunk sums, added in chunk order.
 uint64_t nola_cpu_project_partials(const NolaCpuProblem* problem);
 int nola_cpu_project_f32(const NolaCpuProblem* problem, const float* grad, float* partials, float* out);
 int nola_cpu_project_f64(const NolaCpuProblem* problem, const double* grad, double* partials, double* out);

@@ -13,6 +13,12 @@ A backend module provides:
                                     interpreter): usable by name, never chosen by "auto"
     mix(coeffs, seed, stream, rows, cols, scale, distribution) -> (rows, cols) tensor
     project(grad, seed, stream, k, scale, distribution) -> (k,) tensor
+    mix_grouped(coeffs, seed, stream, rows, cols, scale, distribution) -> (G, rows, cols) tensor
+        coeffs contiguous (G, k); row g is mix(coeffs[g], ...)
+    project_grouped(grads, seed, stream, k, scale, distribution) -> (G, k) tensor
+        grads contiguous (G, rows, cols); row g is project(grads[g], ...)
+        (each generated basis entry is used by all G rows; docs/spec.md, "Grouped mixing and
+        projection", says which bits and which precision each backend owes)
 
 (float32 work only: ops.py sends float64 to "torch") and, where it has fused low-rank kernels
 (see nola_kernels/ops.py for their contract; spec is a nola_kernels.lowrank.LowRankSpec):

@@ -2,7 +2,7 @@
 a plain C interface (csrc/cpu/nola_cpu.h, no torch headers) called through ctypes on CPU tensors.
 ctypes releases the GIL for each call; the kernels use up to torch.get_num_threads() threads.
 
-It has mix and project only: nola_matmul takes the composed path (both factors mixed here, then
+It has mix and project (and their grouped forms) only: nola_matmul takes the composed path (both factors mixed here, then
 torch's two skinny matmuls), since on the CPU the generation is what costs.
 """
 
@@ -35,6 +35,7 @@ class Problem(ctypes.Structure):
         ("stream", ctypes.c_uint64),
         ("k", ctypes.c_uint64),
         ("numel", ctypes.c_uint64),
+        ("groups", ctypes.c_uint64),
         ("index_start", ctypes.c_uint64),
         ("position_start", ctypes.c_uint64),
         ("scale", ctypes.c_double),
@@ -107,12 +108,13 @@ def instruction_set(name):
         _instruction_set = previous
 
 
-def _problem(seed, stream, k, numel, distribution, scale=1.0, index_start=0, position_start=0):
+def _problem(seed, stream, k, numel, distribution, scale=1.0, index_start=0, position_start=0, groups=1):
     return Problem(
         seed=seed,
         stream=stream,
         k=k,
         numel=numel,
+        groups=groups,
         index_start=index_start,
         position_start=position_start,
         scale=scale,
@@ -135,22 +137,36 @@ def _kernel(prefix, dtype):
 
 def mix(coeffs, seed, stream, rows, cols, scale, distribution):
     """scale * sum_i coeffs[i] * U_i as a (rows, cols) tensor in float32 (float64 for float64 coeffs)."""
+    return mix_grouped(coeffs.unsqueeze(0), seed, stream, rows, cols, scale, distribution)[0]
+
+
+def mix_grouped(coeffs, seed, stream, rows, cols, scale, distribution):
+    """Row g is mix(coeffs[g]) bit for bit: (G, rows, cols) from (G, k) coeffs in one kernel call,
+    which generates each basis entry once for all G rows."""
     dtype = accumulation_dtype(coeffs)
     coeffs = coeffs.to(dtype).contiguous()
-    out = torch.empty(rows, cols, dtype=dtype)
-    problem = _problem(seed, stream, coeffs.numel(), rows * cols, distribution, scale)
+    groups, k = coeffs.shape
+    out = torch.empty(groups, rows, cols, dtype=dtype)
+    problem = _problem(seed, stream, k, rows * cols, distribution, scale, groups=groups)
     _run(_kernel("nola_cpu_mix", dtype), problem, coeffs, out)
     return out
 
 
 def project(grad, seed, stream, k, scale, distribution):
     """scale * <grad, U_i> for i < k: a (k,) tensor in float32 (float64 for float64 grad)."""
-    dtype = accumulation_dtype(grad)
-    grad = grad.to(dtype).contiguous()
-    problem = _problem(seed, stream, k, grad.numel(), distribution, scale)
+    return project_grouped(grad.unsqueeze(0), seed, stream, k, scale, distribution)[0]
+
+
+def project_grouped(grads, seed, stream, k, scale, distribution):
+    """Row g is project(grads[g]) bit for bit: (G, k) from (G, rows, cols) grads in one kernel
+    call, which generates each basis entry once for all G rows."""
+    dtype = accumulation_dtype(grads)
+    grads = grads.to(dtype).contiguous()
+    groups = grads.shape[0]
+    problem = _problem(seed, stream, k, grads[0].numel(), distribution, scale, groups=groups)
     partials = torch.empty(_library.nola_cpu_project_partials(ctypes.byref(problem)), dtype=dtype)
-    out = torch.empty(k, dtype=dtype)
-    _run(_kernel("nola_cpu_project", dtype), problem, grad, partials, out)
+    out = torch.empty(groups, k, dtype=dtype)
+    _run(_kernel("nola_cpu_project", dtype), problem, grads, partials, out)
     return out
 
 

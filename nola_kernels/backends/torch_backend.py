@@ -35,6 +35,13 @@ def _block(seed, stream, i0, i1, n0, n1, distribution, device, dtype):
     return basis_block(seed, stream, i0, i1, n0, n1, distribution, device).to(dtype)
 
 
+def _products(block, factors):
+    """block * factors, with a leading dimension of G rows: in place for one row, so that a
+    single call holds no more than the block, as the chunk budget counts."""
+    block = block.unsqueeze(0)
+    return block.mul_(factors) if factors.shape[0] == 1 else block * factors
+
+
 def _fold(x, dim):
     """The sum of x along dim, in place: the upper half is added onto the lower half (the middle
     slice of an odd length waits) until one slice is left. The order depends on x.shape[dim] only."""
@@ -80,9 +87,10 @@ def mix_grouped(coeffs, seed, stream, rows, cols, scale, distribution):
     out = torch.zeros(groups, numel, dtype=dtype, device=device)
     budget = _group_budget(device, groups)
     for i0, i1, n0, n1 in iter_blocks(k, numel, distribution, budget, dtype, row_step=BASIS_BLOCK):
-        terms = _block(seed, stream, i0, i1, n0, n1, distribution, device, dtype).mul(weights[:, i0:i1])
+        block = _block(seed, stream, i0, i1, n0, n1, distribution, device, dtype)
+        terms = _products(block, weights[:, i0:i1])
         _add_in_order(out[:, n0:n1], _block_sums(terms, BASIS_BLOCK, 1).unbind(1))
-        del terms  # before the next block is generated
+        del block, terms  # before the next block is generated
     return out.view(groups, rows, cols)
 
 
@@ -110,10 +118,11 @@ def project_grouped(grads, seed, stream, k, scale, distribution):
         if n0 == 0:  # the blocks of a row group come in order of n
             position_blocks = -(-numel // POSITION_BLOCK)
             position_sums = torch.empty(groups, i1 - i0, position_blocks, dtype=dtype, device=device)
-        terms = _block(seed, stream, i0, i1, n0, n1, distribution, device, dtype).mul(flat[:, None, n0:n1])
+        block = _block(seed, stream, i0, i1, n0, n1, distribution, device, dtype)
+        terms = _products(block, flat[:, None, n0:n1])
         these_blocks = slice(n0 // POSITION_BLOCK, -(-n1 // POSITION_BLOCK))
         position_sums[:, :, these_blocks] = _block_sums(terms, POSITION_BLOCK, 2)
-        del terms  # before the next block is generated
+        del block, terms  # before the next block is generated
         if n1 == numel:
             out[:, i0:i1] = _fold(position_sums, 2)
     return out.mul_(scale)
