@@ -2,7 +2,7 @@
 # One call on a GPU machine, at most 8 minutes: build the CUDA extension, the GPU tests, every
 # nola_matmul path beside the performance model (bench/device_paths.py: fused and composed per
 # backend, LoRA, official, both distributions, GPT-2 medium and LLaMA-2-7B q_proj), then the CUDA
-# benchmarks.
+# benchmarks, the grouped model's train step last.
 # Logs and results go under $OUT (bench/results/device-run when run by hand); the comparison
 # table prints last. Needs only what the GPU image has: python3 with torch, triton, pytest,
 # pytest-benchmark and hypothesis (PYTHON names another interpreter). Run from the repository
@@ -16,6 +16,7 @@ PYTHON=${PYTHON:-python3}
 TESTS_SECONDS=${TESTS_SECONDS:-150}
 PATHS_SECONDS=${PATHS_SECONDS:-120}
 BENCH_SECONDS=${BENCH_SECONDS:-150}
+GROUPED_SECONDS=${GROUPED_SECONDS:-60}
 
 bash bench/build_extension.sh 2>&1 | tee "$OUT/build-summary.txt"  # failing, the cuda backend is skipped
 
@@ -38,9 +39,13 @@ timeout -s INT "$PATHS_SECONDS" "$PYTHON" bench/device_paths.py --out "$OUT" 2>&
 paths_status=${PIPESTATUS[0]}
 
 timeout -s INT "$BENCH_SECONDS" \
-    "$PYTHON" -m pytest bench --benchmark-only -k cuda -q -p no:cacheprovider 2>&1 | tee "$OUT/bench.log"
+    "$PYTHON" -m pytest bench --benchmark-only -k "cuda and not train_step" -q -p no:cacheprovider 2>&1 | tee "$OUT/bench.log"
 bench_status=${PIPESTATUS[0]}
+# A 12-layer GPT-2-small-shaped train step: grouped NOLA, per-layer NOLA, LoRA, the frozen model.
+timeout -s INT "$GROUPED_SECONDS" "$PYTHON" -m pytest bench/test_bench_grouped.py --benchmark-only -k cuda -q \
+    -p no:cacheprovider --benchmark-json "$OUT/grouped-cuda.json" 2>&1 | tee "$OUT/bench-grouped.log"
+grouped_status=${PIPESTATUS[0]}
 cp bench/results/latest-cuda.json "$OUT/" 2>/dev/null && "$PYTHON" bench/report.py "$OUT/latest-cuda.json"
 
-echo "tests exit $tests_status, paths exit $paths_status, benchmarks exit $bench_status"
-exit $((tests_status || paths_status || bench_status))
+echo "tests exit $tests_status, paths exit $paths_status, benchmarks exit $bench_status, grouped exit $grouped_status"
+exit $((tests_status || paths_status || bench_status || grouped_status))

@@ -1,7 +1,8 @@
 """Prints the performance model's tables (nola_kernels/perf_model.py): predicted microseconds of
 every nola_matmul path at the GPU benchmark shapes, and the ratios NOLA layer / LoRA layer and
 NOLA delta / official, before (main's routing, a separate add) and after (prefers_fused as the
-model says, the add inside the last GEMM). A model, not a measurement.
+model says, the add inside the last GEMM); last, LLaMA-2-7B's step with shared bases, grouped
+generation against LoRA and the per-layer paths. A model, not a measurement.
 
     .venv/bin/python bench/perf_model.py [--gpu h200] [--sass FILE] [--steps SHAPE PATH]
 

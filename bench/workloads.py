@@ -245,11 +245,16 @@ class ModelShape:
     rank: int
     k: int
     tokens: int
-    threads: int
+    device: str = "cpu"
     dtype: torch.dtype = torch.float32
+    threads: int | None = None
 
 
-MODEL_SHAPES = [ModelShape("gpt2-small-12l", layers=12, width=768, heads=12, rank=8, k=512, tokens=64, threads=2)]
+MODEL_SHAPES = [
+    # 64 tokens on the CPU: the frozen model's own step stays a few seconds on 2 cores.
+    ModelShape("gpt2-small-12l", layers=12, width=768, heads=12, rank=8, k=512, tokens=64, threads=2),
+    ModelShape("gpt2-small-12l", 12, 768, 12, rank=8, k=512, tokens=4096, device="cuda", dtype=torch.bfloat16),
+]
 # inject's target_modules for each target set.
 MODEL_TARGETS = {"qv": ["query", "value"], "all-linear": ["query", "key", "value", "out", "fc", "proj"]}
 MODEL_IMPLEMENTATIONS = ("nola-grouped", "nola-per-layer", "lora", "frozen")
@@ -283,8 +288,9 @@ class LoRALinear(torch.nn.Module):
     def __init__(self, base, rank):
         super().__init__()
         self.base = base
-        self.a = torch.nn.Parameter(torch.randn(rank, base.in_features) / math.sqrt(base.in_features))
-        self.b = torch.nn.Parameter(torch.randn(base.out_features, rank) / math.sqrt(rank))
+        device = base.weight.device
+        self.a = torch.nn.Parameter(torch.randn(rank, base.in_features, device=device) / math.sqrt(base.in_features))
+        self.b = torch.nn.Parameter(torch.randn(base.out_features, rank, device=device) / math.sqrt(rank))
 
     def forward(self, x):
         return self.base(x) + lowrank_delta(x, self.a, self.b * SCALING)
@@ -294,7 +300,8 @@ def transformer(shape, implementation, targets):
     """The model of `shape` with `implementation`'s adapters on `targets` ("qv" or "all-linear");
     everything else frozen. "frozen": no adapter, the input takes the gradient instead."""
     torch.manual_seed(0)
-    model = torch.nn.Sequential(*(Block(shape.width, shape.heads) for _ in range(shape.layers))).to(shape.dtype)
+    blocks = (Block(shape.width, shape.heads) for _ in range(shape.layers))
+    model = torch.nn.Sequential(*blocks).to(shape.device, shape.dtype)
     model.requires_grad_(False)
     names = MODEL_TARGETS[targets]
     if implementation == "lora":

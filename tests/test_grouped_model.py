@@ -15,8 +15,9 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from adapter_models import TinyViT, randomize_coefficients, snapshot
+from adapter_models import TinyViT, coefficients, randomize_coefficients, snapshot
 from numerics import rel_err, rounding_bound
+from test_adapter_ddp import BATCH, WORLD, batch, train
 from torch.nn.parallel import DistributedDataParallel
 
 from nola_kernels import (
@@ -28,35 +29,38 @@ from nola_kernels import (
 )
 from nola_kernels.adapters.grouping import is_grouped
 
-transformers = pytest.importorskip("transformers")
-
 GENERATION_OPS = ("mix", "project", "mix_grouped", "project_grouped")
 WIDTH, TOKENS, K = 32, 8, 16
 GPT2_TARGETS = ["c_attn", "c_proj", "c_fc"]  # every linear: 4 shapes, so 4 families per factor
 LLAMA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
+def transformers():
+    # Imported here, not by the module: the DDP processes import this module and need only torch.
+    return pytest.importorskip("transformers")
+
+
 def gpt2(layers=2, seed=0):
-    config = transformers.GPT2Config(
+    config = transformers().GPT2Config(
         vocab_size=64, n_positions=32, n_embd=WIDTH, n_layer=layers, n_head=2, bos_token_id=0, eos_token_id=0,
         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
     )  # fmt: skip
     torch.manual_seed(seed)
-    return transformers.GPT2LMHeadModel(config)
+    return transformers().GPT2LMHeadModel(config)
 
 
 def llama(seed=0):
-    config = transformers.LlamaConfig(
+    config = transformers().LlamaConfig(
         vocab_size=64, hidden_size=WIDTH, intermediate_size=2 * WIDTH, num_hidden_layers=2,
         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32,
     )  # fmt: skip
     torch.manual_seed(seed)
-    return transformers.LlamaForCausalLM(config)
+    return transformers().LlamaForCausalLM(config)
 
 
 def adapted(build, targets, grouped, dtype=torch.float32, **options):
     model = build(**options).to(dtype)
-    inject(model, targets, rank=2, num_basis=K, seed=5, share_basis=True, lora_alpha=3.0, backend="torch")
+    inject(model, targets, rank=2, num_basis=K, seed=5, share_basis=True, lora_alpha=3.0)
     randomize_coefficients(model)
     if grouped:
         group_generation(model)
@@ -263,10 +267,7 @@ def test_switching_on_and_off_and_refusals():
 
 
 # DDP: two gloo processes on halves of a batch give the coefficients one process gives on the
-# whole batch with the per-layer path.
-WORLD, STEPS, BATCH = 2, 3, 8
-
-
+# whole batch with the per-layer path (test_adapter_ddp.py's batch and training loop).
 def vit(grouped):
     torch.manual_seed(0)
     model = TinyViT()
@@ -277,28 +278,15 @@ def vit(grouped):
     return model
 
 
-def vit_batch():
-    generator = torch.Generator().manual_seed(1)
-    return torch.randn(BATCH, 5, 12, generator=generator), torch.randint(0, 3, (BATCH,), generator=generator)
-
-
-def train(model, x, y):
-    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
-    for _ in range(STEPS):
-        loss = torch.nn.functional.cross_entropy(model(x), y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-
-
 def ddp_worker(rank, init_file, results):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     try:
-        x, y = vit_batch()
+        model = vit(True)
+        x, y = batch()
         local = slice(rank * BATCH // WORLD, (rank + 1) * BATCH // WORLD)
-        torch.save(train(DistributedDataParallel(vit(True)), x[local], y[local]), f"{results}.{rank}")
+        train(DistributedDataParallel(model), x[local], y[local])
+        torch.save(coefficients(model), f"{results}.{rank}")
     finally:
         dist.destroy_process_group()
 
@@ -306,12 +294,14 @@ def ddp_worker(rank, init_file, results):
 def test_ddp_matches_single_process_per_layer_training(tmp_path):
     results = tmp_path / "result"
     mp.spawn(ddp_worker, args=(str(tmp_path / "init"), str(results)), nprocs=WORLD, join=True)
-    expected = train(vit(False), *vit_batch())
+    single = vit(False)
+    train(single, *batch())
+    expected = coefficients(single)
     for rank in range(WORLD):
         trained = torch.load(f"{results}.{rank}")
-        assert trained.keys() == {f"module.{name}" for name in expected}
+        assert trained.keys() == expected.keys()
         for name, value in expected.items():
-            torch.testing.assert_close(trained[f"module.{name}"], value, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(trained[name], value, rtol=1e-5, atol=1e-6)
 
 
 COMPILE_SCRIPT = textwrap.dedent(
@@ -323,7 +313,7 @@ COMPILE_SCRIPT = textwrap.dedent(
 
     def model():
         torch.manual_seed(0)
-        net = nn.Sequential(nn.Linear(8, 8), nn.GELU(), nn.Linear(8, 8), nn.GELU(), nn.Linear(8, 4))
+        net = nn.Sequential(nn.Linear(8, 8), nn.GELU(), nn.Linear(8, 8), nn.GELU(), nn.Linear(8, 8))
         nola_kernels.inject(net, ["0", "2", "4"], rank=2, num_basis=8, seed=3, share_basis=True)
         with torch.no_grad():
             for layer in nola_kernels.adapted_modules(net).values():
