@@ -354,3 +354,21 @@ def test_compile_fullgraph_matches_eager():
     assert report["forward"] <= 1e-5 and report["grads"] <= 1e-5
     assert (report["graphs"], report["breaks"]) == (1, 0)
     assert report["ops"] == ["nola_kernels.mix_grouped.default"]
+
+
+def test_a_peft_model_groups_too():
+    pytest.importorskip("peft")
+    from peft import get_peft_model
+
+    from nola_kernels.peft import NolaConfig
+
+    config = NolaConfig(r=2, num_basis=K, seed=5, share_basis=True, target_modules=GPT2_TARGETS)
+    model = get_peft_model(gpt2(), config)
+    randomize_coefficients(model)
+    reference = copy.deepcopy(model)
+    group_generation(model)
+    ids = tokens()
+    assert counted_step(model, ids) == {"mix": 0, "project": 0, "mix_grouped": 8, "project_grouped": 8}
+    grads, expected = step(model, ids)[1], step(reference, ids)[1]
+    for name, value in expected.items():
+        torch.testing.assert_close(grads[name], value, rtol=1e-4, atol=1e-6)
