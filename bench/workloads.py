@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from nola_kernels import nola_basis, nola_matmul
+from nola_kernels import group_generation, inject, nola_basis, nola_matmul
 from nola_kernels.backends import get_backend, native_backends
 from nola_kernels.lowrank import lowrank_delta
 from nola_kernels.reference import naive_matmul, official_matmul
@@ -274,3 +274,99 @@ SERVING_SHAPES = {
         ServingShape("llama2-7b-q-rows-decode", 4096, 4096, 16, 512, 64, 1, 64, 1000, dtype=torch.bfloat16),
     ],
 }
+
+
+# A whole model's train step, for grouped generation (bench/test_bench_grouped.py): GPT-2 small's
+# widths (768, MLP 3072, 12 heads) with separate q/k/v/o projections, as the official GPT-2 code
+# adapts q and v, 12 blocks, NOLA rank 8 with k = l = 512 and share_basis.
+@dataclass(frozen=True)
+class ModelShape:
+    name: str
+    layers: int
+    width: int
+    heads: int
+    rank: int
+    k: int
+    tokens: int
+    device: str = "cpu"
+    dtype: torch.dtype = torch.float32
+    threads: int | None = None
+
+
+MODEL_SHAPES = [
+    # 64 tokens on the CPU: the frozen model's own step stays a few seconds on 2 cores.
+    ModelShape("gpt2-small-12l", layers=12, width=768, heads=12, rank=8, k=512, tokens=64, threads=2),
+    ModelShape("gpt2-small-12l", 12, 768, 12, rank=8, k=512, tokens=4096, device="cuda", dtype=torch.bfloat16),
+]
+# inject's target_modules for each target set.
+MODEL_TARGETS = {"qv": ["query", "value"], "all-linear": ["query", "key", "value", "out", "fc", "proj"]}
+MODEL_IMPLEMENTATIONS = ("nola-grouped", "nola-per-layer", "lora", "frozen")
+
+
+class Block(torch.nn.Module):
+    """A pre-norm transformer block: causal attention through q, k, v, o and a GELU MLP."""
+
+    def __init__(self, width, heads):
+        super().__init__()
+        self.heads = heads
+        self.norm1, self.norm2 = torch.nn.LayerNorm(width), torch.nn.LayerNorm(width)
+        self.query, self.key, self.value, self.out = (torch.nn.Linear(width, width) for _ in range(4))
+        self.fc, self.proj = torch.nn.Linear(width, 4 * width), torch.nn.Linear(4 * width, width)
+
+    def forward(self, x):
+        batch, tokens, width = x.shape
+        h = self.norm1(x)
+        q, k, v = (
+            layer(h).view(batch, tokens, self.heads, -1).transpose(1, 2) for layer in (self.query, self.key, self.value)
+        )
+        attended = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + self.out(attended.transpose(1, 2).reshape(batch, tokens, width))
+        return x + self.proj(torch.nn.functional.gelu(self.fc(self.norm2(x))))
+
+
+class LoRALinear(torch.nn.Module):
+    """PEFT's LoRA layer at the same rank and scaling: base(x) + scaling * (x A^T) B^T, A random,
+    B random too (never zero, so the products are real work)."""
+
+    def __init__(self, base, rank):
+        super().__init__()
+        self.base = base
+        device = base.weight.device
+        self.a = torch.nn.Parameter(torch.randn(rank, base.in_features, device=device) / math.sqrt(base.in_features))
+        self.b = torch.nn.Parameter(torch.randn(base.out_features, rank, device=device) / math.sqrt(rank))
+
+    def forward(self, x):
+        return self.base(x) + lowrank_delta(x, self.a, self.b * SCALING)
+
+
+def transformer(shape, implementation, targets):
+    """The model of `shape` with `implementation`'s adapters on `targets` ("qv" or "all-linear");
+    everything else frozen. "frozen": no adapter, the input takes the gradient instead."""
+    torch.manual_seed(0)
+    blocks = (Block(shape.width, shape.heads) for _ in range(shape.layers))
+    model = torch.nn.Sequential(*blocks).to(shape.device, shape.dtype)
+    model.requires_grad_(False)
+    names = MODEL_TARGETS[targets]
+    if implementation == "lora":
+        for block in model:
+            for name in names:
+                setattr(block, name, LoRALinear(getattr(block, name), shape.rank))
+    elif implementation.startswith("nola"):
+        inject(model, names, rank=shape.rank, num_basis=shape.k, lora_alpha=SCALING * shape.rank, seed=0, share_basis=True)
+        with torch.no_grad():
+            for parameter in model.parameters():
+                if parameter.requires_grad:
+                    parameter.normal_()
+        if implementation == "nola-grouped":
+            group_generation(model)
+    return model
+
+
+def model_train_step(model, x):
+    """One training step's forward + backward (the optimizer's update is LoRA-sized and left out);
+    returns the gradients it computed."""
+    for parameter in model.parameters():
+        parameter.grad = None
+    x.grad = None
+    model(x).square().mean().backward()
+    return [p.grad for p in model.parameters() if p.requires_grad] or [x.grad]

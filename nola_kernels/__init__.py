@@ -4,6 +4,7 @@ from nola_kernels import nola_basis, nola_mix, nola_project, nola_matmul
 from nola_kernels import nola_mix_grouped, nola_project_grouped     # G rows over one family
 from nola_kernels import inject, save_adapter, load_adapter, merge_and_unload   # adapters
 from nola_kernels import row_adapters, load_adapters, set_factor_cache         # serving
+from nola_kernels import group_generation   # one generation pass per shared basis family
 """
 
 from .adapters import (
@@ -15,6 +16,7 @@ from .adapters import (
     adapted_modules,
     delete_adapter,
     export_peft_lora,
+    group_generation,
     inject,
     load_adapter,
     load_adapters,
@@ -47,6 +49,7 @@ __all__ = [
     "chunk_budget",
     "delete_adapter",
     "export_peft_lora",
+    "group_generation",
     "inject",
     "load_adapter",
     "load_adapters",

@@ -363,3 +363,75 @@ def fused_wins(backend, shape):
             f"{backend}-composed", shape
         )
     return _decisions[key]
+
+
+
+# A whole model's step with grouped generation (nola_kernels.group_generation): each family of
+# shared bases is mixed once per forward for all its layers and projected once per backward. The
+# grouped kernels' products coeffs (G x k) @ U (k x n) are taken at GROUPED_DOT_RATE (assumed:
+# float32 FMA, the slowest their precision rule allows), beside generating each entry once (the
+# CUDA mix / project loop counts) and their traffic, whichever is longest.
+GROUPED_DOT_RATE = "float32"
+MODEL_PATHS = ("lora", "nola-grouped", "cuda-fused", "cuda-composed", "triton-composed")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The adapted linears of one block (LowRankShapes: tokens, sizes, rank, k, l, dtype) and the
+    number of blocks. With share_basis every linear of one shape shares its A family and its B
+    family across all blocks."""
+
+    name: str
+    blocks: int
+    linears: tuple
+
+    def families(self):
+        """{(role, rows, cols, basis size, in_features, out_features): layers}: the seeds derive
+        from the layer's shape, so A of a 4096 x 4096 and of a 4096 x 11008 layer are two families."""
+        families = {}
+        for shape in self.linears:
+            sizes = (shape.in_features, shape.out_features)
+            a_key = ("A", shape.rank, shape.in_features, shape.k, *sizes)
+            b_key = ("B", shape.out_features, shape.rank, shape.l, *sizes)
+            for key in (a_key, b_key):
+                families[key] = families.get(key, 0) + self.blocks
+        return families
+
+
+def _grouped_family(c, role, rows, cols, basis, layers, backward):
+    """One grouped mix (forward, then a0 added to the stacked A) or projection (backward)."""
+    entries, numel = basis * rows * cols, layers * rows * cols
+    kernel = "project" if backward else "mix"
+    dot_s = 2 * layers * entries / c.gpu.gemm_flops_per_s[GROUPED_DOT_RATE]
+    work_s = max(c.generation_s(kernel, "cuda", entries), dot_s, c.memory_s(4 * (numel + layers * basis)))
+    steps = [Step(f"grouped {kernel} {role} {rows}x{cols} ({layers} layers)", work_s, "custom_op")]
+    if role == "A" and not backward:
+        steps.append(c.elementwise("A = a0 + mix, stacked", numel * 12))
+    return steps
+
+
+def model_pass_steps(spec, path, *, backward, gpu=H100, counts=REVIEW_COUNTS):
+    """One pass over every adapted linear of `spec` (base GEMM and adapter; attention, norms and
+    the optimizer are the same for every path and left out). path: "lora" (PEFT's layer),
+    "nola-grouped" (the products with the add in the last GEMM, and one grouped kernel per family),
+    or a nola_matmul path of PATHS run per layer."""
+    steps = []
+    for shape in spec.linears:
+        if path == "nola-grouped":
+            c = _Cost(gpu, shape, counts)
+            layer = _base_layer(c, backward) + _lora_products(c, True, backward)
+        else:
+            layer = pass_steps(path, shape, layer=True, backward=backward, gpu=gpu, counts=counts)
+        steps += layer * spec.blocks
+    if path == "nola-grouped":
+        c = _Cost(gpu, spec.linears[0], counts)
+        for (role, rows, cols, basis, _, _), layers in spec.families().items():
+            steps += _grouped_family(c, role, rows, cols, basis, layers, backward)
+    return steps
+
+
+def model_step_s(spec, path, *, gpu=H100, counts=REVIEW_COUNTS):
+    """Predicted seconds of one forward + backward of `spec`'s adapted linears on `path`."""
+    return sum(
+        total_s(model_pass_steps(spec, path, backward=b, gpu=gpu, counts=counts), gpu) for b in (False, True)
+    )

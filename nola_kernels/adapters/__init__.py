@@ -8,6 +8,7 @@ from .checkpoint import load_adapter, save_adapter
 from .checkpoint_file import AdapterFileError, AdapterMismatchError, UnsignedCheckpointWarning
 from .config import AdapterConfig
 from .factor_cache import FactorCacheSettings, set_factor_cache
+from .grouping import group_generation
 from .inject import adapted_modules, delete_adapter, inject, set_active_adapter, unload
 from .layer import NOLALinear
 from .merge import merge_adapter, merge_and_unload, unmerge_adapter
@@ -40,6 +41,7 @@ __all__ = [
     "derive_seed",
     "export_peft_lora",
     "gpt2_factors",
+    "group_generation",
     "inject",
     "load_adapter",
     "load_adapters",

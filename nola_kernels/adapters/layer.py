@@ -10,11 +10,11 @@ from torch import nn
 
 from ..api import nola_matmul, nola_mix
 from ..backends import resolve_backend
+from ..lowrank import lowrank_delta
 from ..validation import check_backend_name, check_module, check_name, check_seed, check_shape
 from .base_layer import add_to_weight, features, mergeable_weight
 from .config import AdapterConfig
-from .factor_cache import FactorCache, cached_delta, needs_no_gradient, shared_offset
-from .factor_cache import mixing_coeffs as _as_coeffs
+from .factor_cache import FactorCache, cached_delta, mixing_coeffs, needs_no_gradient, shared_offset
 
 
 def check_factor_shapes(config, in_features, out_features, where):
@@ -70,8 +70,8 @@ class NOLAAdapter(nn.Module):
     def delta(self, x, backend, add_to=None):
         return nola_matmul(
             self.dropout(x),
-            _as_coeffs(self.alpha),
-            _as_coeffs(self.beta),
+            mixing_coeffs(self.alpha),
+            mixing_coeffs(self.beta),
             seed_a=self.seed_a,
             seed_b=self.seed_b,
             rank=self.config.rank,
@@ -88,10 +88,10 @@ class NOLAAdapter(nn.Module):
         with torch.no_grad():
             mix = dict(distribution=self.config.distribution, backend=backend)
             a = self.offset(self.alpha.device) + nola_mix(
-                _as_coeffs(self.alpha).float(), self.seed_a, (self.config.rank, self.in_features), **mix
+                mixing_coeffs(self.alpha).float(), self.seed_a, (self.config.rank, self.in_features), **mix
             )
             b = nola_mix(
-                _as_coeffs(self.beta).float(), self.seed_b, (self.out_features, self.config.rank), **mix
+                mixing_coeffs(self.beta).float(), self.seed_b, (self.out_features, self.config.rank), **mix
             )
         return a, b
 
@@ -116,6 +116,8 @@ class NOLALinear(nn.Module):
     Inside nola_kernels.row_adapters, `row_selection` gives each batch row its own adapter."""
 
     row_selection = None
+
+    grouped = None  # this layer's factors from its model's grouped pass (adapters/grouping.py)
 
     def __init__(self, base, *, seed_a, seed_b, adapter_name="default", backend="auto", **options):
         check_module("base", base)
@@ -189,9 +191,12 @@ class NOLALinear(nn.Module):
             return self.row_selection.forward(self, x, out)
         if self.active_adapter is None or self.merged_adapter is not None:
             return out
-        if needs_no_gradient(self.adapters[self.active_adapter]):
+        adapter = self.adapters[self.active_adapter]
+        if self.grouped is not None and self.grouped.usable(adapter):
+            return lowrank_delta(adapter.dropout(x), self.grouped.a, self.grouped.b, add_to=out)
+        if needs_no_gradient(adapter):
             return cached_delta(self, self.active_adapter, x, out)
-        return self.adapters[self.active_adapter].delta(x, self.backend, add_to=out)
+        return adapter.delta(x, self.backend, add_to=out)
 
     def merge(self):
         """Fold the active adapter's scaling * B A into the base weight (forward then skips it)."""
