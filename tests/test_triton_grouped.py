@@ -16,7 +16,7 @@ if "triton" not in available_backends("cpu"):
 import triton
 import triton.language as tl
 
-from nola_kernels.backends import triton_backend
+from nola_kernels.backends import get_backend, triton_backend
 from nola_kernels.triton_kernels import grouped
 
 DISTRIBUTIONS = ["uniform", "rademacher"]
@@ -109,15 +109,37 @@ def test_nan_propagates(distribution):
     assert projected[0].isnan().all() and not projected[1].isnan().any()
 
 
+@pytest.mark.parametrize("distribution", DISTRIBUTIONS)
+def test_infinities_and_every_nan_propagate_as_in_float32(distribution):
+    # The NaN GPU arithmetic makes (0x7FFFFFFF) once rounded to TF32 as -0.0; an infinity split
+    # into inf + (inf - inf) made NaN: float32 arithmetic (the torch backend) says otherwise.
+    seed, stream, k, shape = FAMILIES[0]
+    coeffs, grads = torch.randn(4, k), torch.randn(4, *shape)
+    gpu_nan = torch.tensor(0x7FFFFFFF, dtype=torch.int32).view(torch.float32)
+    huge = torch.tensor(0x7F7FF800, dtype=torch.int32).view(torch.float32)  # rounds up to inf in TF32
+    for rows, where in ((coeffs, (1, 4)), (grads, (1, 3, 5))):
+        rows[1][where[1:]] = gpu_nan
+        rows[2][where[1:]] = float("inf")
+        rows[3][where[1:]] = huge
+    family = (seed, stream)
+    for op, dense, extra in (("mix_grouped", coeffs, shape), ("project_grouped", grads, (k,))):
+        ours = getattr(triton_backend, op)(dense, *family, *extra, 1.0, distribution)
+        expected = getattr(get_backend("torch"), op)(dense, *family, *extra, 1.0, distribution)
+        assert torch.equal(ours.isnan(), expected.isnan()) and ours[1].isnan().all()
+        assert torch.equal(ours.isinf(), expected.isinf()) and ours[2].isinf().all()
+        assert torch.equal(torch.sign(ours[2]), torch.sign(expected[2]))
+        assert ours[3].isfinite().all() and rel_err(ours[3], expected[3]) <= 2.0**-9
+
+
 @triton.jit
 def _store_parts(values_ptr, parts_ptr, count, BLOCK: tl.constexpr):
     """The three TF32 parts of grouped's dense-operand split, and the two of its uniform split."""
     n = tl.arange(0, BLOCK)
     live = n < count
     value = tl.load(values_ptr + n, mask=live)
-    high = grouped._tf32(value)
-    middle = grouped._tf32(value - high)
-    for part, part_value in enumerate((high, middle, value - high - middle, value - high)):
+    high, rest, _ = grouped._split(value)
+    middle = grouped._tf32(rest)
+    for part, part_value in enumerate((high, middle, rest - middle, rest)):
         tl.store(parts_ptr + part * count + n, part_value, mask=live)
 
 

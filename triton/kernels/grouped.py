@@ -12,7 +12,8 @@ element, which cost more SASS per entry).
 - uniform: an entry (an odd multiple of 2^-23 below 1) is its TF32 rounding plus a rest exact in
   TF32 (at most 11 significant bits); the dense operand is its TF32 rounding plus the TF32
   rounding of its rest (within one float32 ulp of it). Three products, the two rests' product
-  dropped (within 2^-24 of the whole): about one float32 rounding per product.
+  dropped (each rest is within 2^-11 of its value, so within 2^-22 of the whole): a few float32
+  roundings per product, of random sign.
 - rademacher: +-1 is exact in TF32, and the dense operand is split into three TF32 parts that add
   up to it exactly (11 + 11 + the rest's last bits), so every product is exact and only the
   float32 accumulation rounds.
@@ -100,22 +101,35 @@ def _tf32(value):
 
 
 @triton.jit
+def _split(value):
+    """(high, rest, special): value = high + rest, high exact in TF32. Infinities, NaN and the
+    finite values whose rounding would reach infinity (within 2^-12 of float32's largest) are
+    `special`: their own high part (NaN made canonical by the add, since TF32 reads only a NaN's
+    top bits) and rest 0, so they propagate as float32 arithmetic has them."""
+    special = (value.to(tl.uint32, bitcast=True) & 0x7FFFFFFF) >= 0x7F7FF000
+    high = tl.where(special, value + 0.0, _tf32(value))
+    return high, tl.where(special, 0.0, value - high), special
+
+
+@triton.jit
 def _dot(basis, dense, acc, RADEMACHER: tl.constexpr):
     """acc + basis @ dense on tensor cores, as precise as float32 (module docstring): TF32
     products of operand parts that are exact in TF32. The generated tile is the left operand,
-    which Hopper's wgmma takes at 64 rows and more."""
-    high = _tf32(dense)
-    rest = dense - high
+    which Hopper's wgmma takes at 64 rows and more. Each step's products start from zero and are
+    added to acc in float32 (rounded to nearest): tensor cores truncate their own sums, which
+    over a whole reduction would drift one way."""
+    high, rest, special = _split(dense)
     middle = _tf32(rest)
     if RADEMACHER:
-        acc = tl.dot(basis, high, acc, input_precision="tf32")
-        acc = tl.dot(basis, middle, acc, input_precision="tf32")
-        return tl.dot(basis, rest - middle, acc, input_precision="tf32")
+        step = tl.dot(basis, rest - middle, input_precision="tf32")
+        step = tl.dot(basis, middle, step, input_precision="tf32")
+        return acc + tl.dot(basis, high, step, input_precision="tf32")
     else:
         basis_high = _tf32(basis)
-        acc = tl.dot(basis_high, middle, acc, input_precision="tf32")
-        acc = tl.dot(basis - basis_high, high, acc, input_precision="tf32")
-        return tl.dot(basis_high, high, acc, input_precision="tf32")
+        step = tl.dot(basis_high, middle, input_precision="tf32")
+        # A special value's high part meets only basis_high (never 0): inf * 0 would be NaN.
+        step = tl.dot(basis - basis_high, tl.where(special, 0.0, high), step, input_precision="tf32")
+        return acc + tl.dot(basis_high, high, step, input_precision="tf32")
 
 
 @triton.jit
