@@ -112,7 +112,8 @@ class RowSelection:
             raise RuntimeError("row_adapters applies no dropout: put the model in eval mode (model.eval())")
         if all(needs_no_gradient(adapter) for adapter in adapters):
             a, b = self._cached_stack(layer, adapters, x.dtype)
-            if uses_kernel(x):
+            # The kernel writes through raw pointers: only where autograd needs nothing from it.
+            if uses_kernel(x) and not (torch.is_grad_enabled() and (x.requires_grad or out.requires_grad)):
                 return _kernel_product(x, a, b, self._segments(x), out)
         else:
             a, b = stack_factors(

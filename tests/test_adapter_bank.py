@@ -135,3 +135,15 @@ def test_the_factor_cache_keeps_at_most_its_bound(tmp_path):
             assert torch.equal(model(x), expected)
     finally:
         set_factor_cache(*previous)
+
+
+def test_a_checkpoint_with_modules_trained_whole_is_refused_before_any_change(tmp_path):
+    model = base_model()
+    inject(model, TARGETS, adapter_name="head", modules_to_save=["head"], **SETTINGS)
+    nola_kernels.save_adapter(model, tmp_path / "head.safetensors", "head")
+    paths, _ = saved_adapters(tmp_path, 2)
+    served = base_model()
+    before = snapshot(served)
+    with pytest.raises(ValueError, match=r"paths\['head'\]: .*modules_to_save=\['head'\].*load_adapter"):
+        load_adapters(served, {**paths, "head": tmp_path / "head.safetensors"})
+    assert snapshot(served) == before

@@ -132,6 +132,21 @@ def test_an_in_place_change_and_a_replaced_tensor_are_seen_at_once(model):
         assert torch.equal(model(x), uncached(model, x))
 
 
+def test_a_write_through_data_is_seen_after_a_train_eval_switch(model):
+    # .data has a version counter of its own: the cache sees such a training step only through
+    # the mode switches around it, as a training loop makes them.
+    x = torch.randn(3, 5, 12)
+    beta = adapted_modules(model)["blocks.0.query"].adapters["default"].beta
+    with torch.no_grad():
+        before = model(x)
+        model.train()
+        beta.data.add_(torch.randn_like(beta))
+        model.eval()
+        after = model(x)
+    assert not torch.equal(before, after)
+    assert torch.equal(after, uncached(model, x))
+
+
 def test_load_adapter_is_seen_at_once(model, tmp_path):
     x = torch.randn(3, 5, 12)
     other = TinyViT().eval()

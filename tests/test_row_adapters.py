@@ -288,6 +288,21 @@ def test_a_merged_adapter_and_a_nested_block_are_refused():
     assert all(layer.row_selection is None for layer in adapted_modules(model).values())
 
 
+def test_merging_inside_a_block_is_refused_and_changes_nothing():
+    # Rows run their own adapters inside the block: a folded update would be applied twice.
+    model = served_model("llama")
+    set_active_adapter(model, "a")
+    before = snapshot(model)
+    with row_adapters(model, ["a", "b"]):
+        for fold in (nola_kernels.merge_adapter, nola_kernels.merge_and_unload):
+            with pytest.raises(RuntimeError, match="inside a row_adapters block"):
+                fold(model)
+        layer = next(iter(adapted_modules(model).values()))
+        with pytest.raises(RuntimeError, match="inside a row_adapters block"):
+            layer.merge()
+    assert snapshot(model) == before
+
+
 def test_an_input_whose_dimension_0_does_not_fit_the_rows_is_refused():
     layer = layer_with_adapters()
     with torch.no_grad(), row_adapters(layer, ["a", "b", "c"]):

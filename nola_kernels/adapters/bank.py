@@ -25,7 +25,7 @@ def _check_paths(paths):
     if not isinstance(paths, dict) or not paths:
         raise TypeError(f"paths must be a non-empty dict {{adapter name: path}}, got {type(paths).__name__}")
     for name, path in paths.items():
-        check_name("an adapter name of paths", name)
+        check_name("adapter name (a key of paths)", name)
         if not isinstance(path, str | os.PathLike):
             raise TypeError(f"paths[{name!r}] must be a str or os.PathLike, got {type(path).__name__}")
 
@@ -46,6 +46,11 @@ def load_adapters(model, paths, *, allow_nonfinite=False):
     checkpoints = {name: read_checkpoint(path, allow_nonfinite) for name, path in paths.items()}
     plans = {}
     for name, checkpoint in checkpoints.items():
+        if checkpoint.config.modules_to_save:
+            raise ValueError(
+                f"paths[{name!r}]: {checkpoint.path} holds modules trained whole (modules_to_save="
+                f"{list(checkpoint.config.modules_to_save)}), which a bank does not serve: load it with load_adapter"
+            )
         if checkpoint.config not in plans:
             plans[checkpoint.config] = _plan_injection(model, checkpoint, name)
         problems = _mismatches(checkpoint, _planned_targets(plans[checkpoint.config]))

@@ -13,6 +13,8 @@ from ..validation import (
 )
 
 MODULE_SELECTIONS = ("target_modules", "exclude_modules", "modules_to_save")
+# Compared when a checkpoint loads (target_modules only records how inject derived the seeds).
+ORDERLESS = ("exclude_modules", "modules_to_save")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,8 +60,9 @@ class AdapterConfig:
             value = getattr(self, field)
             if value is not None:
                 check_target_modules(value, field)
-            if isinstance(value, list):
-                object.__setattr__(self, field, tuple(value))
+            if isinstance(value, list | tuple):
+                # Names in any order select the same modules; PEFT keeps them as a set.
+                object.__setattr__(self, field, tuple(sorted(value)) if field in ORDERLESS else tuple(value))
 
     @property
     def k(self):

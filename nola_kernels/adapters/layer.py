@@ -26,7 +26,10 @@ def check_factor_shapes(config, in_features, out_features, where):
 
 def check_foldable(name, layer):
     """What merging into or unmerging from `layer` would refuse (a base weight that cannot take a
-    dense update, a backend that cannot run beside it), raised now with the layer's name."""
+    dense update, a backend that cannot run beside it, a row_adapters block that would apply the
+    folded update again), raised now with the layer's name."""
+    if layer.row_selection is not None:
+        raise RuntimeError(f"{name}: inside a row_adapters block; leave it before merging or unmerging")
     try:
         resolve_backend(layer.backend, mergeable_weight(layer.base_layer).device)
     except (TypeError, ValueError, RuntimeError) as error:
@@ -198,12 +201,19 @@ class NOLALinear(nn.Module):
             return cached_delta(self, self.active_adapter, x, out)
         return adapter.delta(x, self.backend, add_to=out)
 
+    def train(self, mode=True):
+        # A write through .data (or numpy) leaves the version counters as they were, which the
+        # cache cannot see: every switch between training and evaluation starts it afresh.
+        self.factor_cache.clear()
+        return super().train(mode)
+
     def merge(self):
         """Fold the active adapter's scaling * B A into the base weight (forward then skips it)."""
         if self.merged_adapter is not None:
             raise RuntimeError(f"adapter {self.merged_adapter!r} is already merged")
         if self.active_adapter is None:
             raise RuntimeError("no active adapter to merge")
+        check_foldable("the layer", self)
         add_to_weight(self.base_layer, self.adapters[self.active_adapter].dense_delta(self.backend))
         self.merged_adapter = self.active_adapter
         self.factor_cache.clear()
@@ -212,6 +222,7 @@ class NOLALinear(nn.Module):
         """Subtract the merged update again: the weight comes back up to float rounding."""
         if self.merged_adapter is None:
             raise RuntimeError("no adapter is merged")
+        check_foldable("the layer", self)
         add_to_weight(self.base_layer, -self.adapters[self.merged_adapter].dense_delta(self.backend))
         self.merged_adapter = None
         self.factor_cache.clear()
