@@ -1,28 +1,21 @@
 """Prints the performance model's tables (nola_kernels/perf_model.py): predicted microseconds of
 every nola_matmul path at the GPU benchmark shapes, and the ratios NOLA layer / LoRA layer and
-NOLA delta / official, before (main's routing, a separate add) and after (prefers_fused as the
-model says, the add inside the last GEMM); last, LLaMA-2-7B's step with shared bases, grouped
+NOLA delta / official, after (the loop counts `make perf-static` measured, prefers_fused as the
+model says, the add inside the last GEMM) and before (the code at 498619d: the review's loop
+counts, main's routing, a separate add); last, LLaMA-2-7B's step with shared bases, grouped
 generation against LoRA and the per-layer paths. A model, not a measurement.
 
-    .venv/bin/python bench/perf_model.py [--gpu h200] [--sass FILE] [--steps SHAPE PATH]
-
-Loop counts come from nola_kernels.perf_model.REVIEW_COUNTS; where FILE (default
-bench/results/sass-sm90.json, written by `make perf-static`) exists, its rows replace the
-entries with the same (kernel, backend, distribution).
+    .venv/bin/python bench/perf_model.py [--gpu h200] [--steps SHAPE PATH]
 """
 
 import argparse
-import json
-import re
 import sys
-from pathlib import Path
 
 from workloads import SHAPES
 
 from nola_kernels import perf_model as model
 from nola_kernels.lowrank import LowRankShape
 
-SASS_JSON = Path(__file__).parent / "results" / "sass-sm90.json"
 GPUS = {"h100": model.H100, "h200": model.H200}
 BENCH_SHAPES = ("gpt2-medium", "llama2-7b-q")
 # main's routing before the model (commit 498619d): cuda_backend.prefers_fused picked the fused
@@ -33,35 +26,35 @@ TARGETS = {"layer_fwd_bwd_over_lora": 1.15, "delta_fwd_bwd_over_official": 0.3} 
 GROUPED_STEP_OVER_LORA = 1.05  # LLaMA-2-7B, all linears, shared bases, grouped generation
 
 
-def load_counts(path=SASS_JSON):
-    """REVIEW_COUNTS with the rows of `path` (a JSON list of objects, or an object holding one
-    under "loops") in place of the same keys. Returns (counts, rows of the file the model has no
-    kernel for)."""
-    counts = dict(model.REVIEW_COUNTS)
-    unused = []
-    if not Path(path).exists():
-        return counts, unused
-    rows = json.loads(Path(path).read_text())
-    measured = set()
-    for row in rows["loops"] if isinstance(rows, dict) else rows:
-        key = (model_kernel_name(row["kernel"]), row["backend"], row["distribution"])
-        if key not in counts:
-            unused.append(key)
-            continue
-        loop = model.LoopCount(
-            float(row["sass_per_entry"]), float(row["philox_calls_per_entry"]), f"{Path(path).name}"
-        )
-        # A kernel compiled at several shapes: the model takes its slowest loop.
-        if key not in measured or loop.sass_per_entry > counts[key].sass_per_entry:
-            counts[key] = loop
-        measured.add(key)
-    return counts, unused
+def _review(sass, calls):
+    return model.LoopCount(sass, calls, "review (sm_90 SASS of main at 498619d)")
 
 
-def model_kernel_name(name):
-    """The model's name of a kernel as the SASS file writes it ("fused A forward" ->
-    "fused_a_forward", "mix+project" -> "mix_project")."""
-    return re.sub(r"[ +]", "_", name.lower())
+def _assumed(sass, calls, why):
+    return model.LoopCount(sass, calls, f"assumed: {why}")
+
+
+# The loops of the code at 498619d, by the outside review: what the "before" rows are priced with.
+REVIEW_COUNTS = {
+    ("mix", "cuda", "uniform"): _review(14.75, 1 / 4),
+    ("mix+project", "cuda", "uniform"): _review(19.6, 1 / 4),
+    ("project", "cuda", "uniform"): _review(14.3, 1 / 4),
+    ("mix", "cuda", "rademacher"): _review(5.4, 1 / 32),
+    ("project", "cuda", "rademacher"): _assumed(5.4, 1 / 32, "as the rademacher mix"),
+    ("mix+project", "cuda", "rademacher"): _assumed(7.2, 1 / 32, "the rademacher mix x 19.6 / 14.75"),
+    ("mix", "triton", "uniform"): _review(22.9, 1 / 4),
+    ("project", "triton", "uniform"): _review(34.8, 1 / 4),
+    ("mix", "triton", "rademacher"): _review(55.6, 1.0),
+    ("project", "triton", "rademacher"): _assumed(55.6, 1.0, "as the rademacher mix"),
+    ("fused A forward", "triton", "uniform"): _review(21.3, 1 / 4),
+    ("fused B forward", "triton", "uniform"): _assumed(21.3, 1 / 4, "as fused A forward"),
+    ("fused A backward", "triton", "uniform"): _review(40.0, 1 / 4),
+    ("fused B backward", "triton", "uniform"): _review(35.0, 1 / 4),
+    **{
+        (kernel, "triton", "rademacher"): _assumed(55.6, 1.0, "as the rademacher mix")
+        for kernel in model.TRITON_FUSED_KERNELS
+    },
+}
 
 
 def shape_of(name, distribution="uniform"):
@@ -103,8 +96,18 @@ def before_default(backend):
     return path if path.endswith("fused") else f"{path} (separate add)"
 
 
-def format_shape(name, shape, gpu, counts):
-    table = rows_for(shape, gpu, counts)
+def _cells(label, times, ratios):
+    cells = [f"{t:.1f}" for t in times] + [f"{q:.2f}x" for q in ratios]
+    if label in ("lora", "official"):
+        cells[4:] = ["1.00x" if label == "lora" else "-"] * 2 + ["1.00x" if label == "official" else "-"] * 2
+    return " | ".join(cells)
+
+
+def format_shape(name, shape, gpu):
+    """The shape's table: every path priced with the measured loop counts (marked where the routing
+    picks it now), then the paths picked before, priced with the review's counts."""
+    table = rows_for(shape, gpu, model.LOOP_COUNTS)
+    before = rows_for(shape, gpu, REVIEW_COUNTS)
     dtype = str(shape.dtype).removeprefix("torch.")
     lines = [
         f"### {name}: {shape.tokens} tokens, {shape.in_features} x {shape.out_features}, rank {shape.rank}, "
@@ -116,13 +119,13 @@ def format_shape(name, shape, gpu, counts):
     ]
     defaults = {}
     for backend in ("cuda", "triton"):
-        defaults.setdefault(before_default(backend), []).append(f"before ({backend})")
         defaults.setdefault(after_default(backend, shape), []).append(f"after ({backend})")
     for label, (_, _, times, ratios) in table.items():
-        cells = [f"{t:.1f}" for t in times] + [f"{q:.2f}x" for q in ratios]
-        if label in ("lora", "official"):
-            cells[4:] = ["1.00x" if label == "lora" else "-"] * 2 + ["1.00x" if label == "official" else "-"] * 2
-        lines.append(f"| {label} | " + " | ".join(cells) + f" | {', '.join(defaults.get(label, []))} |")
+        lines.append(f"| {label} | {_cells(label, times, ratios)} | {', '.join(defaults.get(label, []))} |")
+    for backend in ("cuda", "triton"):
+        label = before_default(backend)
+        _, _, times, ratios = before[label]
+        lines.append(f"| {label}, review's counts | {_cells(label, times, ratios)} | before ({backend}) |")
     return lines, table
 
 
@@ -131,20 +134,18 @@ def targets_met(table, label):
     return ratios[1] <= TARGETS["layer_fwd_bwd_over_lora"] and ratios[3] <= TARGETS["delta_fwd_bwd_over_official"]
 
 
-def report(gpu, counts, unused):
+def report(gpu):
     lines = [
         f"Performance model (not a measurement): {gpu.name}; the figures and assumptions are in "
         "nola_kernels/perf_model.py. LoRA is PEFT's layer (its add separate); x takes a gradient.",
         "",
     ]
-    sources = sorted({count.source for count in counts.values()})
-    lines += [f"Loop counts from: {'; '.join(sources)}", ""]
-    if unused:
-        lines += [f"Rows of the SASS file with no kernel in the model: {unused}", ""]
+    for title, counts in (("Loop counts", model.LOOP_COUNTS), ("Before rows' loop counts", REVIEW_COUNTS)):
+        lines += [f"{title} from: {'; '.join(sorted({count.source for count in counts.values()}))}", ""]
     for name in BENCH_SHAPES:
         for distribution in ("uniform", "rademacher"):
             shape = shape_of(name, distribution)
-            shape_lines, table = format_shape(name, shape, gpu, counts)
+            shape_lines, table = format_shape(name, shape, gpu)
             lines += [*shape_lines, ""]
             if name == "llama2-7b-q" and distribution == "uniform":
                 label = after_default("cuda", shape)
@@ -155,7 +156,7 @@ def report(gpu, counts, unused):
                     f"path after ({label}): {verdict}.",
                     "",
                 ]
-    return lines + format_model_step(llama2_7b(), gpu, counts)
+    return lines + format_model_step(llama2_7b(), gpu, model.LOOP_COUNTS)
 
 
 def llama2_7b(distribution="uniform"):
@@ -204,15 +205,13 @@ def format_steps(shape, path, gpu, counts):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gpu", choices=sorted(GPUS), default="h100")
-    parser.add_argument("--sass", type=Path, default=SASS_JSON)
     parser.add_argument("--steps", nargs=2, metavar=("SHAPE", "PATH"), help="print one path's kernels")
     args = parser.parse_args(argv)
-    counts, unused = load_counts(args.sass)
     gpu = GPUS[args.gpu]
     if args.steps:
-        lines = format_steps(shape_of(args.steps[0]), args.steps[1], gpu, counts)
+        lines = format_steps(shape_of(args.steps[0]), args.steps[1], gpu, model.LOOP_COUNTS)
     else:
-        lines = report(gpu, counts, unused)
+        lines = report(gpu)
     print("\n".join(lines))
 
 

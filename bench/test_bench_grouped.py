@@ -53,6 +53,6 @@ def test_train_step(benchmark, shape, targets, implementation):
 
 def test_the_model_predicts_a_grouped_llama_step_within_its_target():
     """Not a measurement: bench/perf_model.py's prediction for LLaMA-2-7B with shared bases."""
-    ratios = perf_model.model_step_ratios(perf_model.llama2_7b(), model.H100, model.REVIEW_COUNTS)
+    ratios = perf_model.model_step_ratios(perf_model.llama2_7b(), model.H100, model.LOOP_COUNTS)
     assert ratios["nola-grouped"][1] <= perf_model.GROUPED_STEP_OVER_LORA
     assert ratios["nola-grouped"][0] < min(ms for path, (ms, _) in ratios.items() if path not in ("lora", "nola-grouped"))

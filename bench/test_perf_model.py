@@ -1,7 +1,8 @@
-"""The performance model runs, meets the targets it is held to at LLaMA-2-7B q_proj, takes its loop
-counts from the SASS file when one exists, and the device script's Python runs on the CPU."""
+"""The performance model runs, meets the targets it is held to at LLaMA-2-7B q_proj, routes by the
+loop counts of the SASS file, and the device script's Python runs on the CPU."""
 
 import json
+from pathlib import Path
 
 import device_paths
 import perf_model
@@ -12,9 +13,14 @@ from nola_kernels import perf_model as model
 from nola_kernels.backends import native_backends
 from nola_kernels.lowrank import LowRankShape
 
+SASS_JSON = Path(__file__).parent / "results" / "sass-sm90.json"
+# Loops of the SASS budget that no path of the model prices: the Philox bound kernel, and the
+# grouped kernels (the model's grouped step prices each entry with the flat CUDA loops).
+UNPRICED = ("philox_rate (bound)", "grouped ")
 
-def test_the_tables_print_before_and_after_for_both_shapes(capsys, tmp_path):
-    perf_model.main(["--sass", str(tmp_path / "absent.json")])
+
+def test_the_tables_print_before_and_after_for_both_shapes(capsys):
+    perf_model.main([])
     printed = capsys.readouterr().out
     assert "not a measurement" in printed
     for name in perf_model.BENCH_SHAPES:
@@ -25,25 +31,25 @@ def test_the_tables_print_before_and_after_for_both_shapes(capsys, tmp_path):
 
 def test_q_proj_targets_by_the_model_after_and_not_before():
     shape = perf_model.shape_of("llama2-7b-q")
-    table = perf_model.rows_for(shape, model.H100, model.REVIEW_COUNTS)
+    after = perf_model.rows_for(shape, model.H100, model.LOOP_COUNTS)
+    before = perf_model.rows_for(shape, model.H100, perf_model.REVIEW_COUNTS)
     assert perf_model.after_default("cuda", shape) == "cuda-composed (add in GEMM)"
-    assert perf_model.targets_met(table, "cuda-composed (add in GEMM)")
-    assert not perf_model.targets_met(table, perf_model.before_default("cuda"))
+    assert perf_model.targets_met(after, "cuda-composed (add in GEMM)")
+    assert not perf_model.targets_met(before, perf_model.before_default("cuda"))
 
 
-def test_the_sass_file_replaces_the_counts_it_has(tmp_path):
-    path = tmp_path / "sass-sm90.json"
-    rows = [
-        dict(kernel="mix", backend="cuda", distribution="uniform", sass_per_entry=10.0,
-             philox_calls_per_entry=0.25, bound_sass_per_entry=9.0),
-        dict(kernel="unknown", backend="cuda", distribution="uniform", sass_per_entry=1.0,
-             philox_calls_per_entry=1.0, bound_sass_per_entry=1.0),
-    ]  # fmt: skip
-    path.write_text(json.dumps(rows))
-    counts, unused = perf_model.load_counts(path)
-    assert counts[("mix", "cuda", "uniform")].sass_per_entry == 10.0
-    assert counts[("project", "cuda", "uniform")] == model.REVIEW_COUNTS[("project", "cuda", "uniform")]
-    assert unused == [("unknown", "cuda", "uniform")]
+def test_the_package_counts_are_the_sass_files():
+    """nola_kernels.perf_model.SASS_COUNTS holds each loop of bench/results/sass-sm90.json that the
+    model prices (the slowest of its shapes), and no other: it cannot drift from the file."""
+    measured = {}
+    for row in json.loads(SASS_JSON.read_text()):
+        key = (row["kernel"], row["backend"], row["distribution"])
+        if not row["kernel"].startswith(UNPRICED):
+            loop = (row["sass_per_entry"], row["philox_calls_per_entry"])
+            measured[key] = max(measured.get(key, loop), loop)
+    table = {key: (loop.sass_per_entry, loop.philox_calls_per_entry) for key, loop in model.SASS_COUNTS.items()}
+    expected = "\n".join(f"    ({', '.join(map(json.dumps, key))}): _measured{loop}," for key, loop in measured.items())
+    assert table == measured, f"SASS_COUNTS differs from {SASS_JSON.name}; it should read:\n{expected}"
 
 
 def test_every_kernel_of_every_path_has_a_count_and_a_positive_time():

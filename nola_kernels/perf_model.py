@@ -5,9 +5,9 @@ instructions and Philox multiplies per generated entry, against the SM's issue a
 GEMMs: FLOPs against the tensor-core or FP32 rate) and its memory traffic (bytes against HBM
 bandwidth), plus a fixed gap per launch; a pass costs the larger of its GPU time and the host
 time of the ops that queue it. The figures are stated in `H100` below; the loop counts in
-`REVIEW_COUNTS` (bench/perf_model.py overrides them from bench/results/sass-sm90.json when that
-file exists). `bench/perf_model.py` prints the tables; the backends' `prefers_fused` follows
-`fused_wins`; `bench/device_check.sh` measures the same paths so the figures can be corrected.
+`LOOP_COUNTS`: those `make perf-static` measured (`SASS_COUNTS`, bench/results/sass-sm90.json),
+and assumed ones for the loops it does not compile. `bench/perf_model.py` prints the tables; the backends' `prefers_fused` follows `fused_wins`;
+`bench/device_check.sh` measures the same paths so the figures can be corrected.
 """
 
 import functools
@@ -67,37 +67,38 @@ class LoopCount:
     source: str
 
 
-def _review(sass, calls):
-    return LoopCount(sass, calls, "review (sm_90 SASS of main at 498619d)")
+def _measured(sass, calls):
+    return LoopCount(sass, calls, "measured: bench/results/sass-sm90.json (make perf-static)")
 
 
-def _assumed(sass, calls, why):
-    return LoopCount(sass, calls, f"assumed: {why}")
-
-
-# (kernel, backend, distribution) -> its loop. Kernel names: "mix", "project", "mix_project" (the
-# CUDA backward's one pass over the basis), and the Triton fused kernels "fused_a_forward",
-# "fused_b_forward", "fused_a_backward", "fused_b_backward".
-REVIEW_COUNTS = {
-    ("mix", "cuda", "uniform"): _review(14.75, 1 / 4),
-    ("mix_project", "cuda", "uniform"): _review(19.6, 1 / 4),
-    ("project", "cuda", "uniform"): _review(14.3, 1 / 4),
-    ("mix", "cuda", "rademacher"): _review(5.4, 1 / 32),
-    ("project", "cuda", "rademacher"): _assumed(5.4, 1 / 32, "as the rademacher mix"),
-    ("mix_project", "cuda", "rademacher"): _assumed(7.2, 1 / 32, "the rademacher mix x 19.6 / 14.75"),
-    ("mix", "triton", "uniform"): _review(22.9, 1 / 4),
-    ("project", "triton", "uniform"): _review(34.8, 1 / 4),
-    ("mix", "triton", "rademacher"): _review(55.6, 1.0),
-    ("project", "triton", "rademacher"): _assumed(55.6, 1.0, "as the rademacher mix"),
-    ("fused_a_forward", "triton", "uniform"): _review(21.3, 1 / 4),
-    ("fused_b_forward", "triton", "uniform"): _assumed(21.3, 1 / 4, "as fused_a_forward"),
-    ("fused_a_backward", "triton", "uniform"): _review(40.0, 1 / 4),
-    ("fused_b_backward", "triton", "uniform"): _review(35.0, 1 / 4),
-    **{
-        (kernel, "triton", "rademacher"): _assumed(55.6, 1.0, "as the rademacher mix")
-        for kernel in ("fused_a_forward", "fused_b_forward", "fused_a_backward", "fused_b_backward")
-    },
+# The Triton fused kernels (triton/kernels/lowrank.py), as bench/sass names them.
+TRITON_FUSED_KERNELS = ("fused A forward", "fused B forward", "fused A backward", "fused B backward")
+# (kernel, backend, distribution) -> its hot loop as `make perf-static` measured it, named as
+# bench/sass names it: "mix", "project", "mix+project" (the CUDA backward's one pass over the
+# basis) and TRITON_FUSED_KERNELS. Where bench/sass compiles a kernel at both shapes, the slower
+# loop. bench/test_perf_model.py checks this table against bench/results/sass-sm90.json.
+SASS_COUNTS = {
+    ("mix", "cuda", "uniform"): _measured(14.688, 0.23125),
+    ("project", "cuda", "uniform"): _measured(14.312, 0.19375),
+    ("mix+project", "cuda", "uniform"): _measured(19.5, 0.23125),
+    ("mix", "cuda", "rademacher"): _measured(3.867, 0.00664),
+    ("project", "cuda", "rademacher"): _measured(3.797, 0.00664),
+    ("mix+project", "cuda", "rademacher"): _measured(6.961, 0.00664),
+    ("mix", "triton", "uniform"): _measured(17.188, 0.19062),
+    ("project", "triton", "uniform"): _measured(18.5, 0.19062),
+    ("mix", "triton", "rademacher"): _measured(3.445, 0.00625),
+    ("project", "triton", "rademacher"): _measured(3.586, 0.00625),
+    ("fused A forward", "triton", "uniform"): _measured(18.312, 0.2),
+    ("fused B forward", "triton", "uniform"): _measured(18.375, 0.2),
+    ("fused A backward", "triton", "uniform"): _measured(22.438, 0.2),
+    ("fused B backward", "triton", "uniform"): _measured(20.812, 0.2),
 }
+# bench/sass compiles the fused kernels with uniform bases only. Their rademacher tiles
+# (philox_tiles.basis_tile) are the code whose loop the outside review counted in the Triton
+# rademacher mix at 498619d, before the flat kernels left it: that count is assumed for them.
+_RADEMACHER_TILE = LoopCount(55.6, 1.0, "assumed: the review's count of the Triton rademacher tile (498619d)")
+# The loops the model prices: every kernel of every path, by (kernel, backend, distribution).
+LOOP_COUNTS = SASS_COUNTS | {(kernel, "triton", "rademacher"): _RADEMACHER_TILE for kernel in TRITON_FUSED_KERNELS}
 
 
 @dataclass(frozen=True)
@@ -246,10 +247,10 @@ def _cuda_fused(c, fold, backward):
     return [
         op,
         *c.simt_gemm("grad_b = scaling grad^T h", o, r, t, s, 4, 4),
-        *c.cuda_generate("mix_project", c.entries_b, o * r, l, True),
+        *c.cuda_generate("mix+project", c.entries_b, o * r, l, True),
         *c.simt_gemm("grad_h = scaling grad B", t, r, o, s, 4, 4),
         *c.simt_gemm("grad_a = grad_h^T x", r, i, t, 4, s, 4),
-        *c.cuda_generate("mix_project", c.entries_a, r * i, k, True),
+        *c.cuda_generate("mix+project", c.entries_a, r * i, k, True),
         *c.simt_gemm("grad_x = grad_h A", t, i, r, 4, 4, s),
     ]
 
@@ -270,18 +271,18 @@ def _triton_fused(c, fold, backward):
         return [
             Step("lowrank op", 0.0, "custom_op"),
             c.elementwise("NaN fill: h partials", a_parts * t * r * 4),
-            launch("fused_a_forward", c.entries_a, fill_a, t * i * s),
+            launch("fused A forward", c.entries_a, fill_a, t * i * s),
             c.elementwise("h = sum of partials", a_parts * t * r * 4),
             c.elementwise("NaN fill: delta", t * o * s),
-            launch("fused_b_forward", c.entries_b, fill_b, t * o * s),
+            launch("fused B forward", c.entries_b, fill_b, t * o * s),
         ]
     return [
         Step("lowrank op", 0.0, "custom_op"),
         c.elementwise("NaN fills: grad_b, partials", b_parts * t * r * 4),
-        launch("fused_b_backward", c.entries_b, fill_b, 2 * t * o * s),
+        launch("fused B backward", c.entries_b, fill_b, 2 * t * o * s),
         c.elementwise("grad_h = sum of partials", b_parts * t * r * 4),
         c.elementwise("NaN fills: grad_a, grad_x", t * i * s),
-        launch("fused_a_backward", c.entries_a, fill_a, 3 * t * i * s),
+        launch("fused A backward", c.entries_a, fill_a, 3 * t * i * s),
         c.elementwise("coefficient partial sums", 4 * (a_parts * c.shape.k + b_parts * c.shape.l)),
     ]
 
@@ -321,7 +322,7 @@ def _base_layer(c, backward):
     return [c.gemm("base grad_x = grad W", t, i, o), c.elementwise("grad_x of base + delta", 3 * t * i * s)]
 
 
-def pass_steps(path, shape, *, layer, backward, fold=True, gpu=H100, counts=REVIEW_COUNTS):
+def pass_steps(path, shape, *, layer, backward, fold=True, gpu=H100, counts=LOOP_COUNTS):
     """The steps of one pass (forward, or the backward after it) of `path` at `shape`, the delta
     alone or (layer) inside base(x) + delta. fold: the add goes into the delta's last GEMM where
     the path allows it (False: main's composed path, a separate add)."""
@@ -342,7 +343,7 @@ def total_s(steps, gpu=H100):
     return max(device, host)
 
 
-def predict_s(path, shape, *, layer=False, backward=True, fold=True, gpu=H100, counts=REVIEW_COUNTS):
+def predict_s(path, shape, *, layer=False, backward=True, fold=True, gpu=H100, counts=LOOP_COUNTS):
     """Seconds of the forward (backward=False) or forward + backward of `path` at `shape`."""
     passes = (False, True) if backward else (False,)
     return sum(
@@ -410,7 +411,7 @@ def _grouped_family(c, role, rows, cols, basis, layers, backward):
     return steps
 
 
-def model_pass_steps(spec, path, *, backward, gpu=H100, counts=REVIEW_COUNTS):
+def model_pass_steps(spec, path, *, backward, gpu=H100, counts=LOOP_COUNTS):
     """One pass over every adapted linear of `spec` (base GEMM and adapter; attention, norms and
     the optimizer are the same for every path and left out). path: "lora" (PEFT's layer),
     "nola-grouped" (the products with the add in the last GEMM, and one grouped kernel per family),
@@ -430,7 +431,7 @@ def model_pass_steps(spec, path, *, backward, gpu=H100, counts=REVIEW_COUNTS):
     return steps
 
 
-def model_step_s(spec, path, *, gpu=H100, counts=REVIEW_COUNTS):
+def model_step_s(spec, path, *, gpu=H100, counts=LOOP_COUNTS):
     """Predicted seconds of one forward + backward of `spec`'s adapted linears on `path`."""
     return sum(
         total_s(model_pass_steps(spec, path, backward=b, gpu=gpu, counts=counts), gpu) for b in (False, True)
