@@ -126,4 +126,3 @@ def test_basis_does_not_depend_on_thread_count():
         assert torch.equal(nola_basis(8, 16, (64, 64)), reference)
     finally:
         torch.set_num_threads(threads)
-

@@ -105,4 +105,3 @@ def test_nan_propagates(device_backend):
     grad = torch.randn(3, 3, device=device)
     grad[1, 1] = float("inf")
     assert not torch.isfinite(nola_project(grad, 1, 4, backend=backend)).any()
-
