@@ -1,5 +1,6 @@
 import os
 import zlib
+from typing import NamedTuple
 
 # Before nola_kernels is imported: kernel outputs start as NaN, so an element no program wrote shows.
 os.environ.setdefault("NOLA_DEBUG_POISON", "1")
@@ -18,6 +19,41 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+class DeviceBackend(NamedTuple):
+    """One cell of the contract matrix: a backend and the device its inputs live on."""
+
+    device: torch.device
+    backend: str
+
+
+DEVICES = [torch.device("cpu")] + ([torch.device("cuda", 0)] if torch.cuda.is_available() else [])
+
+
+def _marks(device):
+    return [pytest.mark.gpu] if device.type == "cuda" else []
+
+
+@pytest.fixture(params=[pytest.param(device, id=device.type, marks=_marks(device)) for device in DEVICES])
+def device(request):
+    """Every device this machine has: the CPU always, CUDA where present."""
+    return request.param
+
+
+def _device_backends():
+    return [
+        pytest.param(DeviceBackend(device, name), id=f"{device.type}-{name}", marks=_marks(device))
+        for device in DEVICES
+        for name in available_backends(device)
+    ]
+
+
+@pytest.fixture(params=_device_backends())
+def device_backend(request):
+    """Every backend on every device this machine has (the CPU always, CUDA where present): the
+    contract tests create their inputs on `device` and run unchanged in each cell."""
+    return request.param
 
 
 @pytest.fixture(params=available_backends(torch.device("cpu")))

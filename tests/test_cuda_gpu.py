@@ -72,11 +72,6 @@ def test_mix_and_project_match_the_materialized_basis(seed, stream, k, shape, di
     assert rel_err(projected, torch.einsum("krc,rc->k", basis, grad.double()) * 0.25) <= 1e-5
 
 
-def test_float64_takes_the_float64_torch_path():
-    coeffs = torch.randn(7, dtype=torch.float64, device="cuda")
-    assert nola_mix(coeffs, 1, (3, 5), backend="cuda").dtype == torch.float64
-
-
 def test_empty_matrices_and_out_of_range_arguments():
     ops, x = torch.ops.nola_kernels_cuda, torch.randn(4, 6, device="cuda")
     alpha, beta = torch.randn(3, device="cuda"), torch.randn(2, device="cuda")

@@ -1,4 +1,4 @@
-"""The grouped ops' contract on every backend that runs on the CPU here: nola_mix_grouped and
+"""The grouped ops' contract on every backend and device this machine has: nola_mix_grouped and
 nola_project_grouped against the float64 reference built from nola_basis, row g against the
 backend's own nola_mix / nola_project (bit for bit where docs/spec.md promises it), their
 autograd (each the other's backward, to any order), the torch.library registration, and the
@@ -42,21 +42,22 @@ def _float32_bound(length):
     return 2 * rounding_bound(torch.float32, length)
 
 
-def _reference_basis(seed, k, shape, stream, distribution):
-    return nola_basis(seed, k, shape, stream=stream, distribution=distribution).double()
+def _reference_basis(seed, k, shape, stream, distribution, device):
+    return nola_basis(seed, k, shape, stream=stream, distribution=distribution, device=device).double()
 
 
 @pytest.mark.parametrize("seed, groups, k, shape, stream, distribution", CASES)
 def test_mix_grouped_matches_the_reference_and_the_rows(
-    backend, seed, groups, k, shape, stream, distribution
+    device_backend, seed, groups, k, shape, stream, distribution
 ):
-    coeffs = torch.randn(groups, k)
+    device, backend = device_backend
+    coeffs = torch.randn(groups, k, device=device)
     family = dict(stream=stream, distribution=distribution, backend=backend)
     expected = torch.einsum(
-        "gk,krc->grc", coeffs.double(), _reference_basis(seed, k, shape, stream, distribution)
+        "gk,krc->grc", coeffs.double(), _reference_basis(seed, k, shape, stream, distribution, device)
     )
     mixed = nola_mix_grouped(coeffs, seed, shape, **family)
-    assert mixed.shape == (groups, *shape) and mixed.dtype == torch.float32
+    assert mixed.shape == (groups, *shape) and mixed.dtype == torch.float32 and mixed.device == device
     assert rel_err(mixed, expected / math.sqrt(k)) <= _float32_bound(k)
     rows = torch.stack([nola_mix(row, seed, shape, **family) for row in coeffs])
     if backend in ROW_EXACT_BACKENDS:
@@ -67,14 +68,15 @@ def test_mix_grouped_matches_the_reference_and_the_rows(
 
 @pytest.mark.parametrize("seed, groups, k, shape, stream, distribution", CASES)
 def test_project_grouped_matches_the_reference_and_the_rows(
-    backend, seed, groups, k, shape, stream, distribution
+    device_backend, seed, groups, k, shape, stream, distribution
 ):
-    grads = torch.randn(groups, *shape)
+    device, backend = device_backend
+    grads = torch.randn(groups, *shape, device=device)
     family = dict(scale=0.3, stream=stream, distribution=distribution, backend=backend)
-    basis = _reference_basis(seed, k, shape, stream, distribution)
+    basis = _reference_basis(seed, k, shape, stream, distribution, device)
     expected = torch.einsum("grc,krc->gk", grads.double(), basis) * 0.3
     projected = nola_project_grouped(grads, seed, k, **family)
-    assert projected.shape == (groups, k) and projected.dtype == torch.float32
+    assert projected.shape == (groups, k) and projected.dtype == torch.float32 and projected.device == device
     numel = shape[0] * shape[1]
     assert rel_err(projected, expected) <= _float32_bound(numel)
     rows = torch.stack([nola_project(grad, seed, k, **family) for grad in grads])
@@ -85,11 +87,12 @@ def test_project_grouped_matches_the_reference_and_the_rows(
 
 
 @pytest.mark.parametrize("distribution", ["uniform", "rademacher"])
-def test_grouped_ops_are_adjoint(backend, distribution):
+def test_grouped_ops_are_adjoint(device_backend, distribution):
+    device, backend = device_backend
     groups, k, shape = 3, 37, (19, 23)
     coeffs, grads = (
-        torch.randn(groups, k, dtype=torch.float64),
-        torch.randn(groups, *shape, dtype=torch.float64),
+        torch.randn(groups, k, dtype=torch.float64, device=device),
+        torch.randn(groups, *shape, dtype=torch.float64, device=device),
     )
     family = dict(stream=2, distribution=distribution, backend=backend)
     lhs = (nola_mix_grouped(coeffs, 9, shape, **family) * grads).sum().item()
@@ -97,8 +100,10 @@ def test_grouped_ops_are_adjoint(backend, distribution):
     assert abs(lhs - rhs) <= 1e-12 * max(1.0, abs(lhs))
 
 
-def test_float64_is_computed_in_float64_row_by_row(backend):
-    coeffs, grads = torch.randn(3, 6, dtype=torch.float64), torch.randn(3, 4, 5, dtype=torch.float64)
+def test_float64_is_computed_in_float64_row_by_row(device_backend):
+    device, backend = device_backend
+    coeffs = torch.randn(3, 6, dtype=torch.float64, device=device)
+    grads = torch.randn(3, 4, 5, dtype=torch.float64, device=device)
     mixed = nola_mix_grouped(coeffs, 2, (4, 5), backend=backend)
     projected = nola_project_grouped(grads, 2, 6, backend=backend)
     assert mixed.dtype == projected.dtype == torch.float64
@@ -111,15 +116,17 @@ def test_float64_is_computed_in_float64_row_by_row(backend):
     )
 
 
-def test_low_precision_grads_are_projected_in_float32(backend):
-    grads = torch.randn(3, 9, 10).bfloat16()
+def test_low_precision_grads_are_projected_in_float32(device_backend):
+    device, backend = device_backend
+    grads = torch.randn(3, 9, 10, device=device).bfloat16()
     projected = nola_project_grouped(grads, 1, 8, backend=backend)
     assert projected.dtype == torch.float32
     assert torch.equal(projected, nola_project_grouped(grads.float(), 1, 8, backend=backend))
 
 
-def test_strided_inputs_give_the_contiguous_results(backend):
-    coeffs, grads = torch.randn(7, 4).t(), torch.randn(5, 6, 3).permute(2, 0, 1)
+def test_strided_inputs_give_the_contiguous_results(device_backend):
+    device, backend = device_backend
+    coeffs, grads = torch.randn(7, 4, device=device).t(), torch.randn(5, 6, 3, device=device).permute(2, 0, 1)
     assert torch.equal(
         nola_mix_grouped(coeffs, 4, (5, 6), backend=backend),
         nola_mix_grouped(coeffs.contiguous(), 4, (5, 6), backend=backend),
@@ -130,20 +137,22 @@ def test_strided_inputs_give_the_contiguous_results(backend):
     )
 
 
-def test_nan_stays_in_its_row(backend):
-    coeffs = torch.randn(3, 4)
+def test_nan_stays_in_its_row(device_backend):
+    device, backend = device_backend
+    coeffs = torch.randn(3, 4, device=device)
     coeffs[1, 2] = float("nan")
     mixed = nola_mix_grouped(coeffs, 1, (3, 3), backend=backend)
     assert torch.isnan(mixed[1]).all() and torch.isfinite(mixed[[0, 2]]).all()
-    grads = torch.randn(3, 3, 3)
+    grads = torch.randn(3, 3, 3, device=device)
     grads[2, 1, 1] = float("inf")
     projected = nola_project_grouped(grads, 1, 4, backend=backend)
     assert not torch.isfinite(projected[2]).any() and torch.isfinite(projected[:2]).all()
 
 
 @pytest.mark.parametrize("budget", [64, 5000, 1 << 20])
-def test_chunking_does_not_change_results(backend, set_budget, budget):
-    coeffs, grads = torch.randn(3, 300), torch.randn(3, 17, 45)
+def test_chunking_does_not_change_results(device_backend, set_budget, budget):
+    device, backend = device_backend
+    coeffs, grads = torch.randn(3, 300, device=device), torch.randn(3, 17, 45, device=device)
     mixed = nola_mix_grouped(coeffs, 4, (17, 45), backend=backend)
     projected = nola_project_grouped(grads, 4, 300, backend=backend)
     set_budget(budget)
@@ -151,9 +160,10 @@ def test_chunking_does_not_change_results(backend, set_budget, budget):
     assert torch.equal(nola_project_grouped(grads, 4, 300, backend=backend), projected)
 
 
-def test_gradcheck_in_float64(backend):
-    coeffs = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
-    grads = torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True)
+def test_gradcheck_in_float64(device_backend):
+    device, backend = device_backend
+    coeffs = torch.randn(3, 5, dtype=torch.float64, device=device, requires_grad=True)
+    grads = torch.randn(2, 3, 4, dtype=torch.float64, device=device, requires_grad=True)
 
     def mixed(c):
         return nola_mix_grouped(c, 7, (3, 4), stream=1, backend=backend)
@@ -166,12 +176,14 @@ def test_gradcheck_in_float64(backend):
         assert torch.autograd.gradgradcheck(fn, inputs)
 
 
-def test_each_op_is_the_others_backward(backend):
+def test_each_op_is_the_others_backward(device_backend):
+    device, backend = device_backend
     groups, k, shape = 3, 21, (6, 7)
     family = dict(scale=0.7, stream=3, distribution="uniform", backend=backend)
-    coeffs = torch.randn(groups, k, requires_grad=True)
-    grads = torch.randn(groups, *shape, requires_grad=True)
-    upstream_matrices, upstream_coeffs = torch.randn(groups, *shape), torch.randn(groups, k)
+    coeffs = torch.randn(groups, k, device=device, requires_grad=True)
+    grads = torch.randn(groups, *shape, device=device, requires_grad=True)
+    upstream_matrices = torch.randn(groups, *shape, device=device)
+    upstream_coeffs = torch.randn(groups, k, device=device)
 
     mixed = nola_mix_grouped(coeffs, 5, shape, **family)
     (grad_coeffs,) = torch.autograd.grad(mixed, coeffs, upstream_matrices, create_graph=True)
@@ -190,21 +202,24 @@ def test_each_op_is_the_others_backward(backend):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_opcheck_mix_grouped(backend, dtype):
+def test_opcheck_mix_grouped(device_backend, dtype):
+    device, backend = device_backend
     for requires_grad in (False, True):
-        coeffs = torch.randn(3, 9, dtype=dtype, requires_grad=requires_grad)
+        coeffs = torch.randn(3, 9, dtype=dtype, device=device, requires_grad=requires_grad)
         torch.library.opcheck(ops.mix_grouped, (coeffs, 2**40, 1, 4, 6, 0.3, "uniform", backend))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
-def test_opcheck_project_grouped(backend, dtype):
+def test_opcheck_project_grouped(device_backend, dtype):
+    device, backend = device_backend
     for requires_grad in (False, True):
-        grads = torch.randn(3, 4, 6, dtype=dtype, requires_grad=requires_grad)
+        grads = torch.randn(3, 4, 6, dtype=dtype, device=device, requires_grad=requires_grad)
         torch.library.opcheck(ops.project_grouped, (grads, 5, 0, 9, 0.3, "rademacher", backend))
 
 
-def test_compile_fullgraph_forward_and_backward(backend):
-    coeffs = torch.randn(4, 24, requires_grad=True)
+def test_compile_fullgraph_forward_and_backward(device_backend):
+    device, backend = device_backend
+    coeffs = torch.randn(4, 24, device=device, requires_grad=True)
 
     def step(coeffs):
         mixed = nola_mix_grouped(coeffs, 1, (5, 12), backend=backend)

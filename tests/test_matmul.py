@@ -32,13 +32,14 @@ EDGE_CASES = [
 SWEEP = EDGE_CASES + [_random_case(random.Random(seed)) for seed in range(12)]
 
 
-def _inputs(case, dtype=torch.float32, lead=(5,), offsets=True, noncontiguous=False, seed=0):
+def _inputs(case, dtype=torch.float32, lead=(5,), offsets=True, noncontiguous=False, seed=0, device="cpu"):
+    """The same values on every device: drawn on the CPU, then moved (and then strided)."""
     gen = torch.Generator().manual_seed(seed)
     rank, in_f, out_f = case["rank"], case["in_features"], case["out_features"]
     if noncontiguous:
-        x = torch.randn(*lead, 2 * in_f, generator=gen)[..., ::2]
+        x = torch.randn(*lead, 2 * in_f, generator=gen).to(device)[..., ::2]
     else:
-        x = torch.randn(*lead, in_f, generator=gen)
+        x = torch.randn(*lead, in_f, generator=gen).to(device)
     tensors = dict(
         x=x.to(dtype),
         alpha=torch.randn(case["k"], generator=gen),
@@ -46,6 +47,7 @@ def _inputs(case, dtype=torch.float32, lead=(5,), offsets=True, noncontiguous=Fa
         a0=torch.randn(rank, in_f, generator=gen) / in_f**0.5 if offsets else None,
         b0=torch.randn(out_f, rank, generator=gen) if offsets else None,
     )
+    tensors.update({name: t.to(device) for name, t in tensors.items() if name != "x" and t is not None})
     kwargs = dict(seed_a=2**40 + 11, seed_b=12345, rank=rank, out_features=out_f, scaling=0.75)
     return tensors, kwargs
 
@@ -60,45 +62,51 @@ def _forward_backward(fn, tensors, kwargs, grad_out, **extra):
 
 
 def _float64(tensors):
-    return {name: t.double() if t is not None else None for name, t in tensors.items()}
+    """The reference's inputs: float64 on the CPU."""
+    return {name: t.cpu().double() if t is not None else None for name, t in tensors.items()}
 
 
 @pytest.mark.parametrize(
     "case", SWEEP, ids=lambda c: "r{rank}-k{k}-l{l}-{in_features}x{out_features}".format(**c)
 )
-def test_forward_and_gradients_match_float64_reference(backend, case):
+def test_forward_and_gradients_match_float64_reference(device_backend, case):
+    device, backend = device_backend
     lead = (3, 4) if case["in_features"] % 2 else (6,)  # 2-D and 3-D x across the sweep
-    tensors, kwargs = _inputs(case, lead=lead, noncontiguous=case["rank"] % 2 == 1)
+    tensors, kwargs = _inputs(case, lead=lead, noncontiguous=case["rank"] % 2 == 1, device=device)
     grad_out = torch.randn(*lead, case["out_features"], dtype=torch.float64)
-    out, grads = _forward_backward(nola_matmul, tensors, kwargs, grad_out, backend=backend)
+    out, grads = _forward_backward(nola_matmul, tensors, kwargs, grad_out.to(device), backend=backend)
     ref_out, ref_grads = _forward_backward(naive_matmul, _float64(tensors), kwargs, grad_out)
-    assert out.dtype == torch.float32 and out.shape == ref_out.shape
-    assert rel_err(out, ref_out) <= 1e-5
+    assert out.dtype == torch.float32 and out.shape == ref_out.shape and out.device == device
+    assert rel_err(out.cpu(), ref_out) <= 1e-5
     for name, grad in grads.items():
         assert grad.dtype == tensors[name].dtype, name
-        assert rel_err(grad, ref_grads[name]) <= 1e-5, name
+        assert rel_err(grad.cpu(), ref_grads[name]) <= 1e-5, name
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("distribution", ["uniform", "rademacher"])
-def test_low_precision_error_at_most_twice_naive(backend, dtype, distribution):
+def test_low_precision_error_at_most_twice_naive(device_backend, dtype, distribution):
+    device, backend = device_backend
     case = dict(rank=8, k=96, l=80, in_features=256, out_features=192)
-    tensors, kwargs = _inputs(case, dtype=dtype, lead=(4, 16), seed=1)
+    tensors, kwargs = _inputs(case, dtype=dtype, lead=(4, 16), seed=1, device=device)
     kwargs["distribution"] = distribution
     grad_out = torch.randn(4, 16, case["out_features"], dtype=torch.float64)
-    out, grads = _forward_backward(nola_matmul, tensors, kwargs, grad_out, backend=backend)
-    naive_out, naive_grads = _forward_backward(naive_matmul, tensors, kwargs, grad_out)
+    out, grads = _forward_backward(nola_matmul, tensors, kwargs, grad_out.to(device), backend=backend)
+    # The naive path in the same dtype on the same device sets the bound.
+    naive_out, naive_grads = _forward_backward(naive_matmul, tensors, kwargs, grad_out.to(device))
     ref_out, ref_grads = _forward_backward(naive_matmul, _float64(tensors), kwargs, grad_out)
     assert out.dtype == dtype
-    assert rel_err(out, ref_out) <= 2 * rel_err(naive_out, ref_out)
+    assert rel_err(out.cpu(), ref_out) <= 2 * rel_err(naive_out.cpu(), ref_out)
     for name, grad in grads.items():
         assert grad.dtype == tensors[name].dtype, name
-        assert rel_err(grad, ref_grads[name]) <= 2 * rel_err(naive_grads[name], ref_grads[name]), name
+        bound = 2 * rel_err(naive_grads[name].cpu(), ref_grads[name])
+        assert rel_err(grad.cpu(), ref_grads[name]) <= bound, name
 
 
-def test_gradcheck_float64(backend):
+def test_gradcheck_float64(device_backend):
+    device, backend = device_backend
     case = dict(rank=3, k=4, l=5, in_features=6, out_features=7)
-    tensors, kwargs = _inputs(case, lead=(2, 3))
+    tensors, kwargs = _inputs(case, lead=(2, 3), device=device)
     leaves = [t.double().requires_grad_() for t in tensors.values()]
 
     def fn(x, alpha, beta, a0, b0):
@@ -107,29 +115,34 @@ def test_gradcheck_float64(backend):
     assert torch.autograd.gradcheck(fn, leaves)
 
 
-def test_zero_coefficients_give_zero_update_and_beta_moves_first(backend):
+def test_zero_coefficients_give_zero_update_and_beta_moves_first(device_backend):
     # NOLA's start: alpha = beta = 0 with b0 = 0 gives a zero update; with a0 set, beta moves first.
+    device, backend = device_backend
     case = dict(rank=4, k=10, l=12, in_features=9, out_features=8)
-    tensors, kwargs = _inputs(case)
-    tensors.update(alpha=torch.zeros(10), beta=torch.zeros(12), b0=None)
-    out, grads = _forward_backward(nola_matmul, tensors, kwargs, torch.randn(5, 8), backend=backend)
+    tensors, kwargs = _inputs(case, device=device)
+    tensors.update(alpha=torch.zeros(10, device=device), beta=torch.zeros(12, device=device), b0=None)
+    grad_out = torch.randn(5, 8, device=device)
+    out, grads = _forward_backward(nola_matmul, tensors, kwargs, grad_out, backend=backend)
     assert torch.count_nonzero(out) == 0
     assert torch.count_nonzero(grads["alpha"]) == 0 and torch.count_nonzero(grads["beta"]) == 12
 
 
-def test_one_dimensional_and_empty_inputs(backend):
+def test_one_dimensional_and_empty_inputs(device_backend):
+    device, backend = device_backend
     case = dict(rank=2, k=3, l=4, in_features=5, out_features=6)
-    tensors, kwargs = _inputs(case)
+    tensors, kwargs = _inputs(case, device=device)
     single = tensors["x"][0]
     expected = naive_matmul(**_float64({**tensors, "x": single}), **kwargs)
-    assert rel_err(nola_matmul(**{**tensors, "x": single}, **kwargs, backend=backend), expected) <= 1e-5
-    empty = nola_matmul(**{**tensors, "x": torch.randn(0, 3, 5)}, **kwargs, backend=backend)
+    got = nola_matmul(**{**tensors, "x": single}, **kwargs, backend=backend)
+    assert rel_err(got.cpu(), expected) <= 1e-5
+    empty = nola_matmul(**{**tensors, "x": torch.randn(0, 3, 5, device=device)}, **kwargs, backend=backend)
     assert empty.shape == (0, 3, 6)
 
 
-def test_nan_and_inf_propagate(backend):
+def test_nan_and_inf_propagate(device_backend):
+    device, backend = device_backend
     case = dict(rank=2, k=3, l=4, in_features=5, out_features=6)
-    tensors, kwargs = _inputs(case)
+    tensors, kwargs = _inputs(case, device=device)
     tensors["x"][1, 2] = float("nan")
     tensors["x"][3, 0] = float("inf")
     out = nola_matmul(**tensors, **kwargs, backend=backend)
@@ -140,23 +153,24 @@ def test_nan_and_inf_propagate(backend):
     assert torch.isnan(nola_matmul(**tensors, **kwargs, backend=backend)).all()
 
 
-def test_rademacher_matches_reference(backend):
+def test_rademacher_matches_reference(device_backend):
+    device, backend = device_backend
     case = dict(rank=5, k=33, l=40, in_features=130, out_features=70)
-    tensors, kwargs = _inputs(case)
+    tensors, kwargs = _inputs(case, device=device)
     kwargs["distribution"] = "rademacher"
     grad_out = torch.randn(5, 70, dtype=torch.float64)
-    out, grads = _forward_backward(nola_matmul, tensors, kwargs, grad_out, backend=backend)
+    out, grads = _forward_backward(nola_matmul, tensors, kwargs, grad_out.to(device), backend=backend)
     ref_out, ref_grads = _forward_backward(naive_matmul, _float64(tensors), kwargs, grad_out)
-    assert rel_err(out, ref_out) <= 1e-5
+    assert rel_err(out.cpu(), ref_out) <= 1e-5
     for name, grad in grads.items():
-        assert rel_err(grad, ref_grads[name]) <= 1e-5, name
+        assert rel_err(grad.cpu(), ref_grads[name]) <= 1e-5, name
 
 
-@pytest.fixture(params=["fused", "composed"])
-def path(request, backend):
-    """Both paths of nola_matmul, forced (routing.lowrank_path); "fused" only on backends with fused
-    kernels."""
-    return _path(request.param, backend)
+@pytest.fixture(params=["auto", "fused", "composed"])
+def path(request, device_backend):
+    """The paths of nola_matmul, chosen (auto) or forced (routing.lowrank_path); "fused" only on
+    backends with fused kernels."""
+    return _path(request.param, device_backend.backend)
 
 
 @pytest.fixture(params=["auto", "fused", "composed"])
@@ -181,17 +195,17 @@ def _second_order(tensors, kwargs, probes, fn, **extra):
     return [g.detach() for g in first], {name: t.grad for name, t in leaves.items()}
 
 
-def _check_double_backward(backend, path, device):
+def test_double_backward_matches_float64_reference(device_backend, path):
+    device, backend = device_backend
     case = dict(rank=3, k=5, l=4, in_features=7, out_features=6)
-    tensors, kwargs = _inputs(case, lead=(4,))
-    tensors = {name: t.to(device) for name, t in tensors.items()}
+    tensors, kwargs = _inputs(case, lead=(4,), device=device)
     probes = {name: torch.randn(tensors[name].shape, dtype=torch.float64) for name in ("x", "alpha", "beta")}
     probes["weights"] = torch.randn(4, case["out_features"], dtype=torch.float64)
     with lowrank_path(path):
         first, second = _second_order(
             tensors, kwargs, {n: p.to(device) for n, p in probes.items()}, nola_matmul, backend=backend
         )
-    ref_first, ref_second = _second_order(_float64({n: t.cpu() for n, t in tensors.items()}), kwargs, probes, naive_matmul)
+    ref_first, ref_second = _second_order(_float64(tensors), kwargs, probes, naive_matmul)
     for got, ref in zip(first, ref_first, strict=True):
         assert rel_err(got.cpu(), ref) <= 1e-5
     for name, grad in second.items():
@@ -199,42 +213,35 @@ def _check_double_backward(backend, path, device):
         assert rel_err(grad.cpu(), ref_second[name]) <= 1e-5, name
 
 
-def test_double_backward_matches_float64_reference(backend, path):
-    _check_double_backward(backend, path, "cpu")
-
-
-@pytest.mark.gpu
-def test_double_backward_on_the_gpu(gpu_backend, gpu_path):
-    _check_double_backward(gpu_backend, gpu_path, "cuda")
-
-
-def test_infinite_scaling_gives_the_references_inf_and_nan(backend, path):
+def test_infinite_scaling_gives_the_references_inf_and_nan(device_backend, path):
     # B * inf is +-inf, so each output sums infinities of both signs (NaN) or of one (+-inf).
+    device, backend = device_backend
     case = dict(rank=2, k=3, l=4, in_features=5, out_features=40)
-    tensors, kwargs = _inputs(case)
+    tensors, kwargs = _inputs(case, device=device)
     for scaling in (float("inf"), float("-inf")):
         kwargs["scaling"] = scaling
         with lowrank_path(path):
-            out = nola_matmul(**tensors, **kwargs, backend=backend)
+            out = nola_matmul(**tensors, **kwargs, backend=backend).cpu()
         ref = naive_matmul(**_float64(tensors), **kwargs)
         assert ref.isnan().any() and ref.isinf().any()  # both in the pattern
         assert torch.equal(out.isnan(), ref.isnan())
         assert torch.equal(out.isinf() & (out > 0), ref.isinf() & (ref > 0))
 
 
-def test_add_to_is_the_base_output_plus_delta(backend, path):
+def test_add_to_is_the_base_output_plus_delta(device_backend, path):
+    device, backend = device_backend
     case = dict(rank=4, k=10, l=12, in_features=9, out_features=8)
-    tensors, kwargs = _inputs(case, lead=(3, 5))
-    tensors["add_to"] = torch.randn(3, 5, 8)
-    grad_out = torch.randn(3, 5, 8, dtype=torch.float64)
+    tensors, kwargs = _inputs(case, lead=(3, 5), device=device)
+    tensors["add_to"] = torch.randn(3, 5, 8, device=device)
+    grad_out = torch.randn(3, 5, 8, dtype=torch.float64, device=device)
     with lowrank_path(path):
         out, grads = _forward_backward(nola_matmul, tensors, kwargs, grad_out, backend=backend)
     ref_tensors = _float64({name: t for name, t in tensors.items() if name != "add_to"})
-    ref = tensors["add_to"].double() + naive_matmul(**ref_tensors, **kwargs)
-    assert rel_err(out, ref) <= 1e-5
+    ref = tensors["add_to"].cpu().double() + naive_matmul(**ref_tensors, **kwargs)
+    assert rel_err(out.cpu(), ref) <= 1e-5
     assert torch.equal(grads["add_to"], grad_out.float())  # the add passes the gradient on as it is
     with pytest.raises(ValueError, match="add_to must have shape \\(3, 5, 8\\)"):
-        nola_matmul(**{**tensors, "add_to": torch.randn(3, 8)}, **kwargs, backend=backend)
+        nola_matmul(**{**tensors, "add_to": torch.randn(3, 8, device=device)}, **kwargs, backend=backend)
 
 
 @pytest.mark.gpu
