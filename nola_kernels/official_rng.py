@@ -114,6 +114,8 @@ def official_basis(
     i0..i1-1 (CudaLayout only: torch's generator draws the whole tensor in one go)."""
     layout = resolve_layout(layout)
     check_uniform_rule(uniform_rule, layout)
+    if layout == GENERATOR and basis_range not in (None, (0, k)):
+        raise ValueError(f"basis_range needs a CudaLayout: torch's generator draws all {k} matrices at once")
     if layout == GENERATOR:
         generator = torch.Generator(device).manual_seed(seed)
         basis = torch.empty(k, *shape, dtype=dtype, device=device).uniform_(-1, 1, generator=generator)

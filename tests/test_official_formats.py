@@ -169,3 +169,19 @@ def test_uniform_rule_is_checked_before_any_work():
         official_basis(1, 2, (3, 4), layout="A100", uniform_rule="old")
     with pytest.raises(ValueError, match=r"uniform_rule='legacy' .* needs a CudaLayout"):
         official_factors(llama_state(), layout="generator", uniform_rule="legacy")
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("seed", torch.zeros(0, dtype=torch.int64), r"lora_A\.seed must hold one non-negative integer"),
+        ("seed", torch.tensor([1.5]), r"lora_A\.seed must hold one non-negative integer"),
+        ("coefficients", torch.zeros(0), r"lora_A\.coefficients must be a non-empty 1-D float tensor"),
+        ("weight", torch.zeros(3), r"lora_A\.weight must be a 2-D float matrix"),
+    ],
+)
+def test_malformed_fields_are_refused_before_any_basis_is_drawn(field, value, message):
+    state = official_gpt2_state(GPT2_ADAPTERS, blocks=2)
+    state[f"transformer.h.1.attn.nola_value.lora_A.{field}"] = value
+    with pytest.raises(ValueError, match=message):
+        official_factors(state, layout="generator")

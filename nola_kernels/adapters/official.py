@@ -70,7 +70,20 @@ def read_official_checkpoint(source):
             "not an official NOLA checkpoint: every lora_A and lora_B needs coefficients, seed and weight"
             + (f"; incomplete: {', '.join(incomplete)}" if incomplete else "")
         )
+    for name, roles in modules.items():
+        for role, fields in roles.items():
+            _check_fields(f"{name}.lora_{role}", fields)
     return modules
+
+
+def _check_fields(prefix, fields):
+    seed, coefficients, weight = fields["seed"], fields["coefficients"], fields["weight"]
+    if seed.numel() != 1 or seed.dtype.is_floating_point or seed.dtype.is_complex or int(seed.reshape(-1)[0]) < 0:
+        raise ValueError(f"{prefix}.seed must hold one non-negative integer, got {seed.dtype} of shape {tuple(seed.shape)}")
+    if coefficients.dim() != 1 or coefficients.numel() == 0 or not coefficients.dtype.is_floating_point:
+        raise ValueError(f"{prefix}.coefficients must be a non-empty 1-D float tensor, got {tuple(coefficients.shape)}")
+    if weight.dim() != 2 or 0 in weight.shape or not weight.dtype.is_floating_point:
+        raise ValueError(f"{prefix}.weight must be a 2-D float matrix, got {tuple(weight.shape)}")
 
 
 _LAYOUT_REQUIRED = object()
