@@ -23,6 +23,7 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
+from .adapters.copied import copied_modules
 from .adapters.factor_cache import mix_factors, needs_no_gradient
 from .adapters.inject import adapted_modules
 from .backends import native_backends
@@ -55,6 +56,12 @@ def check_row_adapters(model, adapters):
             )
         if layer.row_selection is not None:
             raise RuntimeError(f"{name} already serves per-row adapters: row_adapters blocks do not nest")
+    copied = sorted(copied_modules(model))
+    if copied:
+        raise ValueError(
+            f"the model trains {copied} whole (modules_to_save), which would run the active adapter's "
+            "copy for every row: row_adapters serves adapters without such modules"
+        )
     return layers
 
 

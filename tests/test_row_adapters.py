@@ -318,3 +318,13 @@ def test_dropout_in_training_mode_is_refused():
             model(torch.randn(1, 3, 12))
         model.eval()
         model(torch.randn(1, 3, 12))
+
+
+def test_a_model_with_modules_trained_whole_is_refused():
+    model = served_model("llama")
+    inject(model, ["q_proj"], adapter_name="with_head", modules_to_save=["lm_head"], rank=2, num_basis=8, seed=5)
+    before = snapshot(model)
+    with pytest.raises(ValueError, match=r"trains \['lm_head'\] whole"):
+        with row_adapters(model, ["a", "with_head"]):
+            pass
+    assert snapshot(model) == before
