@@ -121,9 +121,9 @@ def _dot(basis, dense, acc, RADEMACHER: tl.constexpr):
     high, rest, special = _split(dense)
     middle = _tf32(rest)
     if RADEMACHER:
-        step = tl.dot(basis, rest - middle, input_precision="tf32")
+        step = tl.dot(basis, high, input_precision="tf32")
         step = tl.dot(basis, middle, step, input_precision="tf32")
-        return acc + tl.dot(basis, high, step, input_precision="tf32")
+        return acc + tl.dot(basis, rest - middle, step, input_precision="tf32")
     else:
         basis_high = _tf32(basis)
         step = tl.dot(basis_high, middle, input_precision="tf32")
