@@ -1,4 +1,4 @@
-"""The NOLA-Philox v1 basis contract (docs/spec.md), generated block by block in PyTorch.
+"""The NOLA-Philox basis contract (docs/spec.md), generated block by block in PyTorch.
 
 This is the project's one reference generator: every backend must reproduce `basis_block`
 bit for bit. A block is the rectangle of basis indices [i_start, i_stop) by flat positions
@@ -12,15 +12,19 @@ import torch
 
 from .philox import MASK32, philox4x32
 
-DISTRIBUTIONS = ("uniform", "rademacher")
+# v1's distributions, then those v1.1 adds (Philox4x32-7; docs/spec.md, "Distributions").
+V1_DISTRIBUTIONS = ("uniform", "rademacher")
+DISTRIBUTIONS = (*V1_DISTRIBUTIONS, "uniform16_philox7", "rademacher_philox7")
 
 # Counter word 0 is n >> COUNTER_SHIFT: one Philox call gives 4 uniform entries (a float per
-# word) or 128 rademacher entries (32 signs per word).
-COUNTER_SHIFT = {"uniform": 2, "rademacher": 7}
+# word), 8 uniform16 entries (a float per 16-bit half word) or 128 rademacher entries (32 signs
+# per word).
+COUNTER_SHIFT = {"uniform": 2, "rademacher": 7, "uniform16_philox7": 3, "rademacher_philox7": 7}
+PHILOX_ROUNDS = {"uniform": 10, "rademacher": 10, "uniform16_philox7": 7, "rademacher_philox7": 7}
 # Peak temporary bytes per generated float32 entry, as measured with nola_kernels.memory: eight
 # int64 Philox words per call during a round (uniform), or the bit expansion (rademacher).
 # Budgets get a 25% margin; tests/test_memory.py checks that they hold.
-_GENERATION_BYTES = {"uniform": 16, "rademacher": 6.4}
+_GENERATION_BYTES = {"uniform": 16, "rademacher": 6.4, "uniform16_philox7": 12, "rademacher_philox7": 6.4}
 _BUDGET_MARGIN = 1.25
 
 # Default block budgets. CPU: 2 MiB keeps the peak near a tenth of the naive path's at GPT-2
@@ -77,11 +81,8 @@ def basis_block(seed, stream, i_start, i_stop, n_start, n_stop, distribution, de
         torch.arange(i_start, i_stop, dtype=torch.int64, device=device).unsqueeze(1),
         *(torch.tensor(w, dtype=torch.int64, device=device) for w in _split64(stream)),
     )
-    words = philox4x32(counter, _split64(seed))
-    if distribution == "uniform":
-        values = _uniform_from_words(words)
-    else:
-        values = _rademacher_from_words(words)
+    words = philox4x32(counter, _split64(seed), PHILOX_ROUNDS[distribution])
+    values = _VALUES_FROM_WORDS[distribution](words)
     offset = n_start - (q_start << shift)
     return values[:, offset : offset + n_stop - n_start]
 
@@ -96,6 +97,17 @@ def _uniform_from_words(words):
     return out.mul_(2.0**-23).view(rows, 4 * calls)
 
 
+def _uniform16_from_words(words):
+    # Entry 2*w + h of a call is half h of word w (h = 0: the low 16 bits): value =
+    # (m - 2^15) * 2^-15 with m = half | 1, the 16-bit form of the uniform rule above.
+    rows, calls = words[0].shape
+    out = torch.empty(rows, calls, 4, 2, dtype=torch.float32, device=words[0].device)
+    for w, x in enumerate(words):
+        out[:, :, w, 0] = (x & 0xFFFF).bitwise_or_(1).sub_(1 << 15)
+        out[:, :, w, 1] = (x >> 16).bitwise_or_(1).sub_(1 << 15)
+    return out.mul_(2.0**-15).view(rows, 8 * calls)
+
+
 def _rademacher_from_words(words):
     # Entry 32*w + b of a call is bit b of word w: +1 where the bit is 0, -1 where it is 1.
     rows, calls = words[0].shape
@@ -104,6 +116,14 @@ def _rademacher_from_words(words):
     for w, x in enumerate(words):
         out[:, :, w, :] = (x.unsqueeze(-1) >> bit_index).bitwise_and_(1)
     return out.mul_(-2.0).add_(1.0).view(rows, 128 * calls)
+
+
+_VALUES_FROM_WORDS = {
+    "uniform": _uniform_from_words,
+    "rademacher": _rademacher_from_words,
+    "uniform16_philox7": _uniform16_from_words,
+    "rademacher_philox7": _rademacher_from_words,
+}
 
 
 def iter_blocks(k, numel, distribution, budget, dtype=torch.float32, *, row_step=1, col_step=128):

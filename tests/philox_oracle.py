@@ -22,9 +22,14 @@ def philox(counter, key, rounds=10):
 def element(seed, stream, i, n, distribution="uniform"):
     """Entry (i, n) of the basis family (seed, stream), as an exact Fraction."""
     key = (seed % U32, seed // U32)
+    rounds = 7 if distribution.endswith("_philox7") else 10
     if distribution == "uniform":
-        x = philox((n // 4, i, stream % U32, stream // U32), key)[n % 4]
+        x = philox((n // 4, i, stream % U32, stream // U32), key, rounds)[n % 4]
         m = (x // 256) | 1
         return Fraction(m - 2**23, 2**23)
-    x = philox((n // 128, i, stream % U32, stream // U32), key)[(n // 32) % 4]
+    if distribution == "uniform16_philox7":
+        x = philox((n // 8, i, stream % U32, stream // U32), key, rounds)[(n % 8) // 2]
+        m = ((x >> (16 * (n % 2))) % 2**16) | 1
+        return Fraction(m - 2**15, 2**15)
+    x = philox((n // 128, i, stream % U32, stream // U32), key, rounds)[(n // 32) % 4]
     return Fraction(1 if (x >> (n % 32)) & 1 == 0 else -1)

@@ -1,4 +1,4 @@
-"""The NOLA-Philox v1 contract (docs/spec.md): nola_basis on every device against the scalar
+"""The NOLA-Philox contract (docs/spec.md): nola_basis on every device against the scalar
 oracle, element by element, at the edges of every counter word; and block generation independent
 of the blocking."""
 
@@ -9,9 +9,7 @@ from hypothesis import strategies as st
 from philox_oracle import element
 
 from nola_kernels import nola_basis
-from nola_kernels.basis import basis_block, iter_blocks
-
-DISTRIBUTIONS = ["uniform", "rademacher"]
+from nola_kernels.basis import DISTRIBUTIONS, basis_block, iter_blocks
 
 
 def _check_against_oracle(seed, k, shape, stream, distribution, indices, device):
@@ -126,3 +124,20 @@ def test_basis_does_not_depend_on_thread_count():
         assert torch.equal(nola_basis(8, 16, (64, 64)), reference)
     finally:
         torch.set_num_threads(threads)
+
+
+# docs/spec.md's known answers: family seed 42, stream 0, basis index 1, positions 0..7.
+KNOWN_ANSWERS = {
+    "uniform": ([-4005703, -147619, -5249223, -1396989, -6159485, -1539841, 1306421, 5936315], 2.0**-23),
+    "rademacher": ([-1, -1, 1, 1, -1, -1, 1, -1], 1.0),
+    "uniform16_philox7": ([-29195, -741, -1501, -16105, -19521, -19267, -32293, 4387], 2.0**-15),
+    "rademacher_philox7": ([-1, 1, -1, 1, -1, -1, -1, -1], 1.0),
+}
+
+
+@pytest.mark.parametrize("distribution", DISTRIBUTIONS)
+def test_known_answers(distribution):
+    integers, unit = KNOWN_ANSWERS[distribution]
+    expected = torch.tensor(integers, dtype=torch.float32) * unit
+    assert torch.equal(nola_basis(42, 2, (1, 8), distribution=distribution)[1, 0], expected)
+    assert [element(42, 0, 1, n, distribution) * (1 / unit) for n in range(8)] == integers
