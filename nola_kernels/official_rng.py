@@ -104,6 +104,20 @@ def cuda_uniform(seed, start, stop, numel, layout, device=None):
     return torch.where(value == 1, -1.0, value)
 
 
+# The dtypes whose CUDA uniform_ takes four float32 draws per Philox call, as cuda_uniform does
+# (float64 takes two 53-bit draws per call: another layout, not emulated).
+LAYOUT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def check_layout_dtype(dtype, layout, name="dtype"):
+    if layout != GENERATOR and dtype not in LAYOUT_DTYPES:
+        raise ValueError(
+            f"{name} must be one of {[str(d) for d in LAYOUT_DTYPES]} with a CudaLayout (a GPU draws "
+            f"float64 in another layout), got {dtype}"
+        )
+    return dtype
+
+
 def official_basis(
     seed, k, shape, *, layout, device="cpu", dtype=torch.float32, basis_range=None, uniform_rule="current"
 ):
@@ -114,6 +128,7 @@ def official_basis(
     i0..i1-1 (CudaLayout only: torch's generator draws the whole tensor in one go)."""
     layout = resolve_layout(layout)
     check_uniform_rule(uniform_rule, layout)
+    check_layout_dtype(dtype, layout)
     if layout == GENERATOR and basis_range not in (None, (0, k)):
         raise ValueError(f"basis_range needs a CudaLayout: torch's generator draws all {k} matrices at once")
     if layout == GENERATOR:
@@ -130,21 +145,61 @@ def official_basis(
     return basis.float().mul_(1.0 / math.sqrt(k)).to(dtype)
 
 
-def official_mix(coefficients, seed, shape, *, layout, device="cpu", dtype=torch.float32, uniform_rule="current"):
-    """sum_i c_i U_i / sqrt(k) over the official basis, in float32; with a CudaLayout the basis
-    is generated a block of matrices at a time (about LAYOUT_BLOCK_ENTRIES entries)."""
-    layout = resolve_layout(layout)
-    k = coefficients.numel()
-    coefficients = coefficients.to(device, torch.float32)
+def basis_blocks(k, shape, layout, block_entries=None):
+    """The (i0, i1) ranges of basis matrices generated at a time: all k with layout="generator"
+    (torch's generator draws the whole tensor), else about `block_entries` entries
+    (LAYOUT_BLOCK_ENTRIES by default), at least one matrix."""
     if layout == GENERATOR:
-        blocks = [(0, k)]
-    else:
-        step = max(1, LAYOUT_BLOCK_ENTRIES // (shape[0] * shape[1]))
-        blocks = [(i0, min(i0 + step, k)) for i0 in range(0, k, step)]
-    out = torch.zeros(shape, dtype=torch.float32, device=device)
-    for i0, i1 in blocks:
-        basis = official_basis(
-            seed, k, shape, layout=layout, device=device, dtype=dtype, basis_range=(i0, i1), uniform_rule=uniform_rule
-        )
-        out += torch.einsum("b,boi->oi", coefficients[i0:i1], basis.float())
-    return out
+        return [(0, k)]
+    step = max(1, (block_entries or LAYOUT_BLOCK_ENTRIES) // (shape[0] * shape[1]))
+    return [(i0, min(i0 + step, k)) for i0 in range(0, k, step)]
+
+
+@dataclasses.dataclass(frozen=True)
+class OfficialBasis:
+    """Where one factor's official basis comes from: `seed`, k matrices of `shape`, drawn as
+    `layout` draws them in `dtype` under `uniform_rule`, generated `block_entries` at a time."""
+
+    seed: int
+    k: int
+    shape: tuple
+    layout: object
+    dtype: torch.dtype = torch.float32
+    uniform_rule: str = "current"
+    block_entries: int = None
+
+    def blocks(self, device):
+        """(i0, i1, basis matrices i0..i1-1 as float32) on `device`, block by block."""
+        for i0, i1 in basis_blocks(self.k, self.shape, self.layout, self.block_entries):
+            basis = official_basis(
+                self.seed, self.k, self.shape, layout=self.layout, device=device, dtype=self.dtype,
+                basis_range=(i0, i1), uniform_rule=self.uniform_rule,
+            )  # fmt: skip
+            yield i0, i1, basis.float()
+
+    def mix(self, coefficients):
+        """sum_i c_i U_i (float32 coefficients) in float32, on the coefficients' device."""
+        out = torch.zeros(self.shape, dtype=torch.float32, device=coefficients.device)
+        for i0, i1, block in self.blocks(coefficients.device):
+            out += torch.einsum("b,boi->oi", coefficients[i0:i1], block)
+        return out
+
+    def project(self, grad):
+        """sum_{o,i} grad[o, i] U_b[o, i] for each b, in float32: the gradient of the mix with
+        respect to its coefficients, over the same blocks as the mix."""
+        grad = grad.float()
+        out = torch.empty(self.k, dtype=torch.float32, device=grad.device)
+        for i0, i1, block in self.blocks(grad.device):
+            out[i0:i1] = torch.einsum("boi,oi->b", block, grad)
+        return out
+
+
+def official_mix(
+    coefficients, seed, shape, *, layout, device="cpu", dtype=torch.float32, uniform_rule="current", block_entries=None
+):
+    """sum_i c_i U_i / sqrt(k) over the official basis, in float32; with a CudaLayout the basis
+    is generated a block of matrices at a time (about `block_entries` entries,
+    LAYOUT_BLOCK_ENTRIES by default)."""
+    layout = resolve_layout(layout)
+    basis = OfficialBasis(seed, coefficients.numel(), tuple(shape), layout, dtype, uniform_rule, block_entries)
+    return basis.mix(coefficients.to(device, torch.float32))

@@ -51,22 +51,20 @@ def _mix_materialized(coeffs, basis):
 class _OfficialMix(torch.autograd.Function):
     """The official NOLA generation: seed a torch generator, draw the whole (k, R, C) basis with
     uniform_(-1, 1), scale by 1/sqrt(k), einsum; the backward draws it all again (its einsum
-    also copies the basis once, as the official backward's permuted copy does)."""
+    also copies the basis once, as the official backward's permuted copy does). The generator is
+    a private one instead of the official torch.manual_seed: the same stream and cost, without
+    clobbering the caller's global RNG."""
 
     @staticmethod
     def forward(ctx, coeffs, seed, shape):
         ctx.seed, ctx.k, ctx.shape = seed, coeffs.numel(), shape
-        return torch.einsum("k,krc->rc", coeffs, _official_basis(seed, ctx.k, shape, coeffs))
+        basis = official_basis(seed, ctx.k, shape, layout=GENERATOR, device=coeffs.device, dtype=coeffs.dtype)
+        return torch.einsum("k,krc->rc", coeffs, basis)
 
     @staticmethod
     def backward(ctx, grad):
-        return torch.einsum("krc,rc->k", _official_basis(ctx.seed, ctx.k, ctx.shape, grad), grad), None, None
-
-
-def _official_basis(seed, k, shape, like):
-    # A private generator instead of the official torch.manual_seed: the same stream and cost,
-    # without clobbering the caller's global RNG.
-    return official_basis(seed, k, shape, layout=GENERATOR, device=like.device, dtype=like.dtype)
+        basis = official_basis(ctx.seed, ctx.k, ctx.shape, layout=GENERATOR, device=grad.device, dtype=grad.dtype)
+        return torch.einsum("krc,rc->k", basis, grad), None, None
 
 
 def official_matmul(x, alpha, beta, *, seed_a, seed_b, rank, out_features, scaling=1.0, a0=None, b0=None):

@@ -1,0 +1,73 @@
+"""The drop-in for the official NOLA layers (nola_kernels.compat.official) against the official
+way (tests/official_layers.py: the whole basis drawn in forward and again in backward), on the
+CPU: one LoRA(use_nola=True) forward + backward, time and peak memory.
+
+- official: torch's CPU generator, the whole basis (what the official code does on the CPU);
+- dropin-generator: the drop-in's CPU default, the same numbers, also drawn whole;
+- dropin-H200: the drop-in reproducing an H200's numbers, generated a block at a time.
+
+Run with `python -m pytest bench/test_bench_official.py --benchmark-only`; each case's peak
+bytes are in its extra_info (`--benchmark-json`) and printed.
+"""
+
+import dataclasses
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from nola_kernels.compat.official import LoRA
+from nola_kernels.memory import peak_memory
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from official_layers import Draw, OfficialLoRA
+
+ROUNDS = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    label: str
+    features: int  # in = out
+    rank: int
+    k: int
+    tokens: int
+
+
+CASES = [Case("gpt2-medium-qv", 1024, 8, 512, 256), Case("small", 256, 4, 128, 64)]
+IMPLEMENTATIONS = {
+    "official": lambda c: OfficialLoRA(c.features, c.features, use_nola=True, num_basis=c.k, rank=c.rank, draw=Draw()),
+    "dropin-generator": lambda c: LoRA(c.features, c.features, use_nola=True, num_basis=c.k, rank=c.rank),
+    "dropin-H200": lambda c: LoRA(c.features, c.features, use_nola=True, num_basis=c.k, rank=c.rank, layout="H200"),
+}
+
+
+@pytest.mark.parametrize("implementation", list(IMPLEMENTATIONS))
+@pytest.mark.parametrize("case", CASES, ids=[c.label for c in CASES])
+def test_official_forward_backward(benchmark, capsys, case, implementation):
+    torch.manual_seed(0)
+    module = IMPLEMENTATIONS[implementation](case)
+    with torch.no_grad():
+        for layer in (module.lora_A, module.lora_B):
+            layer.coefficients.normal_()
+            layer.weight.normal_(0, 0.02)
+    x = torch.randn(case.tokens, case.features)
+    grad = torch.randn(case.tokens, case.features)
+
+    def step():
+        module.zero_grad(set_to_none=True)
+        module(x).backward(grad)
+        return module.lora_A.coefficients.grad
+
+    benchmark.group = f"cpu {case.label} forward_backward"
+    computed = benchmark.pedantic(step, rounds=ROUNDS, warmup_rounds=1, iterations=1)
+    assert torch.isfinite(computed).all()
+    _, peak_bytes = peak_memory(step, "cpu")
+    info = dict(implementation=implementation, **dataclasses.asdict(case), dtype="float32", peak_bytes=peak_bytes)
+    if benchmark.stats is not None:
+        info["median_s"] = benchmark.stats.stats.median
+    benchmark.extra_info.update(info)
+    with capsys.disabled():
+        median = f"{info['median_s'] * 1e3:9.1f} ms" if "median_s" in info else "untimed"
+        print(f"\n{case.label:16} {implementation:18} {median}  peak {peak_bytes / 2**20:8.1f} MiB")
