@@ -9,7 +9,7 @@ import torch
 from numerics import rel_err, rounding_bound
 from official_layers import Draw, OfficialLoRA, OfficialNOLALinear
 
-from nola_kernels.compat.official import GenerateParams, Generation, LoRA, NOLALinear
+from nola_kernels.compat.official import GenerateParams, Generation, LoRA, NOLALinear, official_basis_of
 from nola_kernels.official_rng import CudaLayout
 
 IN, OUT, RANK, K, ALPHA = 40, 24, 4, 16, 2.0
@@ -93,6 +93,23 @@ def test_outputs_gradients_and_global_generator_match_the_official_layer(draw, g
         if same_order and name in ("y", "x.grad"):
             assert torch.equal(ours_value, official_value), name
     assert torch.equal(computed[-1], expected[-1])  # the global generator reseeded as the official code does
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
+@pytest.mark.parametrize(
+    "draw, generation",
+    [(Draw(), Generation()), (Draw(LAYOUT), Generation(LAYOUT, block_entries=SMALL)),
+     (Draw(LAYOUT, "legacy"), Generation(LAYOUT, "legacy", block_entries=SMALL))],
+    ids=["cpu-generator", "gpu-layout", "gpu-layout-legacy"],
+)  # fmt: skip
+def test_the_basis_is_the_official_one_bit_for_bit(draw, generation, dtype):
+    coefficients = torch.randn(K, dtype=dtype)
+    seed = 8_765_432_109  # above 2^32: both key words
+    basis = official_basis_of(coefficients, OUT, IN, seed, generation)
+    blocks = list(basis.blocks(coefficients.device))
+    assert len(blocks) == (1 if draw.layout is None else K)  # SMALL < OUT * IN: one matrix a block
+    generated = torch.cat([block for _, _, block in blocks]).to(dtype)
+    assert torch.equal(generated, draw.basis(seed, K, OUT, IN, coefficients))
 
 
 @pytest.mark.parametrize("uniform_rule", ["current", "legacy"])
@@ -222,8 +239,6 @@ def test_on_a_gpu_against_torchs_own_generator(dtype):
     x, grad = (t.cuda() for t in inputs(dtype))
     layer = ours.lora_A
     generation = ours.lora_A.generation
-    from nola_kernels.compat.official import official_basis_of
-
     basis = official_basis_of(layer.coefficients, layer.out_features, layer.in_features, layer.seed, generation)
     blocks = torch.cat([block for _, _, block in basis.blocks(x.device)]).to(dtype)
     drawn = Draw().basis(layer.seed, K, layer.out_features, layer.in_features, layer.coefficients)
