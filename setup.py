@@ -90,7 +90,10 @@ setup(
     name="nola_kernels",
     version="0.1.0",
     description="Fused NOLA kernels: LoRA factors as coefficients of on-the-fly Philox random bases",
-    packages=["nola_kernels", "nola_kernels.adapters", "nola_kernels.backends", "nola_kernels.triton_kernels"],
+    packages=[
+        "nola_kernels", "nola_kernels.adapters", "nola_kernels.backends", "nola_kernels.compat",
+        "nola_kernels.triton_kernels",
+    ],
     # The Triton kernels live in triton/kernels/ (triton/ itself has no __init__.py, so that
     # `import triton` from the repository root still finds the real Triton).
     package_dir={"nola_kernels.triton_kernels": "triton/kernels"},

@@ -187,10 +187,11 @@ class OfficialBasis:
     def project(self, grad):
         """sum_{o,i} grad[o, i] U_b[o, i] for each b, in float32: the gradient of the mix with
         respect to its coefficients, over the same blocks as the mix."""
-        grad = grad.float()
+        grad = grad.float().reshape(-1)
         out = torch.empty(self.k, dtype=torch.float32, device=grad.device)
         for i0, i1, block in self.blocks(grad.device):
-            out[i0:i1] = torch.einsum("boi,oi->b", block, grad)
+            # mv, not einsum("boi,oi->b"): on the CPU that einsum runs about 10x slower.
+            torch.mv(block.view(i1 - i0, -1), grad, out=out[i0:i1])
         return out
 
 

@@ -164,8 +164,13 @@ def test_construction_draws_and_state_dict_keys_are_the_official_ones(tmp_path):
     official_linear = OfficialNOLALinear(IN, OUT, num_basis=K, bias=True)
     ours_linear = NOLALinear(IN, OUT, num_basis=K, bias=True)
     assert list(ours_linear.state_dict()) == list(official_linear.state_dict()) == ["weight", "bias", "seed", "coefficients"]
+    with torch.no_grad():
+        official_linear.coefficients.normal_()
+        official_linear.bias.normal_()  # the official forward ignores it
     ours_linear.load_state_dict(official_linear.state_dict(), strict=True)
     assert not ours_linear.weight.requires_grad and ours_linear.coefficients.requires_grad
+    x = torch.randn(3, IN)
+    assert torch.equal(ours_linear(x), official_linear(x))
 
 
 def test_the_global_generator_stays_untouched_on_request():
