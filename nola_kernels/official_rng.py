@@ -132,8 +132,7 @@ def official_basis(
     if layout == GENERATOR and basis_range not in (None, (0, k)):
         raise ValueError(f"basis_range needs a CudaLayout: torch's generator draws all {k} matrices at once")
     if layout == GENERATOR:
-        generator = torch.Generator(device).manual_seed(seed)
-        basis = torch.empty(k, *shape, dtype=dtype, device=device).uniform_(-1, 1, generator=generator)
+        basis = _drawn(torch.Generator(device).manual_seed(seed), k, shape, dtype, device)
     else:
         i0, i1 = basis_range or (0, k)
         per_matrix = shape[0] * shape[1]
@@ -141,16 +140,21 @@ def official_basis(
         if uniform_rule == "current":
             basis = torch.where(basis == 1, -1.0, basis).to(dtype)
         basis = basis.view(i1 - i0, *shape)
+    return _scaled(basis, k, dtype)
+
+
+def _drawn(generator, count, shape, dtype, device):
+    return torch.empty(count, *shape, dtype=dtype, device=device).uniform_(-1, 1, generator=generator)
+
+
+def _scaled(basis, k, dtype):
     # float() is a copy only for half precision: the scaling rounds once, from float32.
     return basis.float().mul_(1.0 / math.sqrt(k)).to(dtype)
 
 
-def basis_blocks(k, shape, layout, block_entries=None):
-    """The (i0, i1) ranges of basis matrices generated at a time: all k with layout="generator"
-    (torch's generator draws the whole tensor), else about `block_entries` entries
+def basis_blocks(k, shape, block_entries=None):
+    """The (i0, i1) ranges of basis matrices generated at a time: about `block_entries` entries
     (LAYOUT_BLOCK_ENTRIES by default), at least one matrix."""
-    if layout == GENERATOR:
-        return [(0, k)]
     step = max(1, (block_entries or LAYOUT_BLOCK_ENTRIES) // (shape[0] * shape[1]))
     return [(i0, min(i0 + step, k)) for i0 in range(0, k, step)]
 
@@ -168,13 +172,31 @@ class OfficialBasis:
     uniform_rule: str = "current"
     block_entries: int = None
 
+    def __post_init__(self):
+        object.__setattr__(self, "layout", resolve_layout(self.layout))
+        check_uniform_rule(self.uniform_rule, self.layout)
+        check_layout_dtype(self.dtype, self.layout)
+
     def blocks(self, device):
-        """(i0, i1, basis matrices i0..i1-1 as float32) on `device`, block by block."""
-        for i0, i1 in basis_blocks(self.k, self.shape, self.layout, self.block_entries):
-            basis = official_basis(
-                self.seed, self.k, self.shape, layout=self.layout, device=device, dtype=self.dtype,
-                basis_range=(i0, i1), uniform_rule=self.uniform_rule,
-            )  # fmt: skip
+        """(i0, i1, basis matrices i0..i1-1 as float32) on `device`, block by block; the whole
+        basis at once only for torch's generator on a GPU, which spreads a draw over a launch
+        grid that depends on the draw's size."""
+        device = torch.device(device)
+        if self.layout == GENERATOR and device.type != "cpu":
+            basis = official_basis(self.seed, self.k, self.shape, layout=GENERATOR, device=device, dtype=self.dtype)
+            yield 0, self.k, basis.float()
+            return
+        # The CPU's generator (mt19937) fills a tensor in order, one draw per element: blocks
+        # drawn one after another from one generator are the whole draw's numbers.
+        generator = torch.Generator(device).manual_seed(self.seed) if self.layout == GENERATOR else None
+        for i0, i1 in basis_blocks(self.k, self.shape, self.block_entries):
+            if generator is None:
+                basis = official_basis(
+                    self.seed, self.k, self.shape, layout=self.layout, device=device, dtype=self.dtype,
+                    basis_range=(i0, i1), uniform_rule=self.uniform_rule,
+                )  # fmt: skip
+            else:
+                basis = _scaled(_drawn(generator, i1 - i0, self.shape, self.dtype, device), self.k, self.dtype)
             yield i0, i1, basis.float()
 
     def mix(self, coefficients):
@@ -198,9 +220,8 @@ class OfficialBasis:
 def official_mix(
     coefficients, seed, shape, *, layout, device="cpu", dtype=torch.float32, uniform_rule="current", block_entries=None
 ):
-    """sum_i c_i U_i / sqrt(k) over the official basis, in float32; with a CudaLayout the basis
-    is generated a block of matrices at a time (about `block_entries` entries,
-    LAYOUT_BLOCK_ENTRIES by default)."""
-    layout = resolve_layout(layout)
+    """sum_i c_i U_i / sqrt(k) over the official basis, in float32, the basis generated a block
+    of matrices at a time (about `block_entries` entries, LAYOUT_BLOCK_ENTRIES by default), but
+    for torch's generator on a GPU (OfficialBasis.blocks)."""
     basis = OfficialBasis(seed, coefficients.numel(), tuple(shape), layout, dtype, uniform_rule, block_entries)
     return basis.mix(coefficients.to(device, torch.float32))

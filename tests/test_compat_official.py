@@ -66,8 +66,8 @@ def inputs(dtype):
 
 
 CASES = [
-    pytest.param(Draw(), dict(layout="generator"), True, id="cpu-generator"),
-    pytest.param(Draw(), dict(), True, id="cpu-default-layout"),
+    pytest.param(Draw(), dict(layout="generator", block_entries=WHOLE), True, id="cpu-generator-one-block"),
+    pytest.param(Draw(), dict(block_entries=SMALL), False, id="cpu-default-layout-blocks"),
     pytest.param(Draw(LAYOUT), dict(layout=LAYOUT, block_entries=WHOLE), True, id="gpu-layout-one-block"),
     pytest.param(Draw(LAYOUT), dict(layout=LAYOUT, block_entries=SMALL), False, id="gpu-layout-blocks"),
 ]
@@ -95,10 +95,10 @@ def test_outputs_gradients_and_global_generator_match_the_official_layer(draw, g
     assert torch.equal(computed[-1], expected[-1])  # the global generator reseeded as the official code does
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize(
     "draw, generation",
-    [(Draw(), Generation()), (Draw(LAYOUT), Generation(LAYOUT, block_entries=SMALL)),
+    [(Draw(), Generation(block_entries=SMALL)), (Draw(LAYOUT), Generation(LAYOUT, block_entries=SMALL)),
      (Draw(LAYOUT, "legacy"), Generation(LAYOUT, "legacy", block_entries=SMALL))],
     ids=["cpu-generator", "gpu-layout", "gpu-layout-legacy"],
 )  # fmt: skip
@@ -107,7 +107,7 @@ def test_the_basis_is_the_official_one_bit_for_bit(draw, generation, dtype):
     seed = 8_765_432_109  # above 2^32: both key words
     basis = official_basis_of(coefficients, OUT, IN, seed, generation)
     blocks = list(basis.blocks(coefficients.device))
-    assert len(blocks) == (1 if draw.layout is None else K)  # SMALL < OUT * IN: one matrix a block
+    assert len(blocks) == K  # SMALL < OUT * IN: one matrix a block
     generated = torch.cat([block for _, _, block in blocks]).to(dtype)
     assert torch.equal(generated, draw.basis(seed, K, OUT, IN, coefficients))
 

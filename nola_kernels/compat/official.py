@@ -10,11 +10,13 @@ in place of the official definitions (for the LLaMA code, set `peft.tuners.lora.
 
 Which numbers: the official code draws each basis with torch's global generator on the device the
 layer runs on. `layout=None` (the default) assumes just that: on a CUDA device, that GPU's layout
-(CudaLayout.of_device), emulated a block at a time; elsewhere torch's own generator on that device
-(mt19937 on the CPU), which draws the whole (k, out, in) tensor as the official code does, since
-its numbers come in one sequence. A checkpoint trained on another GPU model needs that GPU's
-layout: `layout="A100"` (a GPU_LAYOUTS name) or a CudaLayout; `layout="generator"` asks for
-torch's generator wherever the layer runs. `uniform_rule` is torch's rule for a half-precision
+(CudaLayout.of_device), emulated a block at a time; on the CPU, torch's CPU generator (mt19937),
+a block at a time from one generator (it fills a tensor in order, one draw per element, so
+consecutive blocks are the whole draw's numbers); on another device, torch's generator there,
+drawing the whole tensor. A checkpoint trained on another GPU model needs that GPU's layout:
+`layout="A100"` (a GPU_LAYOUTS name) or a CudaLayout; `layout="generator"` asks for torch's
+generator wherever the layer runs (on a GPU the whole tensor at once: its draw's layout depends
+on the draw's size). `uniform_rule` is torch's rule for a half-precision
 value that rounds to 1 ("current": torch >= 2.1; "legacy": torch <= 2.0, the official LLaMA runs).
 
 As in the official code: the basis is drawn in the coefficients' dtype (bfloat16 once the module
@@ -40,7 +42,7 @@ from ..official_rng import (
     resolve_layout,
 )
 
-# Basis entries generated at a time with a CudaLayout, by device type. The emulation holds about
+# Basis entries generated at a time, by device type. The emulation of a CudaLayout holds about
 # 104 bytes of int64 temporaries per entry; on the CPU its int64 operations run fastest on blocks
 # that stay in cache (2^14 entries: about 130 ns per entry on one core, 2^18: about 600). On CUDA
 # bigger blocks take fewer kernel launches (2^20: not yet measured).
@@ -52,8 +54,7 @@ _SEED_BOUND = int(1e10)  # the official seeds: torch.randint(int(1e10), (1,))
 class Generation:
     """How the drop-in generates a basis: `layout` (None: the device's own, see the module's
     docstring), `uniform_rule`, whether each call reseeds torch's global generator as the
-    official code does, and the basis entries per block of a CudaLayout (None: BLOCK_ENTRIES
-    of the device)."""
+    official code does, and the basis entries per block (None: BLOCK_ENTRIES of the device)."""
 
     layout: object = None
     uniform_rule: str = "current"
