@@ -13,6 +13,8 @@ from nola_kernels.compat.official import GenerateParams, Generation, LoRA, NOLAL
 from nola_kernels.official_rng import CudaLayout
 
 IN, OUT, RANK, K, ALPHA = 40, 24, 4, 16, 2.0
+BATCH = (2, 5)
+TOKENS = BATCH[0] * BATCH[1]
 LAYOUT = CudaLayout(1, 256)  # T = 256 threads: bases of a few thousand entries span many loop steps
 WHOLE = 1 << 30  # block_entries for one block per basis
 SMALL = 300  # block_entries for several blocks per basis
@@ -61,8 +63,8 @@ def float64_run(module, draw, x, grad):
 
 def inputs(dtype):
     generator = torch.Generator().manual_seed(5)
-    x = torch.randn(2, 5, IN, generator=generator).to(dtype)
-    return x, torch.randn(2, 5, OUT, generator=generator).to(dtype)
+    x = torch.randn(*BATCH, IN, generator=generator).to(dtype)
+    return x, torch.randn(*BATCH, OUT, generator=generator).to(dtype)
 
 
 CASES = [
@@ -83,7 +85,7 @@ def test_outputs_gradients_and_global_generator_match_the_official_layer(draw, g
     # Forward and the input gradient: the same sums in the same order when the mix is one einsum
     # over the whole basis; the coefficients' gradients: another BLAS call than the official one.
     bounds = [rounding_bound(torch.float32, K, IN, RANK), rounding_bound(torch.float32, OUT, RANK, K, IN)]
-    bounds += [rounding_bound(torch.float32, OUT, 10, RANK * IN), rounding_bound(torch.float32, 10, OUT * RANK)]
+    bounds += [rounding_bound(torch.float32, OUT, TOKENS, RANK * IN), rounding_bound(torch.float32, TOKENS, OUT * RANK)]
     names = ("y", "x.grad", "A", "B")
     for name, ours_value, official_value, exact, bound in zip(
         names, computed[:4], expected[:4], reference, bounds, strict=True
@@ -124,13 +126,13 @@ def test_bfloat16_under_both_uniform_rules(uniform_rule):
         assert ours_value.dtype == torch.bfloat16
         assert rel_err(official_value, exact) <= bound
         assert rel_err(ours_value, exact) <= bound
-    _, other = layer_pair(draw, dtype=torch.bfloat16, layout=LAYOUT, uniform_rule={"current": "legacy"}.get(
-        uniform_rule, "current"))  # fmt: skip
+    other_rule = "legacy" if uniform_rule == "current" else "current"
+    _, other = layer_pair(draw, dtype=torch.bfloat16, layout=LAYOUT, uniform_rule=other_rule)
     assert not torch.equal(run(other, x, grad)[0], computed[0])  # the rule reaches the basis
 
 
 def test_bfloat16_with_the_cpu_generator():
-    official, ours = layer_pair(Draw(), dtype=torch.bfloat16)
+    official, ours = layer_pair(Draw(), dtype=torch.bfloat16, block_entries=SMALL)
     x, grad = inputs(torch.bfloat16)
     expected, computed = run(official, x, grad), run(ours, x, grad)
     reference = float64_run(official, Draw(), x, grad)
