@@ -244,12 +244,11 @@ def test_on_a_gpu_against_torchs_own_generator(dtype):
     official, ours = layer_pair(Draw(), dtype=dtype, block_entries=SMALL)
     official, ours = official.cuda(), ours.cuda()
     x, grad = (t.cuda() for t in inputs(dtype))
-    layer = ours.lora_A
-    generation = ours.lora_A.generation
-    basis = official_basis_of(layer.coefficients, layer.out_features, layer.in_features, layer.seed, generation)
-    blocks = torch.cat([block for _, _, block in basis.blocks(x.device)]).to(dtype)
-    drawn = Draw().basis(layer.seed, K, layer.out_features, layer.in_features, layer.coefficients)
-    assert torch.equal(blocks, drawn)
+    for layer in (ours.lora_A, ours.lora_B):
+        shape = (layer.out_features, layer.in_features)
+        basis = official_basis_of(layer.coefficients, *shape, layer.seed, layer.generation)
+        blocks = torch.cat([block for _, _, block in basis.blocks(x.device)]).to(dtype)
+        assert torch.equal(blocks, Draw().basis(layer.seed, K, *shape, layer.coefficients))
     expected, computed = run(official, x, grad), run(ours, x, grad)
     reference = float64_run(official, Draw(), x, grad)
     bound = rounding_bound(dtype, K, IN, RANK, OUT) + rounding_bound(torch.float32, IN * OUT)
