@@ -10,6 +10,7 @@ from numerics import rel_err, rounding_bound
 from official_layers import Draw, OfficialLoRA, OfficialNOLALinear
 
 from nola_kernels.compat.official import GenerateParams, Generation, LoRA, NOLALinear, official_basis_of
+from nola_kernels.memory import peak_memory
 from nola_kernels.official_rng import CudaLayout
 
 IN, OUT, RANK, K, ALPHA = 40, 24, 4, 16, 2.0
@@ -256,3 +257,17 @@ def test_on_a_gpu_against_torchs_own_generator(dtype):
         assert rel_err(official_value, exact) <= bound
         assert rel_err(ours_value, exact) <= bound
     assert torch.equal(computed[-1], expected[-1])
+
+
+@pytest.mark.parametrize("layout", ["generator", LAYOUT], ids=["cpu-generator", "gpu-layout"])
+def test_the_basis_is_never_held_whole(layout):
+    k, shape = 128, (16, 128)  # a 1 MiB float32 basis; blocks of 4096 entries: 0.4 MiB of emulation
+    coefficients = torch.randn(k, requires_grad=True)
+    grad = torch.randn(shape)
+    generation = Generation(layout, reseed_global_rng=False, block_entries=4096)
+
+    def step():
+        GenerateParams.apply(coefficients, *shape, 7, generation).backward(grad)
+
+    _, peak_bytes = peak_memory(step, "cpu")
+    assert 0 < peak_bytes < k * shape[0] * shape[1] * 4 / 2
