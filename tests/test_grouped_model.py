@@ -25,7 +25,9 @@ from nola_kernels import (
     delete_adapter,
     group_generation,
     inject,
+    merge_and_unload,
     set_active_adapter,
+    unload,
 )
 from nola_kernels.adapters.grouping import is_grouped
 
@@ -264,6 +266,62 @@ def test_switching_on_and_off_and_refusals():
     with pytest.raises(ValueError, match="model has no NOLA layers"):
         group_generation(plain)
     assert not is_grouped(plain) and snapshot(model) == before
+
+
+def plain_logits(model, ids):
+    """The logits of a forward with grad enabled, where a left-over grouping hook would run."""
+    return model(ids).logits.detach()
+
+
+def hooked_modules(model):
+    return [name for name, module in model.named_modules() if module._forward_pre_hooks or module._forward_hooks]
+
+
+@pytest.mark.parametrize("remove", [unload, merge_and_unload], ids=["unload", "merge_and_unload"])
+def test_unloading_removes_the_grouping_and_it_can_be_applied_again(remove):
+    ids = tokens()
+    model = adapted(gpt2, GPT2_TARGETS, True)
+    group_generation(model.transformer)  # a module inside the model grouped too: also removed
+    step(model, ids)
+    layers = list(adapted_modules(model).values())
+    assert all(layer.grouped is not None for layer in layers)
+    # unload gives back the base model itself; merge_and_unload the per-layer model merged.
+    expected = plain_logits(gpt2() if remove is unload else merge_and_unload(adapted(gpt2, GPT2_TARGETS, False)), ids)
+
+    assert remove(model) is model
+    assert hooked_modules(model) == [] and not is_grouped(model) and not is_grouped(model.transformer)
+    assert all(layer.grouped is None for layer in layers)  # the dropped layers let go of their factors
+    with Launches() as launches:
+        logits = plain_logits(model, ids)
+    assert sum(launches.counts.values()) == 0
+    assert torch.equal(logits, expected)
+
+    inject(model, GPT2_TARGETS, rank=2, num_basis=K, seed=5, share_basis=True)
+    randomize_coefficients(model)
+    group_generation(model)
+    assert is_grouped(model) and len(model._forward_pre_hooks) == len(model._forward_hooks) == 1
+    assert counted_step(model, ids) == {"mix": 0, "project": 0, "mix_grouped": 8, "project_grouped": 8}
+
+
+@pytest.mark.parametrize(
+    "remove, merged", [(unload, True), (merge_and_unload, False)], ids=["unload", "merge_and_unload"]
+)
+def test_a_refused_unload_keeps_the_grouping(remove, merged):
+    if torch.cuda.is_available():
+        pytest.skip("the CUDA backend runs here")
+    model = adapted(gpt2, GPT2_TARGETS, True)
+    step(model, tokens())
+    layer = model.transformer.h[1].attn.c_attn
+    if merged:  # unload checks the layers it must unmerge, merge_and_unload the ones it must merge
+        layer.merge()
+    layer.backend = "cuda"  # unavailable: the fold is refused before anything changes
+    before, factors = snapshot(model), [layer.grouped for layer in adapted_modules(model).values()]
+    with pytest.raises(RuntimeError, match=r"transformer\.h\.1\.attn\.c_attn: backend 'cuda' cannot run"):
+        remove(model)
+    with pytest.raises(TypeError, match=r"model must be a torch\.nn\.Module"):
+        remove("model")
+    assert snapshot(model) == before and is_grouped(model)
+    assert [layer.grouped for layer in adapted_modules(model).values()] == factors
 
 
 # DDP: two gloo processes on halves of a batch give the coefficients one process gives on the

@@ -25,7 +25,7 @@ from ..api import nola_mix_grouped
 from ..backends import resolve_backend
 from ..validation import check_bool, check_module
 from .factor_cache import mixing_coeffs
-from .inject import adapted_modules
+from .layer import NOLALinear, adapted_modules
 
 
 class GroupedPass:
@@ -146,9 +146,9 @@ def is_grouped(model):
 
 
 def group_generation(model, enabled=True):
-    """Turn grouped generation on (or off with enabled=False) for `model`'s forwards: each shared
-    basis family is mixed once per forward for all its layers, and projected once in the
-    backward. Applies to the NOLA layers inside `model` at each forward (adapters injected,
+    """Turn grouped generation on for `model`'s forwards (off with enabled=False, as ungroup
+    does): each shared basis family is mixed once per forward for all its layers, and projected
+    once in the backward. Applies to the NOLA layers inside `model` at each forward (adapters injected,
     switched, merged or deleted later included). Calling it twice changes nothing."""
     check_module("model", model)
     check_bool("enabled", enabled)
@@ -158,7 +158,14 @@ def group_generation(model, enabled=True):
         model.register_forward_pre_hook(start_grouped_pass)
         model.register_forward_hook(end_grouped_pass, always_call=True)
     if not enabled:
-        for hooks, key in _hooks(model):
+        ungroup(model)
+
+
+def ungroup(model):
+    """Grouped generation off for `model` and every module inside it, and no NOLA layer inside
+    keeping a pass's factors (also what unload and merge_and_unload do)."""
+    for module in model.modules():
+        for hooks, key in _hooks(module):
             del hooks[key]
-        for layer in adapted_modules(model).values():
-            layer.grouped = None
+        if isinstance(module, NOLALinear):
+            module.grouped = None

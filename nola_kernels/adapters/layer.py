@@ -232,3 +232,8 @@ class NOLALinear(nn.Module):
             f"in_features={self.in_features}, out_features={self.out_features}, "
             f"active={self.active_adapter!r}, merged={self.merged_adapter!r}"
         )
+
+
+def adapted_modules(model):
+    """{name: NOLALinear} of every adapted layer in `model`, in module order."""
+    return {name: module for name, module in model.named_modules() if isinstance(module, NOLALinear)}
