@@ -13,12 +13,9 @@ from collections import Counter
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from adapter_models import TinyViT, coefficients, randomize_coefficients, snapshot
+from ddp_training import batch, train, train_in_processes
 from numerics import rel_err, rounding_bound
-from test_adapter_ddp import BATCH, WORLD, batch, train
-from torch.nn.parallel import DistributedDataParallel
 
 from nola_kernels import (
     adapted_modules,
@@ -325,8 +322,8 @@ def test_a_refused_unload_keeps_the_grouping(remove, merged):
 
 
 # DDP: two gloo processes on halves of a batch give the coefficients one process gives on the
-# whole batch with the per-layer path (test_adapter_ddp.py's batch and training loop).
-def vit(grouped):
+# whole batch with the per-layer path (ddp_training.py's batch and training loop).
+def vit(grouped=True):
     torch.manual_seed(0)
     model = TinyViT()
     inject(model, ["query", "value", "mlp.0"], rank=2, num_basis=K, seed=11, share_basis=True)
@@ -336,27 +333,12 @@ def vit(grouped):
     return model
 
 
-def ddp_worker(rank, init_file, results):
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
-    try:
-        model = vit(True)
-        x, y = batch()
-        local = slice(rank * BATCH // WORLD, (rank + 1) * BATCH // WORLD)
-        train(DistributedDataParallel(model), x[local], y[local])
-        torch.save(coefficients(model), f"{results}.{rank}")
-    finally:
-        dist.destroy_process_group()
-
-
 def test_ddp_matches_single_process_per_layer_training(tmp_path):
-    results = tmp_path / "result"
-    mp.spawn(ddp_worker, args=(str(tmp_path / "init"), str(results)), nprocs=WORLD, join=True)
-    single = vit(False)
+    ranks = train_in_processes(vit, coefficients, tmp_path)
+    single = vit(grouped=False)
     train(single, *batch())
     expected = coefficients(single)
-    for rank in range(WORLD):
-        trained = torch.load(f"{results}.{rank}")
+    for trained in ranks:
         assert trained.keys() == expected.keys()
         for name, value in expected.items():
             torch.testing.assert_close(trained[name], value, rtol=1e-5, atol=1e-6)
