@@ -218,13 +218,35 @@ def test_gradient_checkpointing(reentrant):
     ids = tokens()
     layers = 3
     expected = step(adapted(gpt2, GPT2_TARGETS, False, layers=layers), ids)[1]
-    model = adapted(gpt2, GPT2_TARGETS, True, layers=layers).train()
-    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": reentrant})
-    model.enable_input_require_grads()  # a reentrant checkpoint needs an input that takes a gradient
+    model = checkpointed(adapted(gpt2, GPT2_TARGETS, True, layers=layers), reentrant)
     counts = counted_step(model, ids)
     projections = 8 * layers if reentrant else 8
     assert counts == {"mix": 0, "project": 0, "mix_grouped": 8, "project_grouped": projections}
     grads = step(model, ids)[1]
+    for name, value in expected.items():
+        torch.testing.assert_close(grads[name], value, rtol=1e-4, atol=1e-6)
+
+
+def checkpointed(model, reentrant):
+    model.train().activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": reentrant})
+    model.enable_input_require_grads()  # a reentrant checkpoint needs an input that takes a gradient
+    return model
+
+
+@pytest.mark.parametrize("reentrant", [False, True], ids=["non-reentrant", "reentrant"])
+def test_two_checkpointed_forwards_before_one_backward(reentrant):
+    """Both passes' blocks are recomputed with the factors the layers hold in the backward, the
+    second pass's (mixed from the same coefficients); reentrant, each recompute's backward of its
+    own runs through them, once per pass."""
+    first, second = tokens(), tokens(seed=2)
+
+    def gradients(model):
+        (model(first, labels=first).loss + model(second, labels=second).loss).backward()
+        return {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+
+    expected = gradients(adapted(gpt2, GPT2_TARGETS, False, layers=3))
+    grads = gradients(checkpointed(adapted(gpt2, GPT2_TARGETS, True, layers=3), reentrant))
+    assert grads.keys() == expected.keys() and len(expected) > 0
     for name, value in expected.items():
         torch.testing.assert_close(grads[name], value, rtol=1e-4, atol=1e-6)
 

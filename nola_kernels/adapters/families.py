@@ -70,7 +70,13 @@ def mix_family(family, members):
         mixed = nola_mix_grouped(coeffs, family.seed, family.shape, **options)
     if family.role == "A":
         return (mixed + members[0].adapter.offset(family.device)).unbind(0)
-    return [b * member.adapter.config.scaling for b, member in zip(mixed.unbind(0), members, strict=True)]
+    # mul.Scalar keeps the scaling as a number where `b * scaling` saves it as a tensor for the
+    # backward: no step from the coefficients to a factor saves a tensor, so backwards of their
+    # own (a reentrant checkpoint's recomputes) may each run through a factor (docs/adapters.md).
+    return [
+        torch.ops.aten.mul.Scalar(b, member.adapter.config.scaling)
+        for b, member in zip(mixed.unbind(0), members, strict=True)
+    ]
 
 
 def mix_families(found):

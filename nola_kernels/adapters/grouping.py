@@ -12,9 +12,10 @@ nola_project_grouped call per family.
 Only forwards with grad enabled group (training; under no_grad or inference_mode each layer runs
 its own path). A forward post-hook, which runs even when the forward raises, ends the pass: a
 layer called on its own afterwards runs its own path. The factors stay with the layers after
-the forward so that a checkpointed block recomputed in the backward takes the same factors
-(docs/adapters.md, "Grouped generation"); they are used there only inside a backward and only
-while the coefficients are the ones they were mixed from.
+the forward so that a checkpointed block recomputed in the backward takes the same factors (the
+latest pass's: after two forwards, both passes' blocks take the second's) (docs/adapters.md,
+"Grouped generation"); they are used there only inside a backward and only while the
+coefficients are the ones they were mixed from.
 """
 
 import torch
