@@ -2,14 +2,10 @@
 on two halves of a batch gives the coefficients single-process training on the whole batch gives."""
 
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from adapter_models import TinyViT, coefficients
-from torch.nn.parallel import DistributedDataParallel
+from ddp_training import batch, train, train_in_processes
 
 from nola_kernels import adapted_modules, inject
-
-WORLD, STEPS, BATCH = 2, 4, 16
 
 
 def adapted_model():
@@ -19,43 +15,14 @@ def adapted_model():
     return model
 
 
-def batch():
-    generator = torch.Generator().manual_seed(1)
-    return torch.randn(BATCH, 5, 12, generator=generator), torch.randint(0, 3, (BATCH,), generator=generator)
-
-
-def train(model, x, y):
-    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
-    for _ in range(STEPS):
-        loss = torch.nn.functional.cross_entropy(model(x), y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-
-
 def seeds_and_coefficients(model):
     layers = adapted_modules(model)
     seeds = {n: (m.adapters["default"].seed_a, m.adapters["default"].seed_b) for n, m in layers.items()}
     return seeds, coefficients(model)
 
 
-def worker(rank, init_file, results):
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
-    try:
-        model = adapted_model()
-        x, y = batch()
-        local = slice(rank * BATCH // WORLD, (rank + 1) * BATCH // WORLD)
-        train(DistributedDataParallel(model), x[local], y[local])
-        torch.save(seeds_and_coefficients(model), f"{results}.{rank}")
-    finally:
-        dist.destroy_process_group()
-
-
 def test_ddp_matches_single_process_training(tmp_path):
-    results = tmp_path / "result"
-    mp.spawn(worker, args=(str(tmp_path / "init"), str(results)), nprocs=WORLD, join=True)
-    ranks = [torch.load(f"{results}.{rank}") for rank in range(WORLD)]
+    ranks = train_in_processes(adapted_model, seeds_and_coefficients, tmp_path)
 
     single = adapted_model()
     train(single, *batch())

@@ -13,19 +13,18 @@ from collections import Counter
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from adapter_models import TinyViT, coefficients, randomize_coefficients, snapshot
+from ddp_training import batch, train, train_in_processes
 from numerics import rel_err, rounding_bound
-from test_adapter_ddp import BATCH, WORLD, batch, train
-from torch.nn.parallel import DistributedDataParallel
 
 from nola_kernels import (
     adapted_modules,
     delete_adapter,
     group_generation,
     inject,
+    merge_and_unload,
     set_active_adapter,
+    unload,
 )
 from nola_kernels.adapters.grouping import is_grouped
 
@@ -219,13 +218,35 @@ def test_gradient_checkpointing(reentrant):
     ids = tokens()
     layers = 3
     expected = step(adapted(gpt2, GPT2_TARGETS, False, layers=layers), ids)[1]
-    model = adapted(gpt2, GPT2_TARGETS, True, layers=layers).train()
-    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": reentrant})
-    model.enable_input_require_grads()  # a reentrant checkpoint needs an input that takes a gradient
+    model = checkpointed(adapted(gpt2, GPT2_TARGETS, True, layers=layers), reentrant)
     counts = counted_step(model, ids)
     projections = 8 * layers if reentrant else 8
     assert counts == {"mix": 0, "project": 0, "mix_grouped": 8, "project_grouped": projections}
     grads = step(model, ids)[1]
+    for name, value in expected.items():
+        torch.testing.assert_close(grads[name], value, rtol=1e-4, atol=1e-6)
+
+
+def checkpointed(model, reentrant):
+    model.train().activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": reentrant})
+    model.enable_input_require_grads()  # a reentrant checkpoint needs an input that takes a gradient
+    return model
+
+
+@pytest.mark.parametrize("reentrant", [False, True], ids=["non-reentrant", "reentrant"])
+def test_two_checkpointed_forwards_before_one_backward(reentrant):
+    """Both passes' blocks are recomputed with the factors the layers hold in the backward, the
+    second pass's (mixed from the same coefficients); reentrant, each recompute's backward of its
+    own runs through them, once per pass."""
+    first, second = tokens(), tokens(seed=2)
+
+    def gradients(model):
+        (model(first, labels=first).loss + model(second, labels=second).loss).backward()
+        return {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+
+    expected = gradients(adapted(gpt2, GPT2_TARGETS, False, layers=3))
+    grads = gradients(checkpointed(adapted(gpt2, GPT2_TARGETS, True, layers=3), reentrant))
+    assert grads.keys() == expected.keys() and len(expected) > 0
     for name, value in expected.items():
         torch.testing.assert_close(grads[name], value, rtol=1e-4, atol=1e-6)
 
@@ -266,9 +287,65 @@ def test_switching_on_and_off_and_refusals():
     assert not is_grouped(plain) and snapshot(model) == before
 
 
+def plain_logits(model, ids):
+    """The logits of a forward with grad enabled, where a left-over grouping hook would run."""
+    return model(ids).logits.detach()
+
+
+def hooked_modules(model):
+    return [name for name, module in model.named_modules() if module._forward_pre_hooks or module._forward_hooks]
+
+
+@pytest.mark.parametrize("remove", [unload, merge_and_unload], ids=["unload", "merge_and_unload"])
+def test_unloading_removes_the_grouping_and_it_can_be_applied_again(remove):
+    ids = tokens()
+    model = adapted(gpt2, GPT2_TARGETS, True)
+    group_generation(model.transformer)  # a module inside the model grouped too: also removed
+    step(model, ids)
+    layers = list(adapted_modules(model).values())
+    assert all(layer.grouped is not None for layer in layers)
+    # unload gives back the base model itself; merge_and_unload the per-layer model merged.
+    expected = plain_logits(gpt2() if remove is unload else merge_and_unload(adapted(gpt2, GPT2_TARGETS, False)), ids)
+
+    assert remove(model) is model
+    assert hooked_modules(model) == [] and not is_grouped(model) and not is_grouped(model.transformer)
+    assert all(layer.grouped is None for layer in layers)  # the dropped layers let go of their factors
+    with Launches() as launches:
+        logits = plain_logits(model, ids)
+    assert sum(launches.counts.values()) == 0
+    assert torch.equal(logits, expected)
+
+    inject(model, GPT2_TARGETS, rank=2, num_basis=K, seed=5, share_basis=True)
+    randomize_coefficients(model)
+    group_generation(model)
+    assert is_grouped(model) and len(model._forward_pre_hooks) == len(model._forward_hooks) == 1
+    assert counted_step(model, ids) == {"mix": 0, "project": 0, "mix_grouped": 8, "project_grouped": 8}
+
+
+@pytest.mark.parametrize(
+    "remove, merged", [(unload, True), (merge_and_unload, False)], ids=["unload", "merge_and_unload"]
+)
+def test_a_refused_unload_keeps_the_grouping(remove, merged):
+    if torch.cuda.is_available():
+        pytest.skip("the CUDA backend runs here")
+    model = adapted(gpt2, GPT2_TARGETS, True)
+    step(model, tokens())
+    layer = model.transformer.h[1].attn.c_attn
+    if merged:  # unload checks the layers it must unmerge, merge_and_unload the ones it must merge
+        layer.merge()
+    layer.backend = "cuda"  # unavailable: the fold is refused before anything changes
+    before, factors = snapshot(model), [layer.grouped for layer in adapted_modules(model).values()]
+    with pytest.raises(RuntimeError, match=r"transformer\.h\.1\.attn\.c_attn: backend 'cuda' cannot run"):
+        remove(model)
+    with pytest.raises(TypeError, match=r"model must be a torch\.nn\.Module"):
+        remove("model")
+    assert snapshot(model) == before and is_grouped(model)
+    assert [layer.grouped for layer in adapted_modules(model).values()] == factors
+
+
 # DDP: two gloo processes on halves of a batch give the coefficients one process gives on the
-# whole batch with the per-layer path (test_adapter_ddp.py's batch and training loop).
-def vit(grouped):
+# whole batch with the per-layer path (ddp_training.py's batch and training loop).
+def vit(grouped=True):
     torch.manual_seed(0)
     model = TinyViT()
     inject(model, ["query", "value", "mlp.0"], rank=2, num_basis=K, seed=11, share_basis=True)
@@ -278,27 +355,12 @@ def vit(grouped):
     return model
 
 
-def ddp_worker(rank, init_file, results):
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
-    try:
-        model = vit(True)
-        x, y = batch()
-        local = slice(rank * BATCH // WORLD, (rank + 1) * BATCH // WORLD)
-        train(DistributedDataParallel(model), x[local], y[local])
-        torch.save(coefficients(model), f"{results}.{rank}")
-    finally:
-        dist.destroy_process_group()
-
-
 def test_ddp_matches_single_process_per_layer_training(tmp_path):
-    results = tmp_path / "result"
-    mp.spawn(ddp_worker, args=(str(tmp_path / "init"), str(results)), nprocs=WORLD, join=True)
-    single = vit(False)
+    ranks = train_in_processes(vit, coefficients, tmp_path)
+    single = vit(grouped=False)
     train(single, *batch())
     expected = coefficients(single)
-    for rank in range(WORLD):
-        trained = torch.load(f"{results}.{rank}")
+    for trained in ranks:
         assert trained.keys() == expected.keys()
         for name, value in expected.items():
             torch.testing.assert_close(trained[name], value, rtol=1e-5, atol=1e-6)

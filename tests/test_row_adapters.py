@@ -174,13 +174,13 @@ def test_rows_whose_adapters_all_differ_and_rows_that_share_one():
 def test_the_distinct_adapters_are_mixed_once_and_then_cached(monkeypatch):
     layer = layer_with_adapters()
     mixed = []
-    original = nola_kernels.adapters.factor_cache.mix_family
+    original = nola_kernels.adapters.families.mix_family
 
-    def counting(coeffs, *args):
-        mixed.append(coeffs.shape[0])
-        return original(coeffs, *args)
+    def counting(family, members):
+        mixed.append(len(members))
+        return original(family, members)
 
-    monkeypatch.setattr(nola_kernels.adapters.factor_cache, "mix_family", counting)
+    monkeypatch.setattr(nola_kernels.adapters.families, "mix_family", counting)
     x = torch.randn(4, 2, 24)
     with torch.no_grad(), row_adapters(layer, ["a", "c", "b", "a"]):
         layer(x)

@@ -26,9 +26,10 @@ import weakref
 
 import torch
 
-from ..api import nola_basis, nola_mix, nola_mix_grouped
+from ..api import nola_basis
 from ..lowrank import lowrank_delta
 from ..validation import check_bool, check_int
+from .families import mix_factors
 
 
 class FactorCacheSettings(typing.NamedTuple):
@@ -73,11 +74,6 @@ def shared_offset(seed_a, rank, in_features, device):
     return offset
 
 
-def mixing_coeffs(parameter):
-    # A model cast to half precision casts the coefficients too; mixing wants float32 at least.
-    return parameter if parameter.dtype in (torch.float32, torch.float64) else parameter.float()
-
-
 def needs_no_gradient(adapter):
     """Whether a forward through `adapter` may use cached factors."""
     if not _settings["current"].enabled or torch.compiler.is_compiling():
@@ -104,48 +100,6 @@ class Factors:
 
     def usable(self, state):
         return self.state == state and (torch.is_inference_mode_enabled() or not self.a.is_inference())
-
-
-def _family(adapter, role):
-    """What must agree for adapters' coefficients of `role` to be mixed in one pass."""
-    config = adapter.config
-    if role == "alpha":
-        return adapter.seed_a, (config.rank, adapter.in_features), config.distribution
-    return adapter.seed_b, (adapter.out_features, config.rank), config.distribution
-
-
-def mix_factors(adapters, backend):
-    """[(A, B)] in float32 (float64 for float64 coefficients) for each adapter, A with a0 and B
-    with the scaling applied, the adapters of one basis family mixed together."""
-    mixed = {}
-    for role in ("alpha", "beta"):
-        groups = collections.defaultdict(list)
-        for index, adapter in enumerate(adapters):
-            coeffs = mixing_coeffs(getattr(adapter, role))
-            groups[(_family(adapter, role), coeffs.numel(), coeffs.dtype)].append((index, coeffs))
-        for (family, _, _), members in groups.items():
-            seed, shape, distribution = family
-            stacked = torch.stack([coeffs for _, coeffs in members])
-            for (index, _), factor in zip(
-                members, mix_family(stacked, seed, shape, distribution, backend), strict=True
-            ):
-                mixed[(index, role)] = factor
-    return [
-        (
-            mixed[(i, "alpha")] + adapter.offset(adapter.alpha.device),
-            mixed[(i, "beta")] * adapter.config.scaling,
-        )
-        for i, adapter in enumerate(adapters)
-    ]
-
-
-def mix_family(coeffs, seed, shape, distribution, backend):
-    """(G, R, C): row g is nola_mix(coeffs[g], seed, shape), in one grouped pass that generates
-    each basis entry once for all G rows. One row is the ordinary mix on the layer's backend (so
-    a single adapter's factors are the composed path's bit for bit)."""
-    if coeffs.shape[0] == 1:
-        return nola_mix(coeffs[0], seed, shape, distribution=distribution, backend=backend)[None]
-    return nola_mix_grouped(coeffs, seed, shape, distribution=distribution, backend=backend)
 
 
 class FactorCache:

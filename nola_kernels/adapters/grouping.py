@@ -4,7 +4,7 @@ Layers whose factors come from one family (the same seed, factor shape, basis co
 distribution, backend, device and coefficient dtype: every module of one shape after
 inject(share_basis=True)) differ only in their coefficients. With grouping on, a forward pre-hook
 on the model stacks the active adapters' coefficients of each family and mixes all of them in one
-nola_mix_grouped call per family; each layer then takes its factor pair from that pass and runs
+call per family (families.mix_family: nola_mix_grouped); each layer then takes its factor pair from that pass and runs
 only the two skinny products (lowrank_delta, torch's GEMM). Autograd carries the backward: the
 factors' gradients of all layers meet at the family's unbind and reach one
 nola_project_grouped call per family.
@@ -12,20 +12,18 @@ nola_project_grouped call per family.
 Only forwards with grad enabled group (training; under no_grad or inference_mode each layer runs
 its own path). A forward post-hook, which runs even when the forward raises, ends the pass: a
 layer called on its own afterwards runs its own path. The factors stay with the layers after
-the forward so that a checkpointed block recomputed in the backward takes the same factors
-(docs/adapters.md, "Grouped generation"); they are used there only inside a backward and only
-while the coefficients are the ones they were mixed from.
+the forward so that a checkpointed block recomputed in the backward takes the same factors (the
+latest pass's: after two forwards, both passes' blocks take the second's) (docs/adapters.md,
+"Grouped generation"); they are used there only inside a backward and only while the
+coefficients are the ones they were mixed from.
 """
-
-from collections import defaultdict
 
 import torch
 
-from ..api import nola_mix_grouped
 from ..backends import resolve_backend
 from ..validation import check_bool, check_module
-from .factor_cache import mixing_coeffs
-from .inject import adapted_modules
+from .families import families, mix_families
+from .layer import NOLALinear, adapted_modules
 
 
 class GroupedPass:
@@ -65,41 +63,23 @@ class GroupedFactors:
         return type(None), ()
 
 
-def _families(layers):
-    """{family: [(layer, adapter, coefficients), ...]} for the A and B factors of the layers whose
-    adapter is active and not merged. A family key: (role, seed, rows, cols, basis count,
-    distribution, backend, device, coefficient dtype)."""
-    families = defaultdict(list)
-    for layer in layers:
-        if layer.active_adapter is None or layer.merged_adapter is not None:
-            continue
-        adapter = layer.adapters[layer.active_adapter]
-        config = adapter.config
-        alpha, beta = mixing_coeffs(adapter.alpha), mixing_coeffs(adapter.beta)
-        backend = resolve_backend(layer.backend, alpha.device)
-        shared = (config.distribution, backend, alpha.device)
-        a_key = ("A", adapter.seed_a, config.rank, adapter.in_features, config.k, *shared, alpha.dtype)
-        b_key = ("B", adapter.seed_b, adapter.out_features, config.rank, config.l, *shared, beta.dtype)
-        families[a_key].append((layer, adapter, alpha))
-        families[b_key].append((layer, adapter, beta))
-    return families
+def _entry(layer):
+    """(layer, its active adapter, the backend it mixes on): what families() takes."""
+    adapter = layer.adapters[layer.active_adapter]
+    return layer, adapter, resolve_backend(layer.backend, adapter.alpha.device)
 
 
-def _grouped_layers(families):
-    """The layers at least one of whose families holds two or more layers; a layer whose both
-    families are its own keeps its own path (fused where its backend prefers it)."""
-    return {id(layer) for members in families.values() if len(members) > 1 for layer, _, _ in members}
-
-
-def _mix_family(key, members):
-    """The factors of every layer of one family from one nola_mix_grouped call: A rows plus a0
-    (the family's seed and shape make a0 the same for all), B rows times each layer's scaling."""
-    role, seed, rows, cols, _, distribution, backend, device, _ = key
-    coeffs = torch.stack([coefficients for _, _, coefficients in members])
-    mixed = nola_mix_grouped(coeffs, seed, (rows, cols), distribution=distribution, backend=backend)
-    if role == "A":
-        return (mixed + members[0][1].offset(device)).unbind(0)
-    return [b * adapter.config.scaling for b, (_, adapter, _) in zip(mixed.unbind(0), members, strict=True)]
+def _shared_families(layers):
+    """{Family: [Member]} of the A and B factors of the layers whose adapter is active and not
+    merged, keeping only the families of layers that share at least one family with another: a
+    layer whose both families hold it alone keeps its own path (fused where its backend prefers
+    it)."""
+    found = families(
+        _entry(layer) for layer in layers if layer.active_adapter is not None and layer.merged_adapter is None
+    )
+    shared = {member.owner for members in found.values() if len(members) > 1 for member in members}
+    # A family's layers are all shared or none is (a family of two or more shares all of its own).
+    return {family: members for family, members in found.items() if members[0].owner in shared}
 
 
 def start_grouped_pass(model, args):
@@ -109,19 +89,9 @@ def start_grouped_pass(model, args):
     layers = adapted_modules(model).values()
     for layer in layers:
         layer.grouped = None
-    families = _families(layers)
-    grouped = _grouped_layers(families)
-    factors = defaultdict(dict)
-    for key, members in families.items():
-        # A family's layers are all grouped or none is (a shared family groups all of its own).
-        if id(members[0][0]) not in grouped:
-            continue
-        for (layer, adapter, _), factor in zip(members, _mix_family(key, members), strict=True):
-            factors[layer][key[0]] = (adapter, factor)
     grouped_pass = GroupedPass()
-    for layer, pair in factors.items():
-        (adapter, a), (_, b) = pair["A"], pair["B"]
-        layer.grouped = GroupedFactors(grouped_pass, adapter, a, b)
+    for layer, (a, b) in mix_families(_shared_families(layers)).items():
+        layer.grouped = GroupedFactors(grouped_pass, layer.adapters[layer.active_adapter], a, b)
 
 
 def end_grouped_pass(model, args, output):
@@ -146,9 +116,9 @@ def is_grouped(model):
 
 
 def group_generation(model, enabled=True):
-    """Turn grouped generation on (or off with enabled=False) for `model`'s forwards: each shared
-    basis family is mixed once per forward for all its layers, and projected once in the
-    backward. Applies to the NOLA layers inside `model` at each forward (adapters injected,
+    """Turn grouped generation on for `model`'s forwards (off with enabled=False, as ungroup
+    does): each shared basis family is mixed once per forward for all its layers, and projected
+    once in the backward. Applies to the NOLA layers inside `model` at each forward (adapters injected,
     switched, merged or deleted later included). Calling it twice changes nothing."""
     check_module("model", model)
     check_bool("enabled", enabled)
@@ -158,7 +128,14 @@ def group_generation(model, enabled=True):
         model.register_forward_pre_hook(start_grouped_pass)
         model.register_forward_hook(end_grouped_pass, always_call=True)
     if not enabled:
-        for hooks, key in _hooks(model):
+        ungroup(model)
+
+
+def ungroup(model):
+    """Grouped generation off for `model` and every module inside it, and no NOLA layer inside
+    keeping a pass's factors (also what unload and merge_and_unload do)."""
+    for module in model.modules():
+        for hooks, key in _hooks(module):
             del hooks[key]
-        for layer in adapted_modules(model).values():
-            layer.grouped = None
+        if isinstance(module, NOLALinear):
+            module.grouped = None

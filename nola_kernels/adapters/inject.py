@@ -11,7 +11,8 @@ from ..validation import check_backend_name, check_module, check_name, check_see
 from .base_layer import features
 from .config import AdapterConfig
 from .copied import CopiedModule, copied_modules
-from .layer import NOLALinear, check_factor_shapes, check_foldable
+from .grouping import ungroup
+from .layer import NOLALinear, adapted_modules, check_factor_shapes, check_foldable
 from .seeds import module_seeds
 
 
@@ -21,11 +22,6 @@ def matches(name, target_modules):
     if isinstance(target_modules, str):
         return re.fullmatch(target_modules, name) is not None
     return any(name == target or name.endswith("." + target) for target in target_modules)
-
-
-def adapted_modules(model):
-    """{name: NOLALinear} of every adapted layer in `model`, in module order."""
-    return {name: module for name, module in model.named_modules() if isinstance(module, NOLALinear)}
 
 
 def _targets(model, target_modules, exclude_modules):
@@ -282,14 +278,15 @@ def delete_adapter(model, adapter_name):
 
 
 def unload(model):
-    """Remove every adapter (unmerging merged ones) and every copy modules_to_save made: the
-    model's own layers come back, the very same module objects. Their trainable flags are the
-    caller's to restore."""
+    """Remove every adapter (unmerging merged ones), every copy modules_to_save made and grouped
+    generation: the model's own layers come back, the very same module objects. Their trainable
+    flags are the caller's to restore."""
     check_module("model", model)
     layers = adapted_modules(model)
     for name, layer in layers.items():
         if layer.merged_adapter is not None:
             check_foldable(name, layer)
+    ungroup(model)
     for name, layer in layers.items():
         if layer.merged_adapter is not None:
             layer.unmerge()

@@ -14,7 +14,8 @@ from ..lowrank import lowrank_delta
 from ..validation import check_backend_name, check_module, check_name, check_seed, check_shape
 from .base_layer import add_to_weight, features, mergeable_weight
 from .config import AdapterConfig
-from .factor_cache import FactorCache, cached_delta, mixing_coeffs, needs_no_gradient, shared_offset
+from .factor_cache import FactorCache, cached_delta, needs_no_gradient, shared_offset
+from .families import mixing_coeffs
 
 
 def check_factor_shapes(config, in_features, out_features, where):
@@ -232,3 +233,8 @@ class NOLALinear(nn.Module):
             f"in_features={self.in_features}, out_features={self.out_features}, "
             f"active={self.active_adapter!r}, merged={self.merged_adapter!r}"
         )
+
+
+def adapted_modules(model):
+    """{name: NOLALinear} of every adapted layer in `model`, in module order."""
+    return {name: module for name, module in model.named_modules() if isinstance(module, NOLALinear)}

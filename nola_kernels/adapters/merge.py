@@ -5,6 +5,7 @@ nothing."""
 
 from ..validation import check_module
 from .copied import copied_modules
+from .grouping import ungroup
 from .inject import adapted_modules, replace_module
 from .layer import check_foldable
 
@@ -22,12 +23,13 @@ def _to_merge(layer):
 
 
 def merge_and_unload(model):
-    """Fold the active adapter into every base weight and drop the adapters: a plain model with
-    no NOLA layers left (what inference servers take). A module trained whole (modules_to_save)
-    is replaced by the active adapter's copy."""
+    """Fold the active adapter into every base weight and drop the adapters and grouped
+    generation: a plain model with no NOLA layers left (what inference servers take). A module
+    trained whole (modules_to_save) is replaced by the active adapter's copy."""
     to_merge = _layers(model, _to_merge)
     for layer in to_merge.values():
         layer.merge()
+    ungroup(model)
     for name, layer in adapted_modules(model).items():
         replace_module(model, name, layer.base_layer)
     for name, copied in copied_modules(model).items():
