@@ -46,7 +46,8 @@ def test_peak_stays_under_budget_while_naive_grows_with_k(backend, budget, distr
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("distribution", ["uniform", "rademacher"])
+# uniform16_philox7 checks its own _GENERATION_BYTES (rademacher_philox7 generates as rademacher).
+@pytest.mark.parametrize("distribution", ["uniform", "rademacher", "uniform16_philox7"])
 # A matrix larger than the budget (cut along n), and many small ones (grouped along i), also
 # smaller than one Philox call, whose unused entries are generated all the same.
 @pytest.mark.parametrize("k, shape", [(3, (600, 700)), (5000, (16, 16)), (20000, (1, 3))])
