@@ -2,8 +2,10 @@
 
 - CUDA: the mix kernel against its integer-ALU bound, a Philox-only kernel that generates as many
   uniform entries and only sums them. Target: at least 60% of the bound.
-- CPU: the mix and project kernels in uniform entries per second and per core, on 1 and 2
-  threads, with each instruction set's Philox code. Target: at least 3e8 per core.
+- CPU: the mix and project kernels of the CPU backend in entries per second and per core, on 1
+  and 2 threads, with each instruction set's Philox code, for every distribution (v1's and
+  v1.1's side by side). Target: at least 3e8 uniform entries per core. The PyTorch backend's
+  mix and project beside them, for every distribution, on 1 thread.
 
 Each device's rates go to generation-rate-<device>.json in $OUT (or bench/results/).
 """
@@ -17,7 +19,8 @@ import torch
 from report import device_name
 from workloads import synchronized, torch_threads
 
-from nola_kernels.backends import cpu_backend, cuda_backend
+from nola_kernels.backends import cpu_backend, cuda_backend, torch_backend
+from nola_kernels.basis import DISTRIBUTIONS
 
 # (name, rows, cols, k): the A factors of the benchmark shapes, and one large enough to fill any GPU.
 CASES = [
@@ -29,6 +32,7 @@ TARGET_FRACTION = 0.6
 CPU_CASES = CASES[:2]
 CPU_TARGET_PER_CORE = 3e8
 CPU_ROUNDS = 20
+TORCH_ROUNDS = 5  # the PyTorch path generates at about a tenth of the kernels' rate
 CPU_BUILT = cpu_backend.unavailable_reason(torch.device("cpu")) is None
 # Each instruction set's own code ("best" is one of them).
 CPU_INSTRUCTION_SETS = (
@@ -97,28 +101,21 @@ def test_generation_rate_cuda(benchmark, capsys, name, rows, cols, k):
     _report(benchmark, capsys, "cuda", result, line)
 
 
-@pytest.mark.skipif(not CPU_BUILT, reason="needs the built CPU library")
-@pytest.mark.parametrize("op", ["mix", "project"])
-@pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("instruction_set", CPU_INSTRUCTION_SETS)
-@pytest.mark.parametrize("name, rows, cols, k", CPU_CASES, ids=[case[0] for case in CPU_CASES])
-def test_generation_rate_cpu(benchmark, capsys, name, rows, cols, k, instruction_set, threads, op):
-    coeffs, grad = torch.randn(k), torch.randn(rows, cols)
-    calls = {
-        "mix": lambda: cpu_backend.mix(coeffs, 1, 0, rows, cols, 1.0, "uniform"),
-        "project": lambda: cpu_backend.project(grad, 1, 0, k, 1.0, "uniform"),
-    }
+def _cpu_rate(benchmark, capsys, case, op, calls, threads, rounds, **labels):
+    """Time calls[op] on `threads` threads and report its entries per second (the fastest round:
+    the machine is shared)."""
+    name, rows, cols, k = case
     benchmark.group = "cpu generation rate"
-    with cpu_backend.instruction_set(instruction_set), torch_threads(threads):
-        benchmark.pedantic(calls[op], rounds=CPU_ROUNDS, warmup_rounds=2, iterations=1)
+    with torch_threads(threads):
+        benchmark.pedantic(calls[op], rounds=rounds, warmup_rounds=2, iterations=1)
     if benchmark.stats is None:  # --benchmark-disable: nothing was timed
         return
     entries = k * rows * cols
-    rate = entries / benchmark.stats.stats.min  # the fastest round: the machine is shared
+    rate = entries / benchmark.stats.stats.min
     result = {
         "case": name,
         "op": op,
-        "instruction_set": instruction_set,
+        **labels,
         "threads": threads,
         "cpu": device_name("cpu"),
         "entries": entries,
@@ -126,8 +123,40 @@ def test_generation_rate_cpu(benchmark, capsys, name, rows, cols, k, instruction
         "M_entries_per_s_per_core": rate / threads / 1e6,
         "target_per_core": CPU_TARGET_PER_CORE / 1e6,
     }
+    shown = ", ".join(str(value) for value in labels.values())
     line = (
-        f"{name} {op} ({instruction_set}, {threads} threads): {rate / 1e6:.0f} M entries/s, "
-        f"{rate / threads / 1e6:.0f} per core (target {CPU_TARGET_PER_CORE / 1e6:.0f})"
+        f"{name} {op} ({shown}, {threads} threads): {rate / 1e6:.0f} M entries/s, "
+        f"{rate / threads / 1e6:.0f} per core (target {CPU_TARGET_PER_CORE / 1e6:.0f} uniform)"
     )
     _report(benchmark, capsys, "cpu", result, line)
+
+
+def _calls(backend, case, distribution):
+    _, rows, cols, k = case
+    coeffs, grad = torch.randn(k), torch.randn(rows, cols)
+    return {
+        "mix": lambda: backend.mix(coeffs, 1, 0, rows, cols, 1.0, distribution),
+        "project": lambda: backend.project(grad, 1, 0, k, 1.0, distribution),
+    }
+
+
+@pytest.mark.skipif(not CPU_BUILT, reason="needs the built CPU library")
+@pytest.mark.parametrize("distribution", DISTRIBUTIONS)
+@pytest.mark.parametrize("op", ["mix", "project"])
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("instruction_set", CPU_INSTRUCTION_SETS)
+@pytest.mark.parametrize("case", CPU_CASES, ids=[case[0] for case in CPU_CASES])
+def test_generation_rate_cpu(benchmark, capsys, case, instruction_set, threads, op, distribution):
+    calls = _calls(cpu_backend, case, distribution)
+    labels = dict(backend="cpu", distribution=distribution, instruction_set=instruction_set)
+    with cpu_backend.instruction_set(instruction_set):
+        _cpu_rate(benchmark, capsys, case, op, calls, threads, CPU_ROUNDS, **labels)
+
+
+@pytest.mark.parametrize("distribution", DISTRIBUTIONS)
+@pytest.mark.parametrize("op", ["mix", "project"])
+@pytest.mark.parametrize("case", CPU_CASES[:1], ids=[CPU_CASES[0][0]])
+def test_generation_rate_torch(benchmark, capsys, case, op, distribution):
+    calls = _calls(torch_backend, case, distribution)
+    labels = dict(backend="torch", distribution=distribution)
+    _cpu_rate(benchmark, capsys, case, op, calls, 1, TORCH_ROUNDS, **labels)

@@ -1,4 +1,4 @@
-"""nola_kernels: NOLA adapters whose random bases are generated on the fly (NOLA-Philox v1).
+"""nola_kernels: NOLA adapters whose random bases are generated on the fly (NOLA-Philox v1.1).
 
 from nola_kernels import nola_basis, nola_mix, nola_project, nola_matmul
 from nola_kernels import nola_mix_grouped, nola_project_grouped     # G rows over one family

@@ -39,7 +39,7 @@ from .adapters.copied import copy_state
 from .adapters.inject import plan_placement
 from .adapters.layer import NOLALinear
 from .adapters.peft_export import PEFT_PREFIX, check_export_directory
-from .spec_version import SPEC_VERSION
+from .spec_version import spec_version_for, spec_version_problem
 from .validation import check_backend_name, check_bool, check_int
 
 TESTED_PEFT_VERSIONS = ("0.21.2",)
@@ -79,7 +79,9 @@ class NolaConfig(PeftConfig):
     seeds derive from `seed` and its name. target_modules, exclude_modules, layers_to_transform,
     layers_pattern and modules_to_save are PEFT's (LoraConfig's). The layout of GPT-2's Conv1D is
     read from the layer, so fan_in_fan_out need not be set; True on a layer that keeps its weight
-    (out, in) is refused. spec_version is the basis contract the adapter was trained under."""
+    (out, in) is refused. spec_version is the basis contract the adapter was trained under: the
+    version its distribution needs (docs/spec.md, "Versioning"), set from the distribution when
+    None; a version that does not define the distribution is refused."""
 
     r: int = 8
     num_basis: int = 256
@@ -98,7 +100,7 @@ class NolaConfig(PeftConfig):
     modules_to_save: list[str] | None = None
     backend: str = "auto"
     bias: str = "none"
-    spec_version: str = SPEC_VERSION
+    spec_version: str | None = None
 
     def __post_init__(self):
         super().__post_init__()
@@ -111,11 +113,11 @@ class NolaConfig(PeftConfig):
             raise ValueError("target_parameters is not supported by NOLA: adapt modules with target_modules")
         if self.bias != "none":
             raise ValueError(f"bias must be 'none' (NOLA trains no biases), got {self.bias!r}")
-        if self.spec_version != SPEC_VERSION:
-            raise ValueError(
-                f"spec_version {self.spec_version!r}: this adapter's bases follow another basis "
-                f"contract, nola_kernels implements {SPEC_VERSION!r}"
-            )
+        if self.spec_version is not None:
+            problem = spec_version_problem(self.spec_version, self.distribution)
+            if problem is not None:
+                raise ValueError(problem)
+        self.spec_version = spec_version_for(self.distribution)  # what the config records
         if isinstance(self.target_modules, list | tuple | set):
             self.target_modules = set(self.target_modules)
         if isinstance(self.exclude_modules, list | tuple | set):

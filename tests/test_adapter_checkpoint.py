@@ -13,7 +13,15 @@ from adapter_models import TinyViT, coefficients, randomize_coefficients
 from safetensors.torch import save_file
 
 import nola_kernels
-from nola_kernels import AdapterMismatchError, adapted_modules, inject, load_adapter, save_adapter, unload
+from nola_kernels import (
+    AdapterMismatchError,
+    adapted_modules,
+    export_peft_lora,
+    inject,
+    load_adapter,
+    save_adapter,
+    unload,
+)
 from nola_kernels.adapters import AdapterFileError, atomic
 from nola_kernels.adapters.checkpoint_file import encode_checkpoint, read_adapter
 
@@ -43,6 +51,44 @@ def test_round_trip_into_a_fresh_model_is_bit_exact(tmp_path):
     )
 
 
+def _train(model, steps=3):
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=0.05)
+    x, labels = torch.randn(4, 5, 12), torch.tensor([0, 1, 2, 1])
+    for _ in range(steps):
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), labels).backward()
+        optimizer.step()
+
+
+@pytest.mark.parametrize("distribution", ["uniform16_philox7", "rademacher_philox7"])
+def test_a_v1_1_distribution_trains_saves_loads_and_exports(tmp_path, distribution):
+    peft = pytest.importorskip("peft")
+    model = TinyViT()
+    inject(model, TARGETS, rank=2, num_basis=K, num_basis_b=L, seed=3, distribution=distribution)
+    start = coefficients(model)
+    _train(model)
+    trained = coefficients(model)
+    assert all(not torch.equal(trained[k], start[k]) for k in trained)  # alpha and beta both moved
+    model.eval()
+    path = tmp_path / "adapter.safetensors"
+    save_adapter(model, path)
+    header, _ = read_adapter(path)
+    assert header["spec_version"] == "NOLA-Philox v1.1" == nola_kernels.SPEC_VERSION
+    assert header["config"]["distribution"] == distribution
+
+    fresh = unload(copy.deepcopy(model))
+    load_adapter(fresh, path)
+    loaded = coefficients(fresh)
+    assert all(torch.equal(loaded[k], trained[k]) for k in trained)
+    x = torch.randn(2, 5, 12)
+    with torch.no_grad():
+        ours = model(x)
+        assert torch.equal(fresh(x), ours)
+        export_peft_lora(model, tmp_path / "lora")
+        lora = peft.PeftModel.from_pretrained(unload(copy.deepcopy(model)), tmp_path / "lora").eval()
+        torch.testing.assert_close(lora(x), ours, rtol=1e-5, atol=1e-5)
+
+
 def test_round_trip_into_existing_adapter_and_a_second_name(tmp_path):
     model = trained_model()
     path = tmp_path / "adapter.safetensors"
@@ -69,7 +115,8 @@ def test_file_holds_only_the_coefficients(tmp_path):
     assert {v["dtype"] for k, v in header.items() if k != "__metadata__"} == {"F32"}
     assert header_bytes < 400 + 350 * modules  # the config, then per module its record and 2 entries
     config, tensors = read_adapter(path)
-    assert config["spec_version"] == nola_kernels.SPEC_VERSION and config["config"]["seed"] == 3
+    # A v1 distribution is recorded as v1: every release reads it.
+    assert config["spec_version"] == "NOLA-Philox v1" and config["config"]["seed"] == 3
     assert len(tensors) == 2 * modules
 
 
@@ -136,7 +183,7 @@ def test_every_problem_of_a_file_is_named(tmp_path):
         load_adapter(TinyViT(), path)
     message = str(error.value)
     assert str(path) in message
-    assert "spec version 'NOLA-Philox v0'" in message
+    assert "spec_version 'NOLA-Philox v0'" in message
     assert "tensor blocks.0.query.beta is (9,) torch.float32, expected (10,) float32" in message
 
 

@@ -8,6 +8,7 @@ from adapter_models import randomize_coefficients
 from torch import nn
 
 from nola_kernels import NOLALinear, nola_basis
+from nola_kernels.basis import DISTRIBUTIONS
 
 
 def reference_output(layer, x):
@@ -29,7 +30,7 @@ def reference_output(layer, x):
     return base + c.scaling * (x.double() @ a.T) @ b.T
 
 
-@pytest.mark.parametrize("distribution", ["uniform", "rademacher"])
+@pytest.mark.parametrize("distribution", DISTRIBUTIONS)
 def test_output_matches_float64_reference(backend, distribution):
     layer = NOLALinear(
         nn.Linear(20, 12),

@@ -14,7 +14,7 @@ import torch
 
 from nola_kernels import nola_basis
 from nola_kernels.backends import cpu_backend, resolve_backend
-from nola_kernels.basis import basis_block
+from nola_kernels.basis import DISTRIBUTIONS, basis_block
 
 built = pytest.mark.skipif(cpu_backend._library is None, reason="the CPU library is not built here")
 INSTRUCTION_SETS = [] if cpu_backend._library is None else cpu_backend.supported_instruction_sets()
@@ -49,7 +49,7 @@ def test_the_portable_code_runs_everywhere():
 
 @built
 @pytest.mark.parametrize("code_path", CODE_PATHS)
-@pytest.mark.parametrize("distribution", ["uniform", "rademacher"])
+@pytest.mark.parametrize("distribution", DISTRIBUTIONS)
 @pytest.mark.parametrize(
     "seed, stream, i_start, count, n_start, numel",
     [
@@ -79,6 +79,8 @@ SHAPES = [
     (600, (5, 300), "uniform"),
     (20, (70, 100), "rademacher"),
     (3, (1, 5), "uniform"),
+    (40, (33, 257), "uniform16_philox7"),
+    (20, (70, 100), "rademacher_philox7"),
 ]
 
 
@@ -106,7 +108,7 @@ def _float_scale(scale, dtype):
 
 @built
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("distribution", ["uniform", "rademacher"])
+@pytest.mark.parametrize("distribution", DISTRIBUTIONS)
 def test_mix_sums_in_index_order(dtype, distribution):
     # sum = sum + (coeffs[i] * scale) * U_i[n] for i = 0, 1, ..., each product and sum rounded.
     k, shape, scale = 50, (7, 300), 0.37
@@ -122,7 +124,10 @@ def test_mix_sums_in_index_order(dtype, distribution):
 
 @built
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("distribution, numel", [("uniform", 1000), ("rademacher", 4000)])
+@pytest.mark.parametrize(
+    "distribution, numel",
+    [("uniform", 1000), ("rademacher", 4000), ("uniform16_philox7", 1000), ("rademacher_philox7", 4000)],
+)
 def test_project_sums_in_lanes_then_folds(dtype, distribution, numel):
     # One chunk at these sizes: lane l sums the positions n = l mod 64 in order, the lanes fold
     # pairwise, and the sum is scaled once.
@@ -147,7 +152,7 @@ def test_project_sums_in_lanes_then_folds(dtype, distribution, numel):
 
 
 @built
-@pytest.mark.parametrize("distribution", ["uniform", "rademacher"])
+@pytest.mark.parametrize("distribution", DISTRIBUTIONS)
 def test_every_output_and_partial_is_written(distribution):
     k, numel = 37, 5003
     problem = cpu_backend._problem(3, 0, k, numel, distribution, 0.5)
@@ -167,7 +172,8 @@ def test_kernel_errors_name_the_problem():
     with pytest.raises(RuntimeError, match="nola_cpu_basis failed: k or the positions out of range"):
         cpu_backend.basis_block(1, 0, 2**32 - 1, 2**32 + 1, 0, 4, "uniform")
     problem = cpu_backend._problem(1, 0, 2, 4, "uniform")
-    problem.distribution = 7
+    problem.distribution = len(cpu_backend.DISTRIBUTION_CODES)
+    assert cpu_backend._library.nola_cpu_project_partials(problem) == 0
     with pytest.raises(RuntimeError, match="unknown distribution"):
         cpu_backend._run(cpu_backend._library.nola_cpu_mix_f32, problem, torch.randn(2), torch.empty(4))
 

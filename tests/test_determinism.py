@@ -65,7 +65,7 @@ def _with_threads(threads, fn):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("distribution", ["uniform", "rademacher"])
+@pytest.mark.parametrize("distribution", ["uniform", "rademacher", "uniform16_philox7"])
 @pytest.mark.parametrize("k, shape", CASES, ids=lambda case: str(case))
 def test_mix_and_project_sum_in_the_spec_order(set_budget, dtype, distribution, k, shape):
     coeffs, grad = torch.randn(k, dtype=dtype), torch.randn(shape, dtype=dtype)
@@ -152,7 +152,7 @@ def test_matmul_on_the_torch_path_is_within_rounding_across_thread_counts():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("distribution", ["uniform", "rademacher"])
+@pytest.mark.parametrize("distribution", ["uniform", "rademacher", "uniform16_philox7"])
 def test_mix_and_project_on_cuda_have_the_cpu_bits(distribution):
     k, shape = 300, (70, 100)
     coeffs, grad = torch.randn(k), torch.randn(shape)

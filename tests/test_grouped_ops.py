@@ -22,18 +22,21 @@ from nola_kernels import (
     ops,
 )
 from nola_kernels.backends import cpu_backend
+from nola_kernels.basis import DISTRIBUTIONS
 
 # Backends whose row g has the bits of their own per-row mix/project (docs/spec.md, Determinism).
 ROW_EXACT_BACKENDS = ("torch", "cpu")
 
 CASES = [
     # seed, G, k, shape, stream, distribution: k and the shapes cut no block evenly (16 basis
-    # indices, 128 or 2048 positions, 4 or 128 entries per Philox call)
+    # indices, 128 or 2048 positions, 4, 8 or 128 entries per Philox call)
     (3, 1, 1, (1, 1), 0, "uniform"),
     (2**33 + 7, 3, 37, (7, 13), 1, "uniform"),
     (11, 17, 300, (33, 130), 0, "uniform"),
     (2**62, 3, 65, (5, 211), 2**40, "rademacher"),
     (5, 17, 21, (129, 3), 0, "rademacher"),
+    (2**33 + 7, 3, 37, (7, 13), 1, "uniform16_philox7"),
+    (2**62, 3, 65, (5, 211), 2**40, "rademacher_philox7"),
 ]
 
 
@@ -86,7 +89,7 @@ def test_project_grouped_matches_the_reference_and_the_rows(
         assert rel_err(projected, rows) <= 2 * _float32_bound(numel)
 
 
-@pytest.mark.parametrize("distribution", ["uniform", "rademacher"])
+@pytest.mark.parametrize("distribution", DISTRIBUTIONS)
 def test_grouped_ops_are_adjoint(device_backend, distribution):
     device, backend = device_backend
     groups, k, shape = 3, 37, (19, 23)
@@ -306,7 +309,7 @@ def test_unavailable_backend_says_why():
 
 
 @built
-@pytest.mark.parametrize("distribution", ["uniform", "rademacher"])
+@pytest.mark.parametrize("distribution", DISTRIBUTIONS)
 def test_cpu_same_bits_for_any_thread_count_and_instruction_set(request, distribution):
     set_thread_count = request.getfixturevalue("set_threads")
     coeffs, grads = torch.randn(5, 40), torch.randn(5, 33, 257)  # enough entries for several threads
@@ -324,7 +327,7 @@ def test_cpu_same_bits_for_any_thread_count_and_instruction_set(request, distrib
 
 
 @built
-@pytest.mark.parametrize("distribution", ["uniform", "rademacher"])
+@pytest.mark.parametrize("distribution", DISTRIBUTIONS)
 def test_cpu_kernels_write_every_output_and_partial(distribution):
     groups, k, numel = 3, 37, 5003
     problem = cpu_backend._problem(3, 0, k, numel, distribution, 0.5, groups=groups)

@@ -7,6 +7,7 @@ up inside the tests, so that each test fails on its own where they are missing."
 import json
 import math
 import os
+import re
 import signal
 import struct
 import subprocess
@@ -171,6 +172,9 @@ def _header_changes():
         "no format": lambda h, t: _drop(h, "format"),
         "no spec version": lambda h, t: _drop(h, "spec_version"),
         "spec version other": lambda h, t: h.update(spec_version="NOLA-Philox v2"),
+        "spec version v1 for a v1.1 distribution": lambda h, t: h["config"].update(
+            distribution="uniform16_philox7"
+        ),
         "no config": lambda h, t: _drop(h, "config"),
         "no modules": lambda h, t: _drop(h, "modules"),
         "extra tensor": lambda h, t: t.update({"2.gamma": torch.randn(3)}),
@@ -222,6 +226,37 @@ def test_malformed_or_incomplete_files_are_refused(saved, change):
     HEADER_CHANGES[change](header, tensors)
     write_signed(path, header, tensors)
     refused(path, file_error())
+
+
+@pytest.mark.parametrize(
+    "version, distribution, message",
+    [
+        ("NOLA-Philox v2", "uniform",
+         "spec_version 'NOLA-Philox v2': this library reads 'NOLA-Philox v1' and 'NOLA-Philox v1.1'"),
+        (None, "uniform", "spec_version None: this library reads"),
+        ("NOLA-Philox v1", "rademacher_philox7",
+         "spec_version 'NOLA-Philox v1' does not define distribution 'rademacher_philox7' (added in 'NOLA-Philox v1.1')"),
+    ],
+)  # fmt: skip
+def test_a_spec_version_refusal_names_the_field(saved, version, distribution, message):
+    path, _ = saved
+    header, tensors = read_adapter(path)
+    header["spec_version"], header["config"]["distribution"] = version, distribution
+    write_signed(path, header, tensors)
+    refused(path, file_error(), match=re.escape(message))
+
+
+def test_a_v1_distribution_loads_from_a_file_of_either_version(saved):
+    # v1.1 keeps every v1 value: "NOLA-Philox v1.1" may record v1's distributions too.
+    path, model = saved
+    header, tensors = read_adapter(path)
+    assert header["spec_version"] == "NOLA-Philox v1"
+    header["spec_version"] = "NOLA-Philox v1.1"
+    write_signed(path, header, tensors)
+    fresh = mlp()
+    load_adapter(fresh, path)
+    expected, loaded = coefficients(model), coefficients(fresh)
+    assert expected.keys() == loaded.keys() and all(torch.equal(expected[k], loaded[k]) for k in expected)
 
 
 SETTING_CHANGES = {

@@ -8,6 +8,7 @@ import torch
 from numerics import rel_err, rounding_bound
 
 from nola_kernels import nola_basis, nola_mix, nola_project
+from nola_kernels.basis import DISTRIBUTIONS
 
 CASES = [
     # seed, k, shape, stream, distribution
@@ -17,6 +18,9 @@ CASES = [
     (2**62, 65, (33, 17), 2**40, "rademacher"),
     (5, 2048, (3, 4), 0, "rademacher"),
     (3, 300, (40, 33), 0, "uniform"),
+    (2**33 + 7, 7, (3, 5), 1, "uniform16_philox7"),
+    (3, 300, (40, 33), 0, "uniform16_philox7"),
+    (2**62, 65, (33, 17), 2**40, "rademacher_philox7"),
 ]
 
 
@@ -44,7 +48,22 @@ def test_project_matches_materialized_basis(device_backend, seed, k, shape, stre
     assert rel_err(projected, expected) <= 1e-5
 
 
-@pytest.mark.parametrize("distribution", ["uniform", "rademacher"])
+@pytest.mark.parametrize("distribution", DISTRIBUTIONS)
+def test_mix_of_one_hot_coefficients_is_the_basis_matrix(device_backend, distribution):
+    # Scale 1 and a single coefficient 1: every other term is a signed zero, so the sum is U_i
+    # bit for bit, whatever the order of the sums.
+    device, backend = device_backend
+    k, shape = 9, (13, 301)
+    basis = nola_basis(2**40 + 1, k, shape, stream=3, distribution=distribution, device=device)
+    for i in (0, 4, k - 1):
+        one_hot = torch.zeros(k, device=device)
+        one_hot[i] = 1.0
+        family = dict(scale=1.0, stream=3, distribution=distribution, backend=backend)
+        mixed = nola_mix(one_hot, 2**40 + 1, shape, **family)
+        assert torch.equal(mixed.view(torch.int32), basis[i].view(torch.int32)), i
+
+
+@pytest.mark.parametrize("distribution", DISTRIBUTIONS)
 def test_mix_and_project_are_adjoint(device_backend, distribution):
     device, backend = device_backend
     k, shape = 37, (19, 23)

@@ -13,12 +13,13 @@ from nola_kernels.lowrank import LowRankSpec
 from nola_kernels.routing import lowrank_path
 
 
+@pytest.mark.parametrize("distribution", ["uniform", "uniform16_philox7"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_opcheck_mix(device_backend, dtype):
+def test_opcheck_mix(device_backend, dtype, distribution):
     device, backend = device_backend
     for requires_grad in (False, True):
         coeffs = torch.randn(9, dtype=dtype, device=device, requires_grad=requires_grad)
-        torch.library.opcheck(ops.mix, (coeffs, 2**40, 1, 4, 6, 0.3, "uniform", backend))
+        torch.library.opcheck(ops.mix, (coeffs, 2**40, 1, 4, 6, 0.3, distribution, backend))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])

@@ -102,7 +102,7 @@ def test_save_pretrained_and_from_pretrained(kind, tmp_path):
 
     config = json.loads((tmp_path / "adapter_config.json").read_text())
     assert config["peft_type"] == "NOLA" and config["seed"] == 7
-    assert config["spec_version"] == nola_kernels.SPEC_VERSION
+    assert config["spec_version"] == "NOLA-Philox v1"  # a v1 distribution: readable by every release
     saved = load_file(tmp_path / "adapter_model.safetensors")
     layers = adapted_modules(tuned.base_model.model)
     assert len(saved) == 2 * len(layers)
@@ -116,6 +116,32 @@ def test_save_pretrained_and_from_pretrained(kind, tmp_path):
     assert not any(p.requires_grad for p in loaded.parameters())  # inference mode by default
     lazily = peft.PeftModel.from_pretrained(build(), tmp_path, low_cpu_mem_usage=True)
     assert torch.equal(run(lazily, kind, x), run(tuned, kind, x))
+
+
+@pytest.mark.parametrize(
+    "distribution, given, recorded",
+    [
+        ("uniform", None, "NOLA-Philox v1"),
+        ("uniform", "NOLA-Philox v1.1", "NOLA-Philox v1"),  # v1.1 keeps v1's values
+        ("rademacher_philox7", None, "NOLA-Philox v1.1"),
+        ("uniform16_philox7", "NOLA-Philox v1.1", "NOLA-Philox v1.1"),
+    ],
+)
+def test_the_config_records_the_version_its_distribution_needs(distribution, given, recorded):
+    config = NolaConfig(target_modules=["q_proj"], distribution=distribution, spec_version=given, **SETTINGS)
+    assert config.spec_version == recorded
+
+
+def test_a_v1_1_distribution_through_save_pretrained_and_from_pretrained(tmp_path):
+    settings = dict(target_modules=MODELS["vit"][1], distribution="uniform16_philox7", **SETTINGS)
+    tuned = peft.get_peft_model(tiny_vit(), NolaConfig(**settings))
+    train(tuned, "vit")
+    tuned.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert config["spec_version"] == "NOLA-Philox v1.1" and config["distribution"] == "uniform16_philox7"
+    loaded = peft.PeftModel.from_pretrained(tiny_vit(), tmp_path)
+    x = inputs("vit")
+    assert torch.equal(run(loaded, "vit", x), run(tuned, "vit", x))
 
 
 def test_print_trainable_parameters_counts_the_coefficients(capsys):
@@ -254,6 +280,10 @@ def test_gpt2_conv1d_layout_and_fan_in_fan_out():
         (dict(bias="all"), "bias must be 'none'"),
         (dict(backend="gpu"), "backend"),
         (dict(spec_version="NOLA-Philox v0"), "spec_version 'NOLA-Philox v0'"),
+        (
+            dict(distribution="uniform16_philox7", spec_version="NOLA-Philox v1"),
+            re.escape("spec_version 'NOLA-Philox v1' does not define distribution 'uniform16_philox7'"),
+        ),
         (dict(target_parameters=["weight"]), "target_parameters"),
     ],
 )

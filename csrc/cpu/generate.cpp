@@ -17,7 +17,6 @@
 #include <cstdint>
 #include <memory>
 #include <new>
-#include <type_traits>
 
 #include "nola_cpu.h"
 #include "philox_batch.h"
@@ -28,7 +27,7 @@ namespace {
 constexpr uint64_t kMaxIndices = uint64_t{1} << 32;   // basis index: counter word 1
 constexpr uint64_t kMaxPositions = uint64_t{1} << 34;  // flat position: counter word 0 after the shift
 // Entries generated at a time: a mix tile, and the step of a projection chunk (whole step calls
-// for both distributions). Its values and sums stay in L1.
+// for every distribution). Its values and sums stay in L1.
 constexpr uint64_t kUniformTile = 512;
 constexpr uint64_t kRademacherTile = 2048;
 constexpr int kLanes = 64;
@@ -41,11 +40,12 @@ constexpr uint64_t kMinParallelEntries = uint64_t{1} << 16;
 
 uint64_t ceil_div(uint64_t a, uint64_t b) { return (a + b - 1) / b; }
 
-template <Distribution D>
-struct Layout {
-  static constexpr int kShift = D == Distribution::kUniform ? kUniformCounterShift : kRademacherCounterShift;
-  static constexpr uint64_t kTile = D == Distribution::kUniform ? kUniformTile : kRademacherTile;
-  // A tile is whole steps of calls, and a step whole lanes of projection sums.
+// A distribution of the contract (docs/spec.md): what the words of a Philox call become, and
+// Philox's rounds. A tile is whole steps of calls, and a step whole lanes of projection sums.
+template <Entries E, int Rounds>
+struct Scheme {
+  static constexpr int kShift = counter_shift(E);
+  static constexpr uint64_t kTile = E == Entries::kSigns ? kRademacherTile : kUniformTile;
   static_assert(kTile % (uint64_t{kStepCalls} << kShift) == 0 && (uint64_t{kStepCalls} << kShift) % kLanes == 0);
 
   // Entries of the whole steps of calls that cover positions [first, first + count), first a
@@ -54,13 +54,26 @@ struct Layout {
   static void generate(const Family& family, uint64_t first, uint64_t count, uint64_t index, float* out) {
     const auto call = static_cast<uint32_t>(first >> kShift);
     const auto calls = static_cast<uint32_t>(ceil_div(ceil_div(count, uint64_t{1} << kShift), kStepCalls) * kStepCalls);
-    if constexpr (D == Distribution::kUniform) {
-      Batch::uniform(family, call, calls, static_cast<uint32_t>(index), out);
-    } else {
-      Batch::rademacher(family, call, calls, static_cast<uint32_t>(index), out);
-    }
+    Batch::template generate<E, Rounds>(family, call, calls, static_cast<uint32_t>(index), out);
   }
 };
+
+using Uniform = Scheme<Entries::kUniform24, kDefaultRounds>;
+using Rademacher = Scheme<Entries::kSigns, kDefaultRounds>;
+using Uniform16Philox7 = Scheme<Entries::kUniform16, 7>;
+using RademacherPhilox7 = Scheme<Entries::kSigns, 7>;
+
+// Calls fn(Scheme{}) for a NolaCpuDistribution; false for any other code.
+template <class Fn>
+bool with_scheme(int32_t distribution, const Fn& fn) {
+  switch (distribution) {
+    case NOLA_CPU_UNIFORM: fn(Uniform{}); return true;
+    case NOLA_CPU_RADEMACHER: fn(Rademacher{}); return true;
+    case NOLA_CPU_UNIFORM16_PHILOX7: fn(Uniform16Philox7{}); return true;
+    case NOLA_CPU_RADEMACHER_PHILOX7: fn(RademacherPhilox7{}); return true;
+    default: return false;
+  }
+}
 
 // Runs fn(item) for item < items on up to `threads` OpenMP threads, in any order.
 template <class Fn>
@@ -99,26 +112,25 @@ NOLA_CPU_AVX2_CLONES void add_weighted(Acc* __restrict__ sums, const float* __re
   }
 }
 
-template <Distribution D, class Batch, class Acc>
+template <class S, class Batch, class Acc>
 void mix(const NolaCpuProblem& p, const Acc* coeffs, Acc* out) {
-  using L = Layout<D>;
   const Family family = Family::of(p.seed, p.stream);
   const Acc scale = static_cast<Acc>(p.scale);
-  for_each_item(ceil_div(p.numel, L::kTile), p.threads, p.k * p.numel, [&](uint64_t tile) {
-    const uint64_t first = tile * L::kTile, count = std::min(L::kTile, p.numel - first);
+  for_each_item(ceil_div(p.numel, S::kTile), p.threads, p.k * p.numel, [&](uint64_t tile) {
+    const uint64_t first = tile * S::kTile, count = std::min(S::kTile, p.numel - first);
     for (uint64_t g = 0; g < p.groups; ++g) std::fill_n(out + g * p.numel + first, count, Acc{0});
-    alignas(64) float values[kMixRun * L::kTile];
+    alignas(64) float values[kMixRun * S::kTile];
     for (uint64_t i0 = 0; i0 < p.k; i0 += kMixRun) {
       const uint64_t run = std::min(kMixRun, p.k - i0);
-      for (uint64_t r = 0; r < run; ++r) L::template generate<Batch>(family, first, count, i0 + r, values + r * L::kTile);
+      for (uint64_t r = 0; r < run; ++r) S::template generate<Batch>(family, first, count, i0 + r, values + r * S::kTile);
       for (uint64_t g = 0; g < p.groups; ++g) {
         Acc weights[kMixRun];
         for (uint64_t r = 0; r < run; ++r) weights[r] = coeffs[g * p.k + i0 + r] * scale;
         Acc* sums = out + g * p.numel + first;
         if (run == kMixRun) {
-          add_weighted<kMixRun>(sums, values, L::kTile, weights, count);
+          add_weighted<kMixRun>(sums, values, S::kTile, weights, count);
         } else {
-          for (uint64_t r = 0; r < run; ++r) add_weighted<1>(sums, values + r * L::kTile, L::kTile, weights + r, count);
+          for (uint64_t r = 0; r < run; ++r) add_weighted<1>(sums, values + r * S::kTile, S::kTile, weights + r, count);
         }
       }
     }
@@ -178,11 +190,10 @@ void sum_partials(const Acc* partials, uint64_t chunks, uint64_t k, Acc scale, A
 // Partials are laid out (group, chunk, index); the plan does not depend on the groups, so row g's
 // sums are those of the problem of that row alone. Returns false when a work item's lanes (kLanes
 // per group) could not be allocated.
-template <Distribution D, class Batch, class Acc>
+template <class S, class Batch, class Acc>
 bool project(const NolaCpuProblem& p, const Acc* grad, Acc* partials, Acc* out) {
-  using L = Layout<D>;
   const Family family = Family::of(p.seed, p.stream);
-  const ProjectPlan plan = ProjectPlan::of(p, L::kTile);
+  const ProjectPlan plan = ProjectPlan::of(p, S::kTile);
   const uint64_t group_partials = plan.chunks * p.k;
   std::atomic<bool> allocated{true};
   for_each_item(plan.chunks * plan.index_blocks, p.threads, p.k * p.numel, [&](uint64_t item) {
@@ -194,13 +205,13 @@ bool project(const NolaCpuProblem& p, const Acc* grad, Acc* partials, Acc* out) 
     const uint64_t chunk = item / plan.index_blocks, block = item % plan.index_blocks;
     const uint64_t first = chunk * plan.chunk_entries;
     const uint64_t stop = std::min(first + plan.chunk_entries, p.numel);
-    alignas(64) float values[L::kTile];
-    alignas(64) Acc padded[L::kTile];
+    alignas(64) float values[S::kTile];
+    alignas(64) Acc padded[S::kTile];
     for (uint64_t i = block * kIndexBlock; i < std::min(p.k, (block + 1) * kIndexBlock); ++i) {
       std::fill_n(lanes.get(), p.groups * kLanes, Acc{0});
-      for (uint64_t start = first; start < stop; start += L::kTile) {
-        const uint64_t count = std::min(L::kTile, stop - start), whole = ceil_div(count, kLanes) * kLanes;
-        L::template generate<Batch>(family, start, count, i, values);
+      for (uint64_t start = first; start < stop; start += S::kTile) {
+        const uint64_t count = std::min(S::kTile, stop - start), whole = ceil_div(count, kLanes) * kLanes;
+        S::template generate<Batch>(family, start, count, i, values);
         for (uint64_t g = 0; g < p.groups; ++g) {
           accumulate_lanes(&lanes[g * kLanes], whole_lanes(grad + g * p.numel, start, count, padded), values, whole);
         }
@@ -217,17 +228,16 @@ bool project(const NolaCpuProblem& p, const Acc* grad, Acc* partials, Acc* out) 
   return true;
 }
 
-template <Distribution D, class Batch>
+template <class S, class Batch>
 void basis(const NolaCpuProblem& p, float* out) {
-  using L = Layout<D>;
   const Family family = Family::of(p.seed, p.stream);
   const uint64_t stop = p.position_start + p.numel;
   for_each_item(p.k, p.threads, p.k * p.numel, [&](uint64_t i) {
-    alignas(64) float values[L::kTile];
+    alignas(64) float values[S::kTile];
     // Tiles start at whole calls; the first and last may stick out of the positions asked for.
-    for (uint64_t tile = p.position_start >> L::kShift << L::kShift; tile < stop; tile += L::kTile) {
-      const uint64_t low = std::max(tile, p.position_start), high = std::min(tile + L::kTile, stop);
-      L::template generate<Batch>(family, tile, high - tile, p.index_start + i, values);
+    for (uint64_t tile = p.position_start >> S::kShift << S::kShift; tile < stop; tile += S::kTile) {
+      const uint64_t low = std::max(tile, p.position_start), high = std::min(tile + S::kTile, stop);
+      S::template generate<Batch>(family, tile, high - tile, p.index_start + i, values);
       std::copy(values + (low - tile), values + (high - tile), out + i * p.numel + (low - p.position_start));
     }
   });
@@ -241,10 +251,6 @@ bool runs(int32_t isa) {
 }
 
 int checked(const NolaCpuProblem& p) {
-  if (p.distribution != static_cast<int32_t>(Distribution::kUniform) &&
-      p.distribution != static_cast<int32_t>(Distribution::kRademacher)) {
-    return NOLA_CPU_BAD_DISTRIBUTION;
-  }
   if (p.k > kMaxIndices || p.index_start > kMaxIndices - p.k || p.numel > kMaxPositions ||
       p.position_start > kMaxPositions - p.numel) {
     return NOLA_CPU_BAD_SHAPE;
@@ -252,17 +258,12 @@ int checked(const NolaCpuProblem& p) {
   return runs(p.isa) ? NOLA_CPU_OK : NOLA_CPU_ISA_UNSUPPORTED;
 }
 
-// Calls fn(Distribution constant, Batch{}) for the problem's distribution and generator.
+// Calls fn(Scheme{}, Batch{}) for the problem's distribution and generator.
 template <class Fn>
 int dispatch(const NolaCpuProblem& p, const Fn& fn) {
+  const auto with_batch = [&](auto batch) { with_scheme(p.distribution, [&](auto scheme) { fn(scheme, batch); }); };
+  if (!with_scheme(p.distribution, [](auto) {})) return NOLA_CPU_BAD_DISTRIBUTION;
   if (const int status = checked(p); status != NOLA_CPU_OK) return status;
-  const auto with_batch = [&](auto batch) {
-    if (p.distribution == static_cast<int32_t>(Distribution::kUniform)) {
-      fn(std::integral_constant<Distribution, Distribution::kUniform>{}, batch);
-    } else {
-      fn(std::integral_constant<Distribution, Distribution::kRademacher>{}, batch);
-    }
-  };
 #ifdef NOLA_CPU_HAVE_AVX2
   if (p.isa == NOLA_CPU_ISA_AVX2 || (p.isa == NOLA_CPU_ISA_BEST && runs(NOLA_CPU_ISA_AVX2))) {
     with_batch(Avx2Batch{});
@@ -275,20 +276,21 @@ int dispatch(const NolaCpuProblem& p, const Fn& fn) {
 
 template <class Acc>
 int mix_entry(const NolaCpuProblem* p, const Acc* coeffs, Acc* out) {
-  return dispatch(*p, [&](auto distribution, auto batch) {
-    mix<decltype(distribution)::value, decltype(batch)>(*p, coeffs, out);
-  });
+  return dispatch(*p, [&](auto scheme, auto batch) { mix<decltype(scheme), decltype(batch)>(*p, coeffs, out); });
 }
 
-uint64_t tile_of(const NolaCpuProblem& p) {
-  return p.distribution == static_cast<int32_t>(Distribution::kUniform) ? kUniformTile : kRademacherTile;
+// Partials of a projection: 0 for an unknown distribution, which the kernel then refuses.
+uint64_t project_partials(const NolaCpuProblem& p) {
+  uint64_t chunks = 0;
+  with_scheme(p.distribution, [&](auto scheme) { chunks = ProjectPlan::of(p, decltype(scheme)::kTile).chunks; });
+  return p.groups * chunks * p.k;
 }
 
 template <class Acc>
 int project_entry(const NolaCpuProblem* p, const Acc* grad, Acc* partials, Acc* out) {
   bool allocated = true;
-  const int status = dispatch(*p, [&](auto distribution, auto batch) {
-    allocated = project<decltype(distribution)::value, decltype(batch)>(*p, grad, partials, out);
+  const int status = dispatch(*p, [&](auto scheme, auto batch) {
+    allocated = project<decltype(scheme), decltype(batch)>(*p, grad, partials, out);
   });
   return status == NOLA_CPU_OK && !allocated ? NOLA_CPU_OUT_OF_MEMORY : status;
 }
@@ -309,7 +311,7 @@ int nola_cpu_mix_f64(const NolaCpuProblem* p, const double* coeffs, double* out)
 }
 
 uint64_t nola_cpu_project_partials(const NolaCpuProblem* p) {
-  return p->groups * nola::cpu::ProjectPlan::of(*p, nola::cpu::tile_of(*p)).chunks * p->k;
+  return nola::cpu::project_partials(*p);
 }
 
 int nola_cpu_project_f32(const NolaCpuProblem* p, const float* grad, float* partials, float* out) {
@@ -321,8 +323,8 @@ int nola_cpu_project_f64(const NolaCpuProblem* p, const double* grad, double* pa
 }
 
 int nola_cpu_basis(const NolaCpuProblem* p, float* out) {
-  return nola::cpu::dispatch(*p, [&](auto distribution, auto batch) {
-    nola::cpu::basis<decltype(distribution)::value, decltype(batch)>(*p, out);
+  return nola::cpu::dispatch(*p, [&](auto scheme, auto batch) {
+    nola::cpu::basis<decltype(scheme), decltype(batch)>(*p, out);
   });
 }
 }

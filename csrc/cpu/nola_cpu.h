@@ -15,6 +15,14 @@ extern "C" {
 
 enum NolaCpuIsa { NOLA_CPU_ISA_BEST = 0, NOLA_CPU_ISA_GENERIC = 1, NOLA_CPU_ISA_AVX2 = 2 };
 
+// The distributions of docs/spec.md: v1's, then v1.1's (Philox4x32-7).
+enum NolaCpuDistribution {
+  NOLA_CPU_UNIFORM = 0,
+  NOLA_CPU_RADEMACHER = 1,
+  NOLA_CPU_UNIFORM16_PHILOX7 = 2,
+  NOLA_CPU_RADEMACHER_PHILOX7 = 3,
+};
+
 enum NolaCpuStatus {
   NOLA_CPU_OK = 0,
   NOLA_CPU_BAD_DISTRIBUTION = 1,
@@ -35,7 +43,7 @@ typedef struct NolaCpuProblem {
   uint64_t index_start;     // nola_cpu_basis only
   uint64_t position_start;  // nola_cpu_basis only
   double scale;
-  int32_t distribution;  // 0: uniform, 1: rademacher (nola::Distribution)
+  int32_t distribution;  // NolaCpuDistribution
   int32_t threads;       // OpenMP threads to use at most
   int32_t isa;           // NolaCpuIsa: which Philox code generates the entries
 } NolaCpuProblem;

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ..spec_version import SPEC_VERSION
+from ..spec_version import spec_version_for
 from ..validation import check_bool, check_module, check_name
 from .atomic import atomic_write_bytes
 from .checkpoint_file import (
@@ -100,7 +100,7 @@ def save_adapter(model, path, adapter_name="default"):
         return write_adapter_folder(path, config, adapters, copies)
     header = {
         "format": FORMAT,
-        "spec_version": SPEC_VERSION,
+        "spec_version": spec_version_for(config.distribution),
         "config": config.to_dict(),
         "modules": {name: _module_record(adapter) for name, adapter in adapters.items()},
     }

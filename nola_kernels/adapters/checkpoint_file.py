@@ -11,7 +11,7 @@ import warnings
 
 import torch
 
-from ..spec_version import SPEC_VERSION
+from ..spec_version import spec_version_problem
 from ..validation import check_int, check_seed
 from .config import AdapterConfig
 
@@ -117,10 +117,10 @@ def read_checkpoint(path, allow_nonfinite=False):
     problems = []
     config = _config(header.get("config"), problems)
     modules = _modules(header.get("modules"), problems)
-    if header.get("spec_version") != SPEC_VERSION:
-        problems.append(
-            f"spec version {header.get('spec_version')!r}, this library implements {SPEC_VERSION!r}"
-        )
+    distribution = None if config is None else config.distribution
+    version_problem = spec_version_problem(header.get("spec_version"), distribution)
+    if version_problem is not None:
+        problems.append(version_problem)
     if config is not None and modules is not None:
         problems += _tensor_problems(config, modules, tensors, allow_nonfinite)
     if problems:

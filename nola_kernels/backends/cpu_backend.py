@@ -16,7 +16,8 @@ import torch
 from ..dtypes import accumulation_dtype
 
 LIBRARY = "nola_kernels._cpu"
-DISTRIBUTION_CODES = {"uniform": 0, "rademacher": 1}
+# NolaCpuDistribution of csrc/cpu/nola_cpu.h.
+DISTRIBUTION_CODES = {"uniform": 0, "rademacher": 1, "uniform16_philox7": 2, "rademacher_philox7": 3}
 # Which Philox code generates the entries (csrc/cpu/philox_batch.h); every one gives the same bits.
 INSTRUCTION_SETS = {"best": 0, "generic": 1, "avx2": 2}
 _STATUS = {
