@@ -1,7 +1,7 @@
 """Naive baselines that materialize the whole k x R x C basis, the way the official NOLA code does.
 Tests compare every backend against `naive_matmul` in float64; benchmarks time both.
 
-- `naive_matmul`: the NOLA-Philox v1 basis (nola_basis), then einsum; plain autograd keeps the
+- `naive_matmul`: the NOLA-Philox basis (nola_basis), then einsum; plain autograd keeps the
   basis alive between forward and backward.
 - `official_matmul`: the official code's generator and cost: torch's own RNG seeded with the seed,
   `uniform_(-1, 1)` over the whole basis in forward and again in backward. Other numbers than the

@@ -1,4 +1,4 @@
-"""Backends: each implements the same ops of the NOLA-Philox v1 contract.
+"""Backends: each implements the same ops of the NOLA-Philox contract (docs/spec.md).
 
 - "torch": pure PyTorch, any device (backends/torch_backend.py); the reference.
 - "cpu": the compiled CPU kernels (csrc/cpu/), on CPU tensors (backends/cpu_backend.py).
