@@ -77,6 +77,15 @@ def test_more_rows_than_a_program_holds(distribution):
         )
 
 
+@pytest.mark.parametrize("count, k, shape", [(0, 5, (2, 3)), (2, 0, (2, 3)), (2, 5, (0, 3)), (2, 5, (3, 0))])
+def test_empty_operands_give_empty_results_or_zeros(count, k, shape):
+    """No rows, no basis matrix or no positions: an empty result, or zeros (sums over nothing)."""
+    mixed = triton_backend.mix_grouped(torch.randn(count, k), 9, 0, *shape, 1.0, "uniform")
+    projected = triton_backend.project_grouped(torch.randn(count, *shape), 9, 0, k, 1.0, "uniform")
+    assert torch.equal(mixed, torch.zeros(count, *shape))
+    assert torch.equal(projected, torch.zeros(count, k))
+
+
 @pytest.mark.parametrize("distribution", DISTRIBUTIONS)
 def test_grouped_is_deterministic(distribution):
     seed, stream, k, shape = FAMILIES[0]

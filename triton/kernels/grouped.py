@@ -224,6 +224,8 @@ def mix_grouped(coeffs, seed, stream, rows, cols, scale, distribution):
     float32 (G, k)."""
     count, k = coeffs.shape
     numel = rows * cols
+    if count * numel * k == 0:  # no rows, no positions, or sums over no basis matrix
+        return torch.zeros((count, rows, cols), dtype=torch.float32, device=coeffs.device)
     plan = mix_plan(count, numel, k, distribution)
     partial = output_buffer((plan.grid[1], count, numel), torch.float32, coeffs.device)
     with on_device(coeffs):
@@ -239,7 +241,9 @@ def project_grouped(grads, seed, stream, k, scale, distribution):
     """(G, k) float32: row g is scale * <grads[g], U_i> for i < k; grads: contiguous float32
     (G, rows, cols)."""
     count = grads.shape[0]
-    numel = grads[0].numel()
+    numel = grads.shape[1:].numel()
+    if count * numel * k == 0:  # no rows, no basis matrix, or sums over no position
+        return torch.zeros((count, k), dtype=torch.float32, device=grads.device)
     plan = project_plan(count, numel, k, distribution)
     partial = output_buffer((plan.grid[1], count, k), torch.float32, grads.device)
     with on_device(grads):

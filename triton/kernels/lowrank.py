@@ -34,6 +34,7 @@ from .philox_tiles import mixed_tile
 # shape. The interpreter uses one small setting.
 _STREAM_T_SMALL, _STREAM_T_LARGE, _LARGE_TOKENS = 64, 128, 1024
 _INTERPRETED_STREAM_T = 32
+_MIN_WARPS = 4
 # Tokens per step of the sums over tokens (grad_a, grad_b): fixed, because it sets the order of
 # their float32 additions, and gradients must not depend on the streamed products' setting.
 _SUM_T: tl.constexpr = tl.constexpr(64)
@@ -257,12 +258,16 @@ class _Plan:
         rank_generated = triton.next_power_of_2(rank)  # factor rows (A) or columns (B) generated
         self.rank_generated = rank_generated
         self.rank_block = max(16, rank_generated)  # tl.dot needs >= 16
-        # A's slice is a (rank_block, a_slice) tile in registers, B's a (b_slice, rank_block) one.
-        self.a_slice = min(128 if self.rank_block <= 32 else 64, max(16, triton.next_power_of_2(in_features)))
-        self.b_slice = min(64, max(16, triton.next_power_of_2(out_features)))
+        call = 1 << COUNTER_SHIFT[distribution]
+        # A's slice is a (rank_block, a_slice) tile in registers, B's a (b_slice, rank_block) one:
+        # 64 rows, or up to A's width where the tile needs them for one Philox call per thread of
+        # the fewest warps (uniform16 at rank 8).
+        widest = 128 if self.rank_block <= 32 else 64
+        self.a_slice = min(widest, max(16, triton.next_power_of_2(in_features)))
+        b_rows = max(64, min(widest, _MIN_WARPS * 32 * call // rank_generated))
+        self.b_slice = min(b_rows, max(16, triton.next_power_of_2(out_features)))
         self.a_parts = ceil_div(in_features, self.a_slice)
         self.b_parts = ceil_div(out_features, self.b_slice)
-        call = 1 << COUNTER_SHIFT[distribution]
         # Tile rows start on Philox call boundaries when a factor row and the tile width are whole
         # calls; every call then feeds a run of adjacent entries.
         a_aligned = in_features % call == 0 and self.a_slice % call == 0
@@ -273,12 +278,12 @@ class _Plan:
             PRECISION="tf32" if allow_tf32 else "ieee", EMULATE_BF16=INTERPRETED and x.dtype == torch.bfloat16,
         )  # fmt: skip
         common.update(BLOCK_T=stream_tokens(x.shape[0]), num_stages=2 if INTERPRETED else 3)
-        # One uniform Philox call per thread per basis index where the tile has that many.
+        # One Philox call per thread per basis index where the tile has that many.
         self.a_kwargs = dict(
-            common, SLICE=self.a_slice, ALIGNED=a_aligned, num_warps=_warps(rank_generated * self.a_slice)
+            common, SLICE=self.a_slice, ALIGNED=a_aligned, num_warps=_warps(rank_generated * self.a_slice // call)
         )
         self.b_kwargs = dict(
-            common, SLICE=self.b_slice, ALIGNED=b_aligned, num_warps=_warps(rank_generated * self.b_slice)
+            common, SLICE=self.b_slice, ALIGNED=b_aligned, num_warps=_warps(rank_generated * self.b_slice // call)
         )
 
 
@@ -289,8 +294,10 @@ def stream_tokens(tokens):
     return _STREAM_T_LARGE if tokens >= _LARGE_TOKENS else _STREAM_T_SMALL
 
 
-def _warps(tile_entries):
-    return 4 if INTERPRETED else min(8, max(4, tile_entries // (4 * 32)))
+def _warps(tile_calls):
+    """4 (tl.dot's warp group on Hopper) to 8 warps: one Philox call per thread where the tile has
+    that many."""
+    return _MIN_WARPS if INTERPRETED else min(8, max(_MIN_WARPS, tile_calls // 32))
 
 
 def _offset(offset, fallback):

@@ -228,8 +228,8 @@ def _mixed_call_entries(
 ):  # fmt: skip
     """mixed_tile's walk for rows of whole calls of several entries per word (uniform16),
     unscaled and unmasked: the entries of a call on an axis ahead of the rows and calls, so each
-    thread keeps the calls it makes; one accumulator per entry and basis index of a step, summed
-    over the step's indices and put in the tile's order once at the end."""
+    thread keeps the calls it makes (one per thread per basis index where the launch gives the
+    warps for it); the accumulators are put in the tile's order once at the end."""
     ROWS: tl.constexpr = row_start.shape[0]
     CALL: tl.constexpr = 1 << call_shift(DISTRIBUTION)
     CALLS: tl.constexpr = WIDTH // CALL
@@ -237,16 +237,16 @@ def _mixed_call_entries(
     entry = tl.arange(0, CALL)[None, :, None, None]
     if PROJECT:
         grad = tl.permute(tl.reshape(grad, (ROWS, CALLS, CALL)), (2, 0, 1))[None, :, :, :]
-    acc = tl.zeros((BLOCK_I, CALL, ROWS, CALLS), tl.float32)
+    acc = tl.zeros((CALL, ROWS, CALLS), tl.float32)
     for first in range(i_start, i_stop, BLOCK_I):
         indices = first + tl.arange(0, BLOCK_I)
         live = indices < i_stop
         z0, z1, z2, z3 = _words(seed, call[None, None, :, :], indices[:, None, None, None], stream_lo, stream_hi, DISTRIBUTION)
         u = call_entries(z0, z1, z2, z3, entry, DISTRIBUTION)
-        acc += tl.load(coeffs_ptr + indices, mask=live, other=0.0)[:, None, None, None] * u
+        acc += tl.sum(tl.load(coeffs_ptr + indices, mask=live, other=0.0)[:, None, None, None] * u, axis=0)
         if PROJECT:
             _store_row_sums(projection_ptr, indices, live, tl.sum(u * grad, axis=1))
-    return tl.reshape(tl.permute(tl.sum(acc, axis=0), (1, 2, 0)), (ROWS, WIDTH))
+    return tl.reshape(tl.permute(acc, (1, 2, 0)), (ROWS, WIDTH))
 
 
 @triton.jit
