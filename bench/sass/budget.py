@@ -25,11 +25,18 @@ KNOWN_OVER_BUDGET = {
     ("triton", "fused A backward", "uniform"): (
         "a factor row of 32 calls spans a warp: 5 shuffle levels per basis index and row for the projection"
     ),
+    ("triton", "fused A backward", "uniform16_philox7"): (
+        "a factor row of 16 calls spans half a warp: 4 shuffle levels per basis index and row for the projection, "
+        "and tl.sum's trees over a step's indices and a call's entries"
+    ),
     ("cuda", "mix+project", "uniform"): "ptxas recomputes the Philox key schedule in the loop (18 uniform adds)",
     ("cuda", "project", "rademacher"): "64-bit step arithmetic and the call-group selects, 1.155x",
-    ("triton", "grouped project (12 rows)", "rademacher"): (
-        "the gradients' split checks for inf and NaN and the rounded add of each step, 1.22x: 16 rows share them"
-    ),
+    **{
+        ("triton", "grouped project (12 rows)", distribution): (
+            "the gradients' split checks for inf and NaN and the rounded add of each step, 1.22x: 16 rows share them"
+        )
+        for distribution in ("rademacher", "rademacher_philox7")
+    },
 }
 
 
@@ -136,9 +143,14 @@ _FUSED = (
 )
 
 
+# The fused kernels' distributions compiled here: their rademacher factor tiles still take
+# basis_tile's entry-wise path (B's rows are shorter than a call), up to 128x the minimum calls.
+FUSED_DISTRIBUTIONS = ("uniform", "uniform16_philox7")
+
+
 def _fused_loops():
-    """lowrank's kernels at each shape as its launch plans them, every distribution."""
-    for (shape, layer), distribution in itertools.product(SHAPES.items(), DISTRIBUTIONS):
+    """lowrank's kernels at each shape as its launch plans them."""
+    for (shape, layer), distribution in itertools.product(SHAPES.items(), FUSED_DISTRIBUTIONS):
         x = torch.empty(layer.tokens, layer.in_features, dtype=layer.dtype, device="meta")
         plan = lowrank._Plan(x, layer.rank, layer.out_features, distribution)
         for name, kernel, side, backward in _FUSED:

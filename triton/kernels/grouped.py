@@ -28,7 +28,7 @@ import triton
 import triton.language as tl
 
 from .launch import GRID_TARGET_WARPS, INTERPRETED, ceil_div, on_device, output_buffer, seed_words
-from .philox_tiles import _words, basis_tile, call_entries, call_shift, is_rademacher, word_entries
+from .philox_tiles import _words, basis_tile, call_shift, is_rademacher, word_entries, word_entry
 
 GROUPED_WARPS = 4
 # Two stages of the pipelined loads: three would take 256 KiB of shared memory for the 64-row
@@ -50,22 +50,24 @@ PARTIAL_ENTRIES = 1 << 22
 
 
 @triton.jit
-def _columns(entries):
-    """(CALL, I, C) entries of calls (entry e of each call in row e) as one (I, CALL * C) tile.
-    The column order is _offsets'; each thread keeps its calls' entries."""
-    CALL: tl.constexpr = entries.shape[0]
-    INDICES: tl.constexpr = entries.shape[1]
-    CALLS: tl.constexpr = entries.shape[2]
-    return tl.reshape(tl.permute(entries, (1, 0, 2)), (INDICES, CALL * CALLS))
+def _columns(w0, w1, w2, w3):
+    """Four (E, I, C) tensors (one per Philox word, entry e of the word in row e) as one
+    (I, 4 E C) tile. The column order is _offsets'; each thread keeps its calls' entries."""
+    ENTRIES: tl.constexpr = w0.shape[0]
+    INDICES: tl.constexpr = w0.shape[1]
+    CALLS: tl.constexpr = w0.shape[2]
+    joined = tl.permute(tl.join(tl.join(w0, w1), tl.join(w2, w3)), (1, 0, 2, 3, 4))
+    return tl.reshape(joined, (INDICES, 4 * ENTRIES * CALLS))
 
 
 @triton.jit
 def _offsets(WIDTH: tl.constexpr, DISTRIBUTION: tl.constexpr):
     """The position, from the tile's first, of each tile column (WIDTH,)."""
     if word_entries(DISTRIBUTION) > 1:
+        E: tl.constexpr = word_entries(DISTRIBUTION)
         CALL: tl.constexpr = 1 << call_shift(DISTRIBUTION)
-        entry = CALL * tl.arange(0, WIDTH // CALL)[None, None, :] + tl.arange(0, CALL)[:, None, None]
-        return tl.reshape(_columns(entry), (WIDTH,))
+        entry = CALL * tl.arange(0, WIDTH // CALL)[None, None, :] + tl.arange(0, E)[:, None, None]
+        return tl.reshape(_columns(entry, entry + E, entry + 2 * E, entry + 3 * E), (WIDTH,))
     else:
         return tl.arange(0, WIDTH)
 
@@ -77,11 +79,12 @@ def _tile(seed, stream_lo, stream_hi, indices, first, WIDTH: tl.constexpr, DISTR
     if word_entries(DISTRIBUTION) > 1:
         SHIFT: tl.constexpr = call_shift(DISTRIBUTION)
         call = (first >> SHIFT) + tl.arange(0, WIDTH >> SHIFT)
-        # Calls along the last axis and indices along the middle one, the entries of a call along
+        # Calls along the last axis and indices along the middle one, the entries of a word along
         # the first: threads split the calls, and each keeps the entries of its own.
         z0, z1, z2, z3 = _words(seed, call[None, None, :], indices[None, :, None], stream_lo, stream_hi, DISTRIBUTION)
-        entry = tl.arange(0, 1 << SHIFT)[:, None, None]
-        return _columns(call_entries(z0, z1, z2, z3, entry, DISTRIBUTION))
+        lanes = tl.arange(0, word_entries(DISTRIBUTION))[:, None, None]
+        return _columns(word_entry(z0, lanes, DISTRIBUTION), word_entry(z1, lanes, DISTRIBUTION),
+                        word_entry(z2, lanes, DISTRIBUTION), word_entry(z3, lanes, DISTRIBUTION))  # fmt: skip
     else:
         return basis_tile(seed, stream_lo, stream_hi, indices, tl.zeros_like(indices) + first, WIDTH, DISTRIBUTION, True)
 

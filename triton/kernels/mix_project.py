@@ -18,7 +18,7 @@ from .launch import (
     output_buffer,
     seed_words,
 )
-from .philox_tiles import _words, call_shift, flip_sign, is_rademacher, word_entry, word_entries
+from .philox_tiles import _words, call_shift, flip_sign, is_rademacher, word_entries, word_entry
 
 
 @triton.jit
