@@ -12,8 +12,8 @@ element, which cost more SASS per entry).
 - uniform: an entry (an odd multiple of 2^-23, or 2^-15 for uniform16, below 1) is its TF32
   rounding plus a rest exact in TF32 (at most 11 significant bits); the dense operand is its TF32
   rounding plus the TF32 rounding of its rest (within one float32 ulp of it). Three products, the
-  two rests' product dropped (each rest is within 2^-11 of its value, so within 2^-22 of the whole): a few float32
-  roundings per product, of random sign.
+  two rests' product dropped (each rest is within 2^-11 of its value, so within 2^-22 of the
+  whole): a few float32 roundings per product, of random sign.
 - rademacher: +-1 is exact in TF32, and the dense operand is split into three TF32 parts that add
   up to it exactly (11 + 11 + the rest's last bits), so every product is exact and only the
   float32 accumulation rounds.
