@@ -123,9 +123,10 @@ FUSED_CASES = [
     (16, 1, 7, 200, 129, "uniform"),
     (64, 7, 1, 72, 40, "uniform"),
     (16, 7, 7, 256, 33, "rademacher"),
-    # v1.1: uniform16 factor rows of whole calls (A: 8 calls a row, B: 2) and of partial calls
+    # v1.1, uniform16: factor rows of whole calls (A: 8 calls a row, B: 2); A's rows of partial
+    # calls with B's of one call, in slices of 128 rows, the last one partial
     (16, 9, 5, 256, 40, "uniform16_philox7"),
-    (3, 6, 512, 100, 36, "uniform16_philox7"),
+    (8, 6, 512, 100, 300, "uniform16_philox7"),
     (8, 5, 9, 256, 24, "rademacher_philox7"),
 ]
 
