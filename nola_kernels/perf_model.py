@@ -88,17 +88,30 @@ SASS_COUNTS = {
     ("project", "triton", "uniform"): _measured(18.5, 0.19062),
     ("mix", "triton", "rademacher"): _measured(3.445, 0.00625),
     ("project", "triton", "rademacher"): _measured(3.586, 0.00625),
+    ("mix", "triton", "uniform16_philox7"): _measured(8.125, 0.08259),
+    ("project", "triton", "uniform16_philox7"): _measured(9.156, 0.08259),
+    ("mix", "triton", "rademacher_philox7"): _measured(3.312, 0.00558),
+    ("project", "triton", "rademacher_philox7"): _measured(3.453, 0.00558),
     ("fused A forward", "triton", "uniform"): _measured(18.312, 0.2),
     ("fused B forward", "triton", "uniform"): _measured(18.375, 0.2),
     ("fused A backward", "triton", "uniform"): _measured(22.438, 0.2),
     ("fused B backward", "triton", "uniform"): _measured(20.812, 0.2),
+    ("fused A forward", "triton", "uniform16_philox7"): _measured(9.125, 0.08929),
+    ("fused B forward", "triton", "uniform16_philox7"): _measured(9.094, 0.08929),
+    ("fused A backward", "triton", "uniform16_philox7"): _measured(11.781, 0.08929),
+    ("fused B backward", "triton", "uniform16_philox7"): _measured(11.0, 0.08929),
 }
-# bench/sass compiles the fused kernels with uniform bases only. Their rademacher tiles
-# (philox_tiles.basis_tile) are the code whose loop the outside review counted in the Triton
-# rademacher mix at 498619d, before the flat kernels left it: that count is assumed for them.
+# bench/sass compiles the fused kernels with uniform bases only (v1's and uniform16). Their
+# rademacher tiles (philox_tiles.basis_tile) are the code whose loop the outside review counted in
+# the Triton rademacher mix at 498619d, before the flat kernels left it: that count (10 rounds) is
+# assumed for them, with 7 rounds too.
 _RADEMACHER_TILE = LoopCount(55.6, 1.0, "assumed: the review's count of the Triton rademacher tile (498619d)")
 # The loops the model prices: every kernel of every path, by (kernel, backend, distribution).
-LOOP_COUNTS = SASS_COUNTS | {(kernel, "triton", "rademacher"): _RADEMACHER_TILE for kernel in TRITON_FUSED_KERNELS}
+LOOP_COUNTS = SASS_COUNTS | {
+    (kernel, "triton", distribution): _RADEMACHER_TILE
+    for kernel in TRITON_FUSED_KERNELS
+    for distribution in ("rademacher", "rademacher_philox7")
+}
 
 
 @dataclass(frozen=True)

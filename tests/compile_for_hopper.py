@@ -12,6 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 from sass.hopper import ACTIVATIONS, compile_triton
 
 from nola_kernels.backends.triton_backend import FUSED_MAX_RANK
+from nola_kernels.basis import DISTRIBUTIONS
 from nola_kernels.triton_kernels import lowrank, mix_project
 from nola_kernels.triton_kernels.launch import MIX_WARPS, PROJECT_WARPS, flat_block
 
@@ -22,14 +23,15 @@ def compile_kernel(kernel, activation, constexprs, num_warps=4, num_stages=3):
 
 
 def main():
-    for distribution in ("uniform", "rademacher"):
+    for distribution in DISTRIBUTIONS:
         for kernel, warps in ((mix_project._mix_kernel, MIX_WARPS), (mix_project._project_kernel, PROJECT_WARPS)):
-            flat = dict(BLOCK=flat_block(1, distribution, warps), BLOCK_I=1, RADEMACHER=distribution == "rademacher", ROUNDS=10)
+            flat = dict(BLOCK=flat_block(1, distribution, warps), BLOCK_I=1, DISTRIBUTION=distribution)
             compile_kernel(kernel, "fp32", flat, num_warps=warps)
     # Layer shapes as the launches see them: GPT-2 M and LLaMA-2-7B layouts, unaligned rank-3 and
-    # rank-64 layouts, rademacher with whole and partial Philox calls; then the largest rank the
-    # fused path takes in float32 (the widest tiles) with the most tokens per step, the setting
-    # that needs the most shared memory.
+    # rank-64 layouts, rademacher with whole and partial Philox calls, uniform16 at GPT-2 M (the
+    # B side's 128-row slice) and unaligned; then the largest rank the fused path takes in float32
+    # (the widest tiles) with the most tokens per step, the setting that needs the most shared
+    # memory.
     most_tokens = lowrank._LARGE_TOKENS
     layers = [
         (1024, 1024, 8, "uniform", torch.float32, 512),
@@ -38,11 +40,13 @@ def main():
         (72, 40, 64, "uniform", torch.bfloat16, 64),
         (4096, 4096, 16, "rademacher", torch.bfloat16, 64),
         (100, 36, 8, "rademacher", torch.float32, 64),
+        (1024, 1024, 8, "uniform16_philox7", torch.float32, 512),
+        (100, 36, 3, "uniform16_philox7", torch.float16, 64),
         (4096, 4096, FUSED_MAX_RANK, "uniform", torch.float32, most_tokens),
     ]
     for in_features, out_features, rank, distribution, dtype, tokens in layers:
         x = torch.empty(tokens, in_features, dtype=dtype, device="meta")
-        plan = lowrank._Plan(x, rank, out_features, distribution, rounds=10)
+        plan = lowrank._Plan(x, rank, out_features, distribution)
         for kernel, kwargs in (
             (lowrank._a_forward, plan.a_kwargs), (lowrank._a_backward, plan.a_kwargs),
             (lowrank._b_forward, plan.b_kwargs), (lowrank._b_backward, plan.b_kwargs),

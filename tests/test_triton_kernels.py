@@ -6,10 +6,11 @@ float64 reference. On the CPU they run in Triton's interpreter (TRITON_INTERPRET
 import pytest
 import torch
 from numerics import rel_err, rounding_bound
-from philox_oracle import philox
+from philox_oracle import element
 
 from nola_kernels import available_backends, nola_basis, nola_matmul, nola_mix, nola_project
 from nola_kernels.backends import get_backend
+from nola_kernels.basis import COUNTER_SHIFT, DISTRIBUTIONS
 from nola_kernels.lowrank import LowRankShape
 from nola_kernels.reference import naive_matmul
 from nola_kernels.routing import lowrank_path
@@ -27,7 +28,7 @@ DEVICES = [
     pytest.param("cpu", marks=pytest.mark.skipif("triton" not in available_backends("cpu"), reason="no interpreter")),
     pytest.param("cuda", marks=pytest.mark.gpu),
 ]
-CALL_ENTRIES = {"uniform": 4, "rademacher": 128}
+V11_DISTRIBUTIONS = ["uniform16_philox7", "rademacher_philox7"]
 
 
 @pytest.fixture(autouse=True)
@@ -41,8 +42,7 @@ def _fused_unless_told():
 @triton.jit
 def _store_tiles(
     out_ptr, seed, stream_lo, stream_hi, index, n_rows, n_cols,
-    ROWS: tl.constexpr, WIDTH: tl.constexpr, RADEMACHER: tl.constexpr, ALIGNED: tl.constexpr,
-    ROUNDS: tl.constexpr,
+    ROWS: tl.constexpr, WIDTH: tl.constexpr, DISTRIBUTION: tl.constexpr, ALIGNED: tl.constexpr,
 ):  # fmt: skip
     """Writes basis matrix `index` of shape (n_rows, n_cols) tile by tile (ROWS x WIDTH)."""
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
@@ -50,25 +50,25 @@ def _store_tiles(
     cols = col0 + tl.arange(0, WIDTH)
     indices = tl.zeros((ROWS,), tl.int64) + index
     tile = basis_tile(
-        seed, stream_lo, stream_hi, indices, rows.to(tl.int64) * n_cols + col0, WIDTH, RADEMACHER, ALIGNED, ROUNDS
+        seed, stream_lo, stream_hi, indices, rows.to(tl.int64) * n_cols + col0, WIDTH, DISTRIBUTION, ALIGNED
     )
     mask = (rows[:, None] < n_rows) & (cols[None, :] < n_cols)
     tl.store(out_ptr + rows[:, None] * n_cols + cols[None, :], tile, mask=mask)
 
 
-def _tiles(seed, stream, index, shape, distribution, tiling, aligned, device, rounds=10):
+def _tiles(seed, stream, index, shape, distribution, tiling, aligned, device):
     out = torch.full(shape, float("nan"), device=device)
     rows, width = tiling
     grid = (triton.cdiv(shape[0], rows), triton.cdiv(shape[1], width))
     _store_tiles[grid](
         out, seed, stream & 0xFFFFFFFF, stream >> 32, index, *shape,
-        ROWS=rows, WIDTH=width, RADEMACHER=distribution == "rademacher", ALIGNED=aligned, ROUNDS=rounds,
+        ROWS=rows, WIDTH=width, DISTRIBUTION=distribution, ALIGNED=aligned,
     )  # fmt: skip
     return out.cpu()
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("distribution", ["uniform", "rademacher"])
+@pytest.mark.parametrize("distribution", DISTRIBUTIONS)
 @pytest.mark.parametrize(
     "shape",
     [(37, 129), (9, 12), (5, 256), (2, 3)],  # C: not a multiple of 4 or of a block; whole calls; < 4
@@ -78,7 +78,7 @@ def _tiles(seed, stream, index, shape, distribution, tiling, aligned, device, ro
 def test_tiles_are_bit_identical_to_nola_basis(device, distribution, shape, tiling):
     seed, stream, index = 2**40 + 1, 2**35 + 3, 3
     expected = nola_basis(seed, index + 1, shape, stream=stream, distribution=distribution)[index]
-    call = CALL_ENTRIES[distribution]
+    call = 1 << COUNTER_SHIFT[distribution]
     # One entry per call wherever the layout allows it, and the entry-wise path everywhere.
     for aligned in {False, shape[1] % call == 0 and tiling[1] % call == 0}:
         tiles = _tiles(seed, stream, index, shape, distribution, tiling, aligned, device)
@@ -86,13 +86,14 @@ def test_tiles_are_bit_identical_to_nola_basis(device, distribution, shape, tili
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_rounds_are_a_compile_time_parameter(device):
-    # 7 rounds against the scalar oracle: word n & 3 of the call at n >> 2, as uniform values.
-    seed, shape = 2**33 + 5, (3, 8)
-    tiles = _tiles(seed, 0, 2, shape, "uniform", (16, 16), True, device, rounds=7)
-    for n in range(shape[0] * shape[1]):
-        word = philox((n >> 2, 2, 0, 0), (seed & 0xFFFFFFFF, seed >> 32), rounds=7)[n & 3]
-        assert tiles.view(-1)[n].item() == (((word >> 8) | 1) - 2**23) * 2.0**-23
+@pytest.mark.parametrize("distribution", V11_DISTRIBUTIONS)
+def test_philox7_tiles_match_the_scalar_oracle(device, distribution):
+    # Philox4x32-7 and the entry order within a call (uniform16: entry 2w + h is half h of word
+    # w, the low half first), against docs/spec.md written out with plain ints.
+    seed, stream, shape = 2**33 + 5, 2**32 + 9, (3, 256)
+    tiles = _tiles(seed, stream, 2, shape, distribution, (4, 256), True, device)
+    for n in range(0, shape[0] * shape[1], 7):
+        assert tiles.view(-1)[n].item() == element(seed, stream, 2, n, distribution), n
 
 
 MIX_CASES = [
@@ -104,7 +105,7 @@ MIX_CASES = [
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("distribution", ["uniform", "rademacher"])
+@pytest.mark.parametrize("distribution", DISTRIBUTIONS)
 @pytest.mark.parametrize("k, shape", MIX_CASES)
 def test_mix_and_project_match_the_torch_backend(device, distribution, k, shape):
     coeffs, grad = torch.randn(k, device=device), torch.randn(shape, device=device)
@@ -122,6 +123,11 @@ FUSED_CASES = [
     (16, 1, 7, 200, 129, "uniform"),
     (64, 7, 1, 72, 40, "uniform"),
     (16, 7, 7, 256, 33, "rademacher"),
+    # v1.1, uniform16: factor rows of whole calls (A: 8 calls a row, B: 2); A's rows of partial
+    # calls with B's of one call, in slices of 128 rows, the last one partial
+    (16, 9, 5, 256, 40, "uniform16_philox7"),
+    (8, 6, 512, 100, 300, "uniform16_philox7"),
+    (8, 5, 9, 256, 24, "rademacher_philox7"),
 ]
 
 
@@ -228,7 +234,7 @@ def test_tf32_set_by_the_fp32_precision_api(restore_fp32_precision, device, sett
     else:
         torch.backends.cuda.matmul.fp32_precision = "tf32"
     tensors, kwargs, _ = _fused_inputs((3, 5, 6, 20, 12, "uniform"), torch.float32, (4,), device)
-    assert lowrank._Plan(tensors["x"], 3, 12, "uniform", 10).a_kwargs["PRECISION"] == "tf32"
+    assert lowrank._Plan(tensors["x"], 3, 12, "uniform").a_kwargs["PRECISION"] == "tf32"
     fused = nola_matmul(**tensors, **kwargs, backend="triton")
     assert rel_err(fused, nola_matmul(**tensors, **kwargs, backend="torch")) <= 1e-2
 
@@ -241,12 +247,12 @@ def test_gradients_repeat_bit_for_bit_and_agree_across_tokens_per_step(monkeypat
     tensors, kwargs, _ = _fused_inputs((16, 7, 7, 256, 33, "uniform"), torch.float32, (300,), device)
     x, alpha, beta, a0, b0 = (tensors[name] for name in ("x", "alpha", "beta", "a0", "b0"))
     family = dict(seed_a=kwargs["seed_a"], seed_b=kwargs["seed_b"], rank=16, out_features=33, scaling=0.75)
-    _, h = lowrank.forward(x, alpha, beta, a0, b0, **family, distribution="uniform", rounds=10)
+    _, h = lowrank.forward(x, alpha, beta, a0, b0, **family, distribution="uniform")
     grad = torch.randn(300, 33, device=device)
     grads = []
     for tokens_per_step in (16, 16, 128):
         monkeypatch.setattr(lowrank, "stream_tokens", lambda tokens, step=tokens_per_step: step)
-        grads.append(lowrank.backward(grad, x, h, alpha, beta, a0, b0, **family, distribution="uniform", rounds=10))
+        grads.append(lowrank.backward(grad, x, h, alpha, beta, a0, b0, **family, distribution="uniform"))
     # beta and b come from the sums over tokens alone, a fixed 64 tokens per step in every
     # setting: the same bits. x, alpha and a also pass through grad_h, whose reductions: out (33)
     # for grad_h, then rank (16) for x, or the tokens (300) for a and then the positions (16 x 256)
@@ -333,7 +339,7 @@ def test_basis_index_splits_past_int32(device):
     partial = torch.full((3, numel), float("nan"), device=device)
     mix_project._mix_kernel[(1, 3)](
         coeffs, partial, numel, 4, per_split, 0.5, 2**40 + 7, 0, 0,
-        BLOCK=128, BLOCK_I=BLOCK_I, RADEMACHER=False, ROUNDS=10,
+        BLOCK=128, BLOCK_I=BLOCK_I, DISTRIBUTION="uniform",
     )  # fmt: skip
     expected = nola_mix(coeffs, 2**40 + 7, (1, numel), scale=0.5, backend="torch").view(-1)
     assert rel_err(partial[0], expected) <= 1e-6

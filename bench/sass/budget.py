@@ -2,14 +2,14 @@
 per generated entry, against a reference loop that generates the same entries with the minimum
 work (bench/sass/references.py and references.cu) and against the contract's minimum calls."""
 
+import itertools
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
-from nola_kernels.basis import COUNTER_SHIFT
-from nola_kernels.philox import DEFAULT_ROUNDS
+from nola_kernels.basis import COUNTER_SHIFT, DISTRIBUTIONS, PHILOX_ROUNDS
 from nola_kernels.triton_kernels import grouped, lowrank, mix_project
 from nola_kernels.triton_kernels.launch import BLOCK_I, MIX_WARPS, PROJECT_WARPS, flat_block
 
@@ -25,11 +25,18 @@ KNOWN_OVER_BUDGET = {
     ("triton", "fused A backward", "uniform"): (
         "a factor row of 32 calls spans a warp: 5 shuffle levels per basis index and row for the projection"
     ),
+    ("triton", "fused A backward", "uniform16_philox7"): (
+        "a factor row of 16 calls spans half a warp: 4 shuffle levels per basis index and row for the projection, "
+        "and tl.sum's trees over a step's indices and a call's entries"
+    ),
     ("cuda", "mix+project", "uniform"): "ptxas recomputes the Philox key schedule in the loop (18 uniform adds)",
     ("cuda", "project", "rademacher"): "64-bit step arithmetic and the call-group selects, 1.155x",
-    ("triton", "grouped project (12 rows)", "rademacher"): (
-        "the gradients' split checks for inf and NaN and the rounded add of each step, 1.22x: 16 rows share them"
-    ),
+    **{
+        ("triton", "grouped project (12 rows)", distribution): (
+            "the gradients' split checks for inf and NaN and the rounded add of each step, 1.22x: 16 rows share them"
+        )
+        for distribution in ("rademacher", "rademacher_philox7")
+    },
 }
 
 
@@ -105,8 +112,8 @@ def _triton(kernel, activation, constexprs, num_warps, num_stages=3):
 
 def _triton_reference(loop, num_warps):
     constexprs = dict(
-        CALLS=_reference_calls_per_thread(loop) * 32 * num_warps, RADEMACHER=loop.distribution == "rademacher", MIX=loop.mix,
-        PROJECT=loop.project, ROUNDS=DEFAULT_ROUNDS,
+        CALLS=_reference_calls_per_thread(loop) * 32 * num_warps, DISTRIBUTION=loop.distribution, MIX=loop.mix,
+        PROJECT=loop.project,
     )  # fmt: skip
     return _triton(references.reference_kernel, "fp32", constexprs, num_warps)
 
@@ -114,13 +121,13 @@ def _triton_reference(loop, num_warps):
 def _flat_loops():
     """mix_project's kernels: their blocks depend on the distribution alone, so both shapes
     launch the same specialization."""
-    for distribution in ("uniform", "rademacher"):
+    for distribution in DISTRIBUTIONS:
         for name, kernel, warps, mix in (
             ("mix", mix_project._mix_kernel, MIX_WARPS, True),
             ("project", mix_project._project_kernel, PROJECT_WARPS, False),
         ):
             block = flat_block(1, distribution, warps)
-            constexprs = dict(BLOCK=block, BLOCK_I=BLOCK_I, RADEMACHER=distribution == "rademacher", ROUNDS=DEFAULT_ROUNDS)
+            constexprs = dict(BLOCK=block, BLOCK_I=BLOCK_I, DISTRIBUTION=distribution)
             yield (
                 Loop(name, "triton", distribution, tuple(SHAPES), mix, not mix, block * BLOCK_I // (32 * warps),
                      _triton(kernel, "fp32", constexprs, warps)),
@@ -136,18 +143,23 @@ _FUSED = (
 )
 
 
+# The fused kernels' distributions compiled here: their rademacher factor tiles still take
+# basis_tile's entry-wise path (B's rows are shorter than a call), up to 128x the minimum calls.
+FUSED_DISTRIBUTIONS = ("uniform", "uniform16_philox7")
+
+
 def _fused_loops():
-    """lowrank's kernels at each shape as its launch plans them (uniform bases)."""
-    for shape, layer in SHAPES.items():
+    """lowrank's kernels at each shape as its launch plans them."""
+    for (shape, layer), distribution in itertools.product(SHAPES.items(), FUSED_DISTRIBUTIONS):
         x = torch.empty(layer.tokens, layer.in_features, dtype=layer.dtype, device="meta")
-        plan = lowrank._Plan(x, layer.rank, layer.out_features, "uniform", DEFAULT_ROUNDS)
+        plan = lowrank._Plan(x, layer.rank, layer.out_features, distribution)
         for name, kernel, side, backward in _FUSED:
             kwargs = dict(plan.a_kwargs if side == "a" else plan.b_kwargs)
             warps, stages = kwargs.pop("num_warps"), kwargs.pop("num_stages")
             tile = kwargs["RANK_GEN"] * kwargs["SLICE"] * kwargs["BLOCK_I"]
             activation = hopper.ACTIVATIONS[layer.dtype]
             yield (
-                Loop(name, "triton", "uniform", (shape,), True, backward, tile // (32 * warps),
+                Loop(name, "triton", distribution, (shape,), True, backward, tile // (32 * warps),
                      _triton(kernel, activation, {**kwargs, "HAS_OFFSET": True}, warps, stages)),
                 warps,
             )  # fmt: skip
@@ -160,7 +172,7 @@ GROUPED_ROWS = (12, 48)
 
 def _grouped_triton_loops():
     """grouped's tl.dot kernels: per thread, the generated tile's entries over the threads."""
-    for distribution in ("uniform", "rademacher"):
+    for distribution in DISTRIBUTIONS:
         for name, kernel, tiles in (
             ("grouped mix", grouped._mix_kernel, grouped.MIX_TILE),
             ("grouped project", grouped._project_kernel, grouped.PROJECT_TILE),
@@ -169,7 +181,7 @@ def _grouped_triton_loops():
             for rows in GROUPED_ROWS:
                 constexprs = dict(
                     ROWS=grouped.rows_per_program(rows), BLOCK_I=block_i, WIDTH=width,
-                    RADEMACHER=distribution == "rademacher", ROUNDS=DEFAULT_ROUNDS,
+                    DISTRIBUTION=distribution,
                 )  # fmt: skip
                 entries = block_i * width // (32 * grouped.GROUPED_WARPS)
                 compile_loop = _triton(kernel, "fp32", constexprs, grouped.GROUPED_WARPS, grouped.GROUPED_STAGES)
@@ -261,7 +273,7 @@ def _measure(compile_loop):
 def _row(loop, count, reference):
     entries = loop.entries_per_iteration
     sass_per_entry = count.instructions / (entries * loop.rows)
-    calls_per_entry = count.philox_calls(DEFAULT_ROUNDS) / entries
+    calls_per_entry = count.philox_calls(PHILOX_ROUNDS[loop.distribution]) / entries
     bound = (reference.instructions / _reference_entries(loop) + loop.rows - loop.reference_rows) / loop.rows
     minimum_calls = 1 / _entries_per_call(loop.distribution)
     return Row(

@@ -13,8 +13,6 @@ from ..triton_kernels import lowrank as _lowrank
 from ..triton_kernels import mix_project as _mix_project
 from ..triton_kernels.launch import INTERPRETED
 
-ROUNDS = 10  # Philox4x32-10, the contract's generator
-
 
 def unavailable_reason(device):
     device = torch.device(device)
@@ -37,19 +35,19 @@ def emulated(device):
 
 
 def mix(coeffs, seed, stream, rows, cols, scale, distribution):
-    return _mix_project.mix(coeffs, seed, stream, rows, cols, scale, distribution, ROUNDS)
+    return _mix_project.mix(coeffs, seed, stream, rows, cols, scale, distribution)
 
 
 def project(grad, seed, stream, k, scale, distribution):
-    return _mix_project.project(grad, seed, stream, k, scale, distribution, ROUNDS)
+    return _mix_project.project(grad, seed, stream, k, scale, distribution)
 
 
 def mix_grouped(coeffs, seed, stream, rows, cols, scale, distribution):
-    return _grouped.mix_grouped(coeffs, seed, stream, rows, cols, scale, distribution, ROUNDS)
+    return _grouped.mix_grouped(coeffs, seed, stream, rows, cols, scale, distribution)
 
 
 def project_grouped(grads, seed, stream, k, scale, distribution):
-    return _grouped.project_grouped(grads, seed, stream, k, scale, distribution, ROUNDS)
+    return _grouped.project_grouped(grads, seed, stream, k, scale, distribution)
 
 
 # Largest padded rank (next power of 2) of the fused kernels: their backward tiles outgrow Hopper's
@@ -66,8 +64,8 @@ def prefers_fused(shape):
 
 
 def lowrank_forward(x, alpha, beta, a0, b0, spec):
-    return _lowrank.forward(x, alpha, beta, a0, b0, *spec.schema_args(), ROUNDS)
+    return _lowrank.forward(x, alpha, beta, a0, b0, *spec.schema_args())
 
 
 def lowrank_backward(grad, x, h, alpha, beta, a0, b0, spec):
-    return _lowrank.backward(grad, x, h, alpha, beta, a0, b0, *spec.schema_args(), ROUNDS)
+    return _lowrank.backward(grad, x, h, alpha, beta, a0, b0, *spec.schema_args())

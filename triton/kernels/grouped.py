@@ -9,11 +9,11 @@ whole Philox calls, and multiplies them with the G rows (padded to tl.dot's 16) 
 Precision (float32 results as accurate as float32 FMAs): TF32 products on operand parts that are
 exact in TF32, split by hand (Triton's tf32x3 does the same split with inf checks on every
 element, which cost more SASS per entry).
-- uniform: an entry (an odd multiple of 2^-23 below 1) is its TF32 rounding plus a rest exact in
-  TF32 (at most 11 significant bits); the dense operand is its TF32 rounding plus the TF32
-  rounding of its rest (within one float32 ulp of it). Three products, the two rests' product
-  dropped (each rest is within 2^-11 of its value, so within 2^-22 of the whole): a few float32
-  roundings per product, of random sign.
+- uniform: an entry (an odd multiple of 2^-23, or 2^-15 for uniform16, below 1) is its TF32
+  rounding plus a rest exact in TF32 (at most 11 significant bits); the dense operand is its TF32
+  rounding plus the TF32 rounding of its rest (within one float32 ulp of it). Three products, the
+  two rests' product dropped (each rest is within 2^-11 of its value, so within 2^-22 of the
+  whole): a few float32 roundings per product, of random sign.
 - rademacher: +-1 is exact in TF32, and the dense operand is split into three TF32 parts that add
   up to it exactly (11 + 11 + the rest's last bits), so every product is exact and only the
   float32 accumulation rounds.
@@ -28,7 +28,7 @@ import triton
 import triton.language as tl
 
 from .launch import GRID_TARGET_WARPS, INTERPRETED, ceil_div, on_device, output_buffer, seed_words
-from .philox_tiles import RADEMACHER_SHIFT, _words, basis_tile, flip_sign
+from .philox_tiles import _words, basis_tile, call_shift, is_rademacher, word_entries, word_entry
 
 GROUPED_WARPS = 4
 # Two stages of the pipelined loads: three would take 256 KiB of shared memory for the 64-row
@@ -38,10 +38,10 @@ GROUPED_STAGES = 2
 # the grid takes a third axis of row blocks, each generating the tiles again.
 MIN_ROWS, MAX_ROWS = 16, 64
 # (basis indices, positions) of a generated tile: whole Philox calls along the positions, at
-# least one call per thread (uniform: 8 calls a thread in mix, 8 in project; rademacher: one call
-# of 128 entries).
-MIX_TILE = {"uniform": (32, 128), "rademacher": (64, 256)}
-PROJECT_TILE = {"uniform": (64, 64), "rademacher": (64, 256)}
+# least one call per thread (uniform: 8 calls a thread in mix, 8 in project; uniform16: 4 and 4;
+# rademacher: one call of 128 entries).
+MIX_TILE = {"uniform": (32, 128), "uniform16_philox7": (32, 128), "rademacher": (64, 256), "rademacher_philox7": (64, 256)}
+PROJECT_TILE = {"uniform": (64, 64), "uniform16_philox7": (64, 64), "rademacher": (64, 256), "rademacher_philox7": (64, 256)}
 # Programs a launch aims at: as many warps as the flat kernels (launch.py), or a few in the
 # interpreter so that the partial sums run in CPU tests; splits of the reduced dimension are whole
 # tiles, and the partials stay within PARTIAL_ENTRIES floats (16 MiB) or the output's size.
@@ -51,47 +51,42 @@ PARTIAL_ENTRIES = 1 << 22
 
 @triton.jit
 def _columns(w0, w1, w2, w3):
-    """Four (32, I, C) tensors (one per Philox word, bit b of the word in row b) as one
-    (I, 128 C) tile. The column order is _offsets'; each thread keeps its calls' 128 entries."""
+    """Four (E, I, C) tensors (one per Philox word, entry e of the word in row e) as one
+    (I, 4 E C) tile. The column order is _offsets'; each thread keeps its calls' entries."""
+    ENTRIES: tl.constexpr = w0.shape[0]
     INDICES: tl.constexpr = w0.shape[1]
     CALLS: tl.constexpr = w0.shape[2]
     joined = tl.permute(tl.join(tl.join(w0, w1), tl.join(w2, w3)), (1, 0, 2, 3, 4))
-    return tl.reshape(joined, (INDICES, 128 * CALLS))
+    return tl.reshape(joined, (INDICES, 4 * ENTRIES * CALLS))
 
 
 @triton.jit
-def _offsets(WIDTH: tl.constexpr, RADEMACHER: tl.constexpr):
+def _offsets(WIDTH: tl.constexpr, DISTRIBUTION: tl.constexpr):
     """The position, from the tile's first, of each tile column (WIDTH,)."""
-    if RADEMACHER:
-        entry = (
-            128 * tl.arange(0, WIDTH >> RADEMACHER_SHIFT.value)[None, None, :]
-            + tl.arange(0, 32)[:, None, None]
-        )
-        return tl.reshape(_columns(entry, entry + 32, entry + 64, entry + 96), (WIDTH,))
+    if word_entries(DISTRIBUTION) > 1:
+        E: tl.constexpr = word_entries(DISTRIBUTION)
+        CALL: tl.constexpr = 1 << call_shift(DISTRIBUTION)
+        entry = CALL * tl.arange(0, WIDTH // CALL)[None, None, :] + tl.arange(0, E)[:, None, None]
+        return tl.reshape(_columns(entry, entry + E, entry + 2 * E, entry + 3 * E), (WIDTH,))
     else:
         return tl.arange(0, WIDTH)
 
 
 @triton.jit
-def _tile(seed, stream_lo, stream_hi, indices, first, WIDTH: tl.constexpr, RADEMACHER: tl.constexpr,
-          ROUNDS: tl.constexpr):  # fmt: skip
+def _tile(seed, stream_lo, stream_hi, indices, first, WIDTH: tl.constexpr, DISTRIBUTION: tl.constexpr):
     """(I, WIDTH) float32: entry [r, j] is U_{indices[r]} at flat position first + _offsets[j]
     (first: a multiple of WIDTH, itself whole Philox calls)."""
-    if RADEMACHER:
-        call = (first >> RADEMACHER_SHIFT) + tl.arange(0, WIDTH >> RADEMACHER_SHIFT.value)
-        # Calls along the last axis and indices along the middle one, the 32 bits of a word along
-        # the first: threads split the calls, and each keeps the 128 entries of its own.
-        z0, z1, z2, z3 = _words(
-            seed, call[None, None, :], indices[None, :, None], stream_lo, stream_hi, ROUNDS
-        )
-        bits = tl.arange(0, 32)[:, None, None]
-        one = tl.full((32, 1, 1), 1.0, tl.float32)
-        return _columns(flip_sign(one, z0, bits), flip_sign(one, z1, bits), flip_sign(one, z2, bits),
-                        flip_sign(one, z3, bits))  # fmt: skip
+    if word_entries(DISTRIBUTION) > 1:
+        SHIFT: tl.constexpr = call_shift(DISTRIBUTION)
+        call = (first >> SHIFT) + tl.arange(0, WIDTH >> SHIFT)
+        # Calls along the last axis and indices along the middle one, the entries of a word along
+        # the first: threads split the calls, and each keeps the entries of its own.
+        z0, z1, z2, z3 = _words(seed, call[None, None, :], indices[None, :, None], stream_lo, stream_hi, DISTRIBUTION)
+        lanes = tl.arange(0, word_entries(DISTRIBUTION))[:, None, None]
+        return _columns(word_entry(z0, lanes, DISTRIBUTION), word_entry(z1, lanes, DISTRIBUTION),
+                        word_entry(z2, lanes, DISTRIBUTION), word_entry(z3, lanes, DISTRIBUTION))  # fmt: skip
     else:
-        return basis_tile(
-            seed, stream_lo, stream_hi, indices, tl.zeros_like(indices) + first, WIDTH, False, True, ROUNDS
-        )
+        return basis_tile(seed, stream_lo, stream_hi, indices, tl.zeros_like(indices) + first, WIDTH, DISTRIBUTION, True)
 
 
 @triton.jit
@@ -112,7 +107,7 @@ def _split(value):
 
 
 @triton.jit
-def _dot(basis, dense, acc, RADEMACHER: tl.constexpr):
+def _dot(basis, dense, acc, DISTRIBUTION: tl.constexpr):
     """acc + basis @ dense on tensor cores, as precise as float32 (module docstring): TF32
     products of operand parts that are exact in TF32. The generated tile is the left operand,
     which Hopper's wgmma takes at 64 rows and more. Each step's products start from zero and are
@@ -120,7 +115,7 @@ def _dot(basis, dense, acc, RADEMACHER: tl.constexpr):
     over a whole reduction would drift one way."""
     high, rest, special = _split(dense)
     middle = _tf32(rest)
-    if RADEMACHER:
+    if is_rademacher(DISTRIBUTION):
         step = tl.dot(basis, high, input_precision="tf32")
         step = tl.dot(basis, middle, step, input_precision="tf32")
         return acc + tl.dot(basis, rest - middle, step, input_precision="tf32")
@@ -135,8 +130,7 @@ def _dot(basis, dense, acc, RADEMACHER: tl.constexpr):
 @triton.jit
 def _mix_kernel(
     coeffs_ptr, partial_ptr, rows, numel, k, per_split, scale, seed, stream_lo, stream_hi,
-    ROWS: tl.constexpr, BLOCK_I: tl.constexpr, WIDTH: tl.constexpr, RADEMACHER: tl.constexpr,
-    ROUNDS: tl.constexpr,
+    ROWS: tl.constexpr, BLOCK_I: tl.constexpr, WIDTH: tl.constexpr, DISTRIBUTION: tl.constexpr,
 ):  # fmt: skip
     """partial[split, g, n] = scale * sum over the split's i of coeffs[g, i] U_i[n], for the
     program's WIDTH positions n and ROWS rows g, BLOCK_I basis indices per step, as U^T coeffs^T."""
@@ -150,9 +144,9 @@ def _mix_kernel(
         indices = i0 + tl.arange(0, BLOCK_I)
         live = (indices[:, None] < i_stop) & (g[None, :] < rows)
         coeffs = tl.load(coeffs_ptr + g[None, :].to(tl.int64) * k + indices[:, None], mask=live, other=0.0)
-        basis = _tile(seed, stream_lo, stream_hi, indices, first, WIDTH, RADEMACHER, ROUNDS)
-        acc = _dot(tl.trans(basis), coeffs, acc, RADEMACHER)
-    n = first + _offsets(WIDTH, RADEMACHER)
+        basis = _tile(seed, stream_lo, stream_hi, indices, first, WIDTH, DISTRIBUTION)
+        acc = _dot(tl.trans(basis), coeffs, acc, DISTRIBUTION)
+    n = first + _offsets(WIDTH, DISTRIBUTION)
     out = partial_ptr + (split * rows + g[None, :]) * numel + n[:, None]
     tl.store(out, acc * scale, mask=(n[:, None] < numel) & (g[None, :] < rows))
 
@@ -160,8 +154,7 @@ def _mix_kernel(
 @triton.jit
 def _project_kernel(
     grads_ptr, partial_ptr, rows, numel, k, blocks_per_group, seed, stream_lo, stream_hi,
-    ROWS: tl.constexpr, BLOCK_I: tl.constexpr, WIDTH: tl.constexpr, RADEMACHER: tl.constexpr,
-    ROUNDS: tl.constexpr,
+    ROWS: tl.constexpr, BLOCK_I: tl.constexpr, WIDTH: tl.constexpr, DISTRIBUTION: tl.constexpr,
 ):  # fmt: skip
     """partial[group, g, i] = sum over the group's positions n of grads[g, n] U_i[n], for the
     program's BLOCK_I basis indices i and ROWS rows g, WIDTH positions per step in order, as
@@ -169,7 +162,7 @@ def _project_kernel(
     indices = tl.program_id(0).to(tl.int64) * BLOCK_I + tl.arange(0, BLOCK_I)
     group = tl.program_id(1).to(tl.int64)
     g = tl.program_id(2) * ROWS + tl.arange(0, ROWS)
-    offsets = _offsets(WIDTH, RADEMACHER)
+    offsets = _offsets(WIDTH, DISTRIBUTION)
     rows_ptr = grads_ptr + g[None, :].to(tl.int64) * numel
     acc = tl.zeros((BLOCK_I, ROWS), tl.float32)
     first_block = group * blocks_per_group
@@ -178,8 +171,8 @@ def _project_kernel(
         first = block * WIDTH
         n = first + offsets
         grads = tl.load(rows_ptr + n[:, None], mask=(n[:, None] < numel) & (g[None, :] < rows), other=0.0)
-        basis = _tile(seed, stream_lo, stream_hi, indices, first, WIDTH, RADEMACHER, ROUNDS)
-        acc = _dot(basis, grads, acc, RADEMACHER)
+        basis = _tile(seed, stream_lo, stream_hi, indices, first, WIDTH, DISTRIBUTION)
+        acc = _dot(basis, grads, acc, DISTRIBUTION)
     out = partial_ptr + (group * rows + g[None, :]) * k + indices[:, None]
     tl.store(out, acc, mask=(indices[:, None] < k) & (g[None, :] < rows))
 
@@ -229,33 +222,37 @@ def _sum_partials(partial):
     return partial[0] if partial.shape[0] == 1 else partial.sum(0)
 
 
-def mix_grouped(coeffs, seed, stream, rows, cols, scale, distribution, rounds):
+def mix_grouped(coeffs, seed, stream, rows, cols, scale, distribution):
     """(G, rows, cols) float32: row g is scale * sum_i coeffs[g, i] U_i; coeffs: contiguous
     float32 (G, k)."""
     count, k = coeffs.shape
     numel = rows * cols
+    if count * numel * k == 0:  # no rows, no positions, or sums over no basis matrix
+        return torch.zeros((count, rows, cols), dtype=torch.float32, device=coeffs.device)
     plan = mix_plan(count, numel, k, distribution)
     partial = output_buffer((plan.grid[1], count, numel), torch.float32, coeffs.device)
     with on_device(coeffs):
         _mix_kernel[plan.grid](
             coeffs, partial, count, numel, k, plan.share, scale, *seed_words(seed, stream),
-            ROWS=plan.rows, BLOCK_I=plan.block_i, WIDTH=plan.width, RADEMACHER=distribution == "rademacher", ROUNDS=rounds,
+            ROWS=plan.rows, BLOCK_I=plan.block_i, WIDTH=plan.width, DISTRIBUTION=distribution,
             num_warps=GROUPED_WARPS, num_stages=GROUPED_STAGES,
         )  # fmt: skip
         return _sum_partials(partial).view(count, rows, cols)
 
 
-def project_grouped(grads, seed, stream, k, scale, distribution, rounds):
+def project_grouped(grads, seed, stream, k, scale, distribution):
     """(G, k) float32: row g is scale * <grads[g], U_i> for i < k; grads: contiguous float32
     (G, rows, cols)."""
     count = grads.shape[0]
-    numel = grads[0].numel()
+    numel = grads.shape[1:].numel()
+    if count * numel * k == 0:  # no rows, no basis matrix, or sums over no position
+        return torch.zeros((count, k), dtype=torch.float32, device=grads.device)
     plan = project_plan(count, numel, k, distribution)
     partial = output_buffer((plan.grid[1], count, k), torch.float32, grads.device)
     with on_device(grads):
         _project_kernel[plan.grid](
             grads, partial, count, numel, k, plan.share, *seed_words(seed, stream),
-            ROWS=plan.rows, BLOCK_I=plan.block_i, WIDTH=plan.width, RADEMACHER=distribution == "rademacher", ROUNDS=rounds,
+            ROWS=plan.rows, BLOCK_I=plan.block_i, WIDTH=plan.width, DISTRIBUTION=distribution,
             num_warps=GROUPED_WARPS, num_stages=GROUPED_STAGES,
         )  # fmt: skip
         return _sum_partials(partial).mul_(scale)

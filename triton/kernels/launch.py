@@ -22,7 +22,7 @@ MIX_WARPS = 4
 PROJECT_WARPS = 1
 # Philox calls per thread per basis index in the flat kernels: four independent uniform chains
 # hide the multiply latency; one rademacher call already feeds 128 entries.
-_CALLS_PER_THREAD = {"uniform": 4, "rademacher": 1}
+_CALLS_PER_THREAD = {"uniform": 4, "uniform16_philox7": 4, "rademacher": 1, "rademacher_philox7": 1}
 # Enough warps to fill a Hopper GPU (132 SMs) to about half of its resident capacity; a few
 # programs in the interpreter, so that the split code paths still run in CPU tests.
 GRID_TARGET_WARPS = 4 * MIX_WARPS if INTERPRETED else 132 * 32

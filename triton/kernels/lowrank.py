@@ -34,6 +34,7 @@ from .philox_tiles import mixed_tile
 # shape. The interpreter uses one small setting.
 _STREAM_T_SMALL, _STREAM_T_LARGE, _LARGE_TOKENS = 64, 128, 1024
 _INTERPRETED_STREAM_T = 32
+_MIN_WARPS = 4
 # Tokens per step of the sums over tokens (grad_a, grad_b): fixed, because it sets the order of
 # their float32 additions, and gradients must not depend on the streamed products' setting.
 _SUM_T: tl.constexpr = tl.constexpr(64)
@@ -43,7 +44,7 @@ _SUM_T: tl.constexpr = tl.constexpr(64)
 def _factor_tile(
     coeffs_ptr, k, scale, seed, offset_ptr, row0, n_rows, col0, n_cols, grad, projection_ptr,
     ROWS: tl.constexpr, WIDTH: tl.constexpr, HAS_OFFSET: tl.constexpr, BLOCK_I: tl.constexpr,
-    RADEMACHER: tl.constexpr, ALIGNED: tl.constexpr, ROUNDS: tl.constexpr, PROJECT: tl.constexpr,
+    DISTRIBUTION: tl.constexpr, ALIGNED: tl.constexpr, PROJECT: tl.constexpr,
 ):  # fmt: skip
     """Rows row0.. (ROWS) and columns col0.. (WIDTH) of a factor offset + mix(coeffs) of shape
     (n_rows, n_cols), basis stream 0; 0 outside the factor. PROJECT: as mixed_tile, tile row r's
@@ -55,7 +56,7 @@ def _factor_tile(
     # grad past the factor may hold 0 * x: NaN where x is infinite, which projects as 0.
     tile = mixed_tile(
         coeffs_ptr, 0, k, scale, seed, 0, 0, row_start, valid, tl.where(valid, grad, 0.0),
-        projection_ptr + tl.arange(0, ROWS).to(tl.int64) * k, WIDTH, BLOCK_I, RADEMACHER, ALIGNED, ROUNDS, PROJECT,
+        projection_ptr + tl.arange(0, ROWS).to(tl.int64) * k, WIDTH, BLOCK_I, DISTRIBUTION, ALIGNED, PROJECT,
     )  # fmt: skip
     if HAS_OFFSET:
         positions = rows[:, None].to(tl.int64) * n_cols + cols[None, :]
@@ -147,14 +148,14 @@ def _sum_over_tokens(
 def _a_forward(
     x_ptr, alpha_ptr, a0_ptr, h_partial_ptr, tokens, in_features, rank, k, scale, seed,
     HAS_OFFSET: tl.constexpr, RANK_BLOCK: tl.constexpr, SLICE: tl.constexpr, BLOCK_T: tl.constexpr,
-    BLOCK_I: tl.constexpr, RADEMACHER: tl.constexpr, ALIGNED: tl.constexpr, ROUNDS: tl.constexpr,
+    BLOCK_I: tl.constexpr, DISTRIBUTION: tl.constexpr, ALIGNED: tl.constexpr,
     RANK_GEN: tl.constexpr, PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
 ):  # fmt: skip
     part = tl.program_id(0)
     cols = part * SLICE + tl.arange(0, SLICE)
     a = _factor_tile(
         alpha_ptr, k, scale, seed, a0_ptr, 0, rank, part * SLICE, in_features, 0.0, alpha_ptr,
-        RANK_GEN, SLICE, HAS_OFFSET, BLOCK_I, RADEMACHER, ALIGNED, ROUNDS, False,
+        RANK_GEN, SLICE, HAS_OFFSET, BLOCK_I, DISTRIBUTION, ALIGNED, False,
     )  # fmt: skip
     a = _pad_rows(a, RANK_BLOCK)
     h_partial_ptr += part.to(tl.int64) * tokens * rank
@@ -168,13 +169,13 @@ def _a_forward(
 def _b_forward(
     h_ptr, beta_ptr, b0_ptr, delta_ptr, tokens, out_features, rank, k, scale, seed, scaling,
     HAS_OFFSET: tl.constexpr, RANK_BLOCK: tl.constexpr, SLICE: tl.constexpr, BLOCK_T: tl.constexpr,
-    BLOCK_I: tl.constexpr, RADEMACHER: tl.constexpr, ALIGNED: tl.constexpr, ROUNDS: tl.constexpr,
+    BLOCK_I: tl.constexpr, DISTRIBUTION: tl.constexpr, ALIGNED: tl.constexpr,
     RANK_GEN: tl.constexpr, PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
 ):  # fmt: skip
     row0 = tl.program_id(0) * SLICE
     b = _factor_tile(
         beta_ptr, k, scale, seed, b0_ptr, row0, out_features, 0, rank, 0.0, beta_ptr,
-        SLICE, RANK_GEN, HAS_OFFSET, BLOCK_I, RADEMACHER, ALIGNED, ROUNDS, False,
+        SLICE, RANK_GEN, HAS_OFFSET, BLOCK_I, DISTRIBUTION, ALIGNED, False,
     )  # fmt: skip
     b = tl.trans(_pad_rows(tl.trans(b), RANK_BLOCK))
     _stream_products(
@@ -189,7 +190,7 @@ def _b_backward(
     grad_ptr, h_ptr, beta_ptr, b0_ptr, grad_b_ptr, beta_partial_ptr, grad_h_partial_ptr,
     tokens, out_features, rank, k, scale, seed, scaling,
     HAS_OFFSET: tl.constexpr, RANK_BLOCK: tl.constexpr, SLICE: tl.constexpr, BLOCK_T: tl.constexpr,
-    BLOCK_I: tl.constexpr, RADEMACHER: tl.constexpr, ALIGNED: tl.constexpr, ROUNDS: tl.constexpr,
+    BLOCK_I: tl.constexpr, DISTRIBUTION: tl.constexpr, ALIGNED: tl.constexpr,
     RANK_GEN: tl.constexpr, PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
 ):  # fmt: skip
     part = tl.program_id(0)
@@ -202,7 +203,7 @@ def _b_backward(
     b = _factor_tile(
         beta_ptr, k, scale, seed, b0_ptr, part * SLICE, out_features, 0, rank,
         tl.trans(_first_rows(tl.trans(grad_b), RANK_GEN)), beta_partial_ptr + part.to(tl.int64) * SLICE * k,
-        SLICE, RANK_GEN, HAS_OFFSET, BLOCK_I, RADEMACHER, ALIGNED, ROUNDS, True,
+        SLICE, RANK_GEN, HAS_OFFSET, BLOCK_I, DISTRIBUTION, ALIGNED, True,
     )  # fmt: skip
     b = tl.trans(_pad_rows(tl.trans(b), RANK_BLOCK))
     grad_h_partial_ptr += part.to(tl.int64) * tokens * rank
@@ -217,7 +218,7 @@ def _a_backward(
     grad_h_ptr, x_ptr, alpha_ptr, a0_ptr, grad_a_ptr, alpha_partial_ptr, grad_x_ptr,
     tokens, in_features, rank, k, scale, seed,
     HAS_OFFSET: tl.constexpr, RANK_BLOCK: tl.constexpr, SLICE: tl.constexpr, BLOCK_T: tl.constexpr,
-    BLOCK_I: tl.constexpr, RADEMACHER: tl.constexpr, ALIGNED: tl.constexpr, ROUNDS: tl.constexpr,
+    BLOCK_I: tl.constexpr, DISTRIBUTION: tl.constexpr, ALIGNED: tl.constexpr,
     RANK_GEN: tl.constexpr, PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
 ):  # fmt: skip
     part = tl.program_id(0)
@@ -229,7 +230,7 @@ def _a_backward(
     _store_rows(grad_a_ptr, grad_a, rank, ranks, cols, in_features, False)
     a = _factor_tile(
         alpha_ptr, k, scale, seed, a0_ptr, 0, rank, part * SLICE, in_features, _first_rows(grad_a, RANK_GEN),
-        alpha_partial_ptr + part.to(tl.int64) * RANK_GEN * k, RANK_GEN, SLICE, HAS_OFFSET, BLOCK_I, RADEMACHER, ALIGNED, ROUNDS, True,
+        alpha_partial_ptr + part.to(tl.int64) * RANK_GEN * k, RANK_GEN, SLICE, HAS_OFFSET, BLOCK_I, DISTRIBUTION, ALIGNED, True,
     )  # fmt: skip
     a = _pad_rows(a, RANK_BLOCK)
     _stream_products(
@@ -252,34 +253,37 @@ class _Plan:
     """Launch settings of one product: slice widths, the padded rank, Philox alignment of each
     factor's tiles, the product precision, tokens per step and warps."""
 
-    def __init__(self, x, rank, out_features, distribution, rounds):
+    def __init__(self, x, rank, out_features, distribution):
         in_features = x.shape[1]
         rank_generated = triton.next_power_of_2(rank)  # factor rows (A) or columns (B) generated
         self.rank_generated = rank_generated
         self.rank_block = max(16, rank_generated)  # tl.dot needs >= 16
-        # A's slice is a (rank_block, a_slice) tile in registers, B's a (b_slice, rank_block) one.
-        self.a_slice = min(128 if self.rank_block <= 32 else 64, max(16, triton.next_power_of_2(in_features)))
-        self.b_slice = min(64, max(16, triton.next_power_of_2(out_features)))
+        call = 1 << COUNTER_SHIFT[distribution]
+        # A's slice is a (rank_block, a_slice) tile in registers, B's a (b_slice, rank_block) one:
+        # 64 rows, or up to A's width where the tile needs them for one Philox call per thread of
+        # the fewest warps (uniform16 at rank 8).
+        widest = 128 if self.rank_block <= 32 else 64
+        self.a_slice = min(widest, max(16, triton.next_power_of_2(in_features)))
+        b_rows = max(64, min(widest, _MIN_WARPS * 32 * call // rank_generated))
+        self.b_slice = min(b_rows, max(16, triton.next_power_of_2(out_features)))
         self.a_parts = ceil_div(in_features, self.a_slice)
         self.b_parts = ceil_div(out_features, self.b_slice)
-        rademacher = distribution == "rademacher"
-        call = 1 << COUNTER_SHIFT[distribution]
         # Tile rows start on Philox call boundaries when a factor row and the tile width are whole
         # calls; every call then feeds a run of adjacent entries.
         a_aligned = in_features % call == 0 and self.a_slice % call == 0
         b_aligned = rank % call == 0 and rank_generated % call == 0
         allow_tf32 = x.dtype == torch.float32 and _tf32_allowed()
         common = dict(
-            RANK_BLOCK=self.rank_block, RANK_GEN=rank_generated, BLOCK_I=FACTOR_BLOCK_I, RADEMACHER=rademacher, ROUNDS=rounds,
+            RANK_BLOCK=self.rank_block, RANK_GEN=rank_generated, BLOCK_I=FACTOR_BLOCK_I, DISTRIBUTION=distribution,
             PRECISION="tf32" if allow_tf32 else "ieee", EMULATE_BF16=INTERPRETED and x.dtype == torch.bfloat16,
         )  # fmt: skip
         common.update(BLOCK_T=stream_tokens(x.shape[0]), num_stages=2 if INTERPRETED else 3)
-        # One uniform Philox call per thread per basis index where the tile has that many.
+        # One Philox call per thread per basis index where the tile has that many.
         self.a_kwargs = dict(
-            common, SLICE=self.a_slice, ALIGNED=a_aligned, num_warps=_warps(rank_generated * self.a_slice)
+            common, SLICE=self.a_slice, ALIGNED=a_aligned, num_warps=_warps(rank_generated * self.a_slice // call)
         )
         self.b_kwargs = dict(
-            common, SLICE=self.b_slice, ALIGNED=b_aligned, num_warps=_warps(rank_generated * self.b_slice)
+            common, SLICE=self.b_slice, ALIGNED=b_aligned, num_warps=_warps(rank_generated * self.b_slice // call)
         )
 
 
@@ -290,8 +294,10 @@ def stream_tokens(tokens):
     return _STREAM_T_LARGE if tokens >= _LARGE_TOKENS else _STREAM_T_SMALL
 
 
-def _warps(tile_entries):
-    return 4 if INTERPRETED else min(8, max(4, tile_entries // (4 * 32)))
+def _warps(tile_calls):
+    """4 (tl.dot's warp group on Hopper) to 8 warps: one Philox call per thread where the tile has
+    that many."""
+    return _MIN_WARPS if INTERPRETED else min(8, max(_MIN_WARPS, tile_calls // 32))
 
 
 def _offset(offset, fallback):
@@ -299,12 +305,12 @@ def _offset(offset, fallback):
     return (fallback, False) if offset is None else (offset.contiguous(), True)
 
 
-def forward(x, alpha, beta, a0, b0, seed_a, seed_b, rank, out_features, scaling, distribution, rounds):
+def forward(x, alpha, beta, a0, b0, seed_a, seed_b, rank, out_features, scaling, distribution):
     """(delta, h) for x (tokens, in) in float16/bfloat16/float32; see nola_kernels.ops."""
     x, alpha, beta = x.contiguous(), alpha.contiguous(), beta.contiguous()
     tokens, in_features = x.shape
     k_a, k_b = alpha.numel(), beta.numel()
-    plan = _Plan(x, rank, out_features, distribution, rounds)
+    plan = _Plan(x, rank, out_features, distribution)
     a0, has_a0 = _offset(a0, alpha)
     b0, has_b0 = _offset(b0, beta)
     h_partial = output_buffer((plan.a_parts, tokens, rank), torch.float32, x.device)
@@ -322,12 +328,12 @@ def forward(x, alpha, beta, a0, b0, seed_a, seed_b, rank, out_features, scaling,
     return delta, h
 
 
-def backward(grad, x, h, alpha, beta, a0, b0, seed_a, seed_b, rank, out_features, scaling, distribution, rounds):
+def backward(grad, x, h, alpha, beta, a0, b0, seed_a, seed_b, rank, out_features, scaling, distribution):
     """(grad_x, grad_alpha, grad_beta, grad_a, grad_b); see nola_kernels.ops."""
     x, h, alpha, beta = x.contiguous(), h.contiguous(), alpha.contiguous(), beta.contiguous()
     tokens, in_features = x.shape
     k_a, k_b = alpha.numel(), beta.numel()
-    plan = _Plan(x, rank, out_features, distribution, rounds)
+    plan = _Plan(x, rank, out_features, distribution)
     a0, has_a0 = _offset(a0, alpha)
     b0, has_b0 = _offset(b0, beta)
     grad = grad.to(x.dtype).contiguous()

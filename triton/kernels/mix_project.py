@@ -18,109 +18,107 @@ from .launch import (
     output_buffer,
     seed_words,
 )
-from .philox_tiles import RADEMACHER_SHIFT, UNIFORM_SHIFT, _uniform, _words, flip_sign
+from .philox_tiles import _words, call_shift, flip_sign, is_rademacher, word_entries, word_entry
 
 
 @triton.jit
-def _flat_words(seed, indices, call, stream_lo, stream_hi, ROUNDS: tl.constexpr):
+def _flat_words(seed, indices, call, stream_lo, stream_hi, DISTRIBUTION: tl.constexpr):
     """The words of calls `call` (CALLS,) of basis matrices `indices` (BLOCK_I,), each of shape
     (BLOCK_I, 1, CALLS): the call axis last, so that each thread makes whole calls."""
-    return _words(seed, call[None, None, :], indices[:, None, None], stream_lo, stream_hi, ROUNDS)
+    return _words(seed, call[None, None, :], indices[:, None, None], stream_lo, stream_hi, DISTRIBUTION)
 
 
 @triton.jit
-def _flat_entries(z, coeffs, bits, RADEMACHER: tl.constexpr):
-    """coeffs (BLOCK_I, 1, 1) times the entries of word z (BLOCK_I, 1, CALLS): (BLOCK_I, 1, CALLS)
-    uniform, or (BLOCK_I, 32, CALLS) rademacher (bit b of the word in row b, within the thread)."""
-    if RADEMACHER:
-        return flip_sign(coeffs, z, bits)
+def _flat_entries(z, coeffs, lanes, DISTRIBUTION: tl.constexpr):
+    """coeffs (BLOCK_I, 1, 1) times the entries of word z (BLOCK_I, 1, CALLS): (BLOCK_I, E, CALLS)
+    for the word's E entries (entry `lane` in row lane, within the thread; lanes: (1, E, 1))."""
+    if is_rademacher(DISTRIBUTION):
+        return flip_sign(coeffs, z, lanes)
     else:
-        return coeffs * _uniform(z)
+        return coeffs * word_entry(z, lanes, DISTRIBUTION)
 
 
 @triton.jit
-def _word_positions(call, word, RADEMACHER: tl.constexpr):
+def _word_positions(call, word, DISTRIBUTION: tl.constexpr):
     """Flat positions of word `word`'s entries of calls `call` (CALLS,), in _flat_entries' shape
     without its leading axis."""
-    if RADEMACHER:
-        return (call[None, :] << RADEMACHER_SHIFT) + 32 * word + tl.arange(0, 32)[:, None]
-    else:
-        return (call[None, :] << UNIFORM_SHIFT) + word
+    E: tl.constexpr = word_entries(DISTRIBUTION)
+    return (call[None, :] << call_shift(DISTRIBUTION)) + E * word + tl.arange(0, E)[:, None]
 
 
 @triton.jit
 def _mix_kernel(
     coeffs_ptr, out_ptr, numel, k, per_split, scale, seed, stream_lo, stream_hi,
-    BLOCK: tl.constexpr, BLOCK_I: tl.constexpr, RADEMACHER: tl.constexpr, ROUNDS: tl.constexpr,
+    BLOCK: tl.constexpr, BLOCK_I: tl.constexpr, DISTRIBUTION: tl.constexpr,
 ):  # fmt: skip
     """out[split, n] = scale * sum over the split's i of coeffs[i] * U_i[n], for the block of n
     (BLOCK: whole Philox calls). One accumulator per Philox word; each thread keeps the calls it
     makes, so nothing moves between threads in the loop."""
-    SHIFT: tl.constexpr = (RADEMACHER_SHIFT if RADEMACHER else UNIFORM_SHIFT).value
+    SHIFT: tl.constexpr = call_shift(DISTRIBUTION)
     call = tl.program_id(0).to(tl.int64) * (BLOCK >> SHIFT) + tl.arange(0, BLOCK >> SHIFT)
     split = tl.program_id(1).to(tl.int64)  # split * per_split passes 2^31 for k up to 2^32
     i_start = split * per_split
     i_stop = tl.minimum(i_start + per_split, k)
-    bits = tl.arange(0, 32)[None, :, None]
-    acc0 = tl.zeros(_word_positions(call, 0, RADEMACHER).shape, tl.float32)
+    lanes = tl.arange(0, word_entries(DISTRIBUTION))[None, :, None]
+    acc0 = tl.zeros(_word_positions(call, 0, DISTRIBUTION).shape, tl.float32)
     acc1, acc2, acc3 = acc0, acc0, acc0
     for first in range(i_start, i_stop, BLOCK_I):
         indices = first + tl.arange(0, BLOCK_I)
         coeffs = tl.load(coeffs_ptr + indices, mask=indices < i_stop, other=0.0)[:, None, None]
-        z0, z1, z2, z3 = _flat_words(seed, indices, call, stream_lo, stream_hi, ROUNDS)
-        acc0 += tl.sum(_flat_entries(z0, coeffs, bits, RADEMACHER), axis=0)
-        acc1 += tl.sum(_flat_entries(z1, coeffs, bits, RADEMACHER), axis=0)
-        acc2 += tl.sum(_flat_entries(z2, coeffs, bits, RADEMACHER), axis=0)
-        acc3 += tl.sum(_flat_entries(z3, coeffs, bits, RADEMACHER), axis=0)
+        z0, z1, z2, z3 = _flat_words(seed, indices, call, stream_lo, stream_hi, DISTRIBUTION)
+        acc0 += tl.sum(_flat_entries(z0, coeffs, lanes, DISTRIBUTION), axis=0)
+        acc1 += tl.sum(_flat_entries(z1, coeffs, lanes, DISTRIBUTION), axis=0)
+        acc2 += tl.sum(_flat_entries(z2, coeffs, lanes, DISTRIBUTION), axis=0)
+        acc3 += tl.sum(_flat_entries(z3, coeffs, lanes, DISTRIBUTION), axis=0)
     out_ptr += split * numel
-    _store_word(out_ptr, acc0 * scale, call, 0, numel, RADEMACHER)
-    _store_word(out_ptr, acc1 * scale, call, 1, numel, RADEMACHER)
-    _store_word(out_ptr, acc2 * scale, call, 2, numel, RADEMACHER)
-    _store_word(out_ptr, acc3 * scale, call, 3, numel, RADEMACHER)
+    _store_word(out_ptr, acc0 * scale, call, 0, numel, DISTRIBUTION)
+    _store_word(out_ptr, acc1 * scale, call, 1, numel, DISTRIBUTION)
+    _store_word(out_ptr, acc2 * scale, call, 2, numel, DISTRIBUTION)
+    _store_word(out_ptr, acc3 * scale, call, 3, numel, DISTRIBUTION)
 
 
 @triton.jit
-def _store_word(out_ptr, value, call, word, numel, RADEMACHER: tl.constexpr):
-    positions = _word_positions(call, word, RADEMACHER)
+def _store_word(out_ptr, value, call, word, numel, DISTRIBUTION: tl.constexpr):
+    positions = _word_positions(call, word, DISTRIBUTION)
     tl.store(out_ptr + positions, value, mask=positions < numel)
 
 
 @triton.jit
-def _load_word(grad_ptr, call, word, numel, RADEMACHER: tl.constexpr):
-    positions = _word_positions(call, word, RADEMACHER)
+def _load_word(grad_ptr, call, word, numel, DISTRIBUTION: tl.constexpr):
+    positions = _word_positions(call, word, DISTRIBUTION)
     return tl.load(grad_ptr + positions, mask=positions < numel, other=0.0).to(tl.float32)[None, :, :]
 
 
 @triton.jit
 def _project_kernel(
     grad_ptr, partial_ptr, numel, k, per_split, blocks_per_group, seed, stream_lo, stream_hi,
-    BLOCK: tl.constexpr, BLOCK_I: tl.constexpr, RADEMACHER: tl.constexpr, ROUNDS: tl.constexpr,
+    BLOCK: tl.constexpr, BLOCK_I: tl.constexpr, DISTRIBUTION: tl.constexpr,
 ):  # fmt: skip
     """partial[group, i] = <grad, U_i> over the positions of the group's blocks, for the split's i,
     the blocks summed in order. A block's gradient is loaded once for the whole walk over i; the
     sums over the block are one per basis index (a warp's shuffles when the launch gives one warp)
     and accumulate in the partial, which only this program writes."""
-    SHIFT: tl.constexpr = (RADEMACHER_SHIFT if RADEMACHER else UNIFORM_SHIFT).value
+    SHIFT: tl.constexpr = call_shift(DISTRIBUTION)
     group = tl.program_id(0).to(tl.int64)
     first_block = group * blocks_per_group
     stop_block = tl.minimum(first_block + blocks_per_group, tl.cdiv(numel, BLOCK))
     i_start = tl.program_id(1).to(tl.int64) * per_split
     i_stop = tl.minimum(i_start + per_split, k)
-    bits = tl.arange(0, 32)[None, :, None]
+    lanes = tl.arange(0, word_entries(DISTRIBUTION))[None, :, None]
     partial_ptr += group * k
     for block in range(first_block, stop_block):
         call = block * (BLOCK >> SHIFT) + tl.arange(0, BLOCK >> SHIFT)
-        g0 = _load_word(grad_ptr, call, 0, numel, RADEMACHER)
-        g1 = _load_word(grad_ptr, call, 1, numel, RADEMACHER)
-        g2 = _load_word(grad_ptr, call, 2, numel, RADEMACHER)
-        g3 = _load_word(grad_ptr, call, 3, numel, RADEMACHER)
+        g0 = _load_word(grad_ptr, call, 0, numel, DISTRIBUTION)
+        g1 = _load_word(grad_ptr, call, 1, numel, DISTRIBUTION)
+        g2 = _load_word(grad_ptr, call, 2, numel, DISTRIBUTION)
+        g3 = _load_word(grad_ptr, call, 3, numel, DISTRIBUTION)
         for first in range(i_start, i_stop, BLOCK_I):
             indices = first + tl.arange(0, BLOCK_I)
             live = indices < i_stop
-            z0, z1, z2, z3 = _flat_words(seed, indices, call, stream_lo, stream_hi, ROUNDS)
-            dots = _flat_entries(z0, g0, bits, RADEMACHER) + _flat_entries(z1, g1, bits, RADEMACHER)
-            dots += _flat_entries(z2, g2, bits, RADEMACHER) + _flat_entries(z3, g3, bits, RADEMACHER)
-            projected = tl.sum(tl.sum(dots, axis=1), axis=1)  # a thread's bits, then the warp's calls
+            z0, z1, z2, z3 = _flat_words(seed, indices, call, stream_lo, stream_hi, DISTRIBUTION)
+            dots = _flat_entries(z0, g0, lanes, DISTRIBUTION) + _flat_entries(z1, g1, lanes, DISTRIBUTION)
+            dots += _flat_entries(z2, g2, lanes, DISTRIBUTION) + _flat_entries(z3, g3, lanes, DISTRIBUTION)
+            projected = tl.sum(tl.sum(dots, axis=1), axis=1)  # a thread's entries, then the warp's calls
             if block > first_block:
                 projected += tl.load(partial_ptr + indices, mask=live)
             tl.store(partial_ptr + indices, projected, mask=live)
@@ -143,7 +141,7 @@ MIX_PARTIAL_ENTRIES = 1 << 22
 PROJECT_PARTIAL_ENTRIES = 1 << 22
 
 
-def mix(coeffs, seed, stream, rows, cols, scale, distribution, rounds):
+def mix(coeffs, seed, stream, rows, cols, scale, distribution):
     """scale * sum_i coeffs[i] * U_i as (rows, cols) float32; coeffs: float32 (k,)."""
     numel, k = rows * cols, coeffs.numel()
     block = flat_block(numel, distribution, MIX_WARPS)
@@ -153,7 +151,7 @@ def mix(coeffs, seed, stream, rows, cols, scale, distribution, rounds):
     with on_device(coeffs):
         _mix_kernel[(blocks, splits)](
             coeffs.contiguous(), partial, numel, k, per_split, scale, *seed_words(seed, stream),
-            BLOCK=block, BLOCK_I=BLOCK_I, RADEMACHER=distribution == "rademacher", ROUNDS=rounds,
+            BLOCK=block, BLOCK_I=BLOCK_I, DISTRIBUTION=distribution,
             num_warps=MIX_WARPS,
         )  # fmt: skip
         return (partial[0] if splits == 1 else partial.sum(0)).view(rows, cols)
@@ -170,7 +168,7 @@ def project_grid(numel, k, distribution):
     return block, groups, blocks_per_group, splits, per_split
 
 
-def project(grad, seed, stream, k, scale, distribution, rounds):
+def project(grad, seed, stream, k, scale, distribution):
     """scale * <grad, U_i> for i < k as a (k,) float32 tensor; grad: any float dtype but float64."""
     flat = grad.reshape(-1).contiguous()
     numel = flat.numel()
@@ -179,7 +177,7 @@ def project(grad, seed, stream, k, scale, distribution, rounds):
     with on_device(grad):
         _project_kernel[(groups, splits)](
             flat, partial, numel, k, per_split, blocks_per_group, *seed_words(seed, stream),
-            BLOCK=block, BLOCK_I=BLOCK_I, RADEMACHER=distribution == "rademacher", ROUNDS=rounds,
+            BLOCK=block, BLOCK_I=BLOCK_I, DISTRIBUTION=distribution,
             num_warps=PROJECT_WARPS,
         )  # fmt: skip
         return partial.sum(0).mul_(scale)

@@ -1,25 +1,47 @@
-"""The NOLA-Philox v1 generator (docs/spec.md) inside Triton kernels: tiles of basis entries made
-in registers, bit-identical to nola_kernels.basis.basis_block.
+"""The NOLA-Philox generator (docs/spec.md: every distribution of nola_kernels.basis) inside
+Triton kernels: tiles of basis entries made in registers, bit-identical to
+nola_kernels.basis.basis_block.
 
-A tile is ROWS x WIDTH entries of one basis matrix; row r holds the flat positions
-row_start[r] + j, j < WIDTH. When every row starts on a Philox call boundary (ALIGNED), each call
-feeds 4 adjacent uniform entries or 128 rademacher entries; otherwise each entry computes its own
-call and keeps one word (same values, up to 4x or 128x the Philox work).
+A kernel takes the distribution's name as a compile-time parameter (DISTRIBUTION); its counter
+shift and Philox rounds come from nola_kernels.basis. A tile is ROWS x WIDTH entries of one basis
+matrix; row r holds the flat positions row_start[r] + j, j < WIDTH. When every row starts on a
+Philox call boundary (ALIGNED), each call feeds its 4, 8 or 128 adjacent entries; otherwise each
+entry computes its own call and keeps one word (same values, up to 128x the Philox work).
 """
 
 import triton
 import triton.language as tl
 
-from nola_kernels.basis import COUNTER_SHIFT
+from nola_kernels.basis import COUNTER_SHIFT, PHILOX_ROUNDS
 
-# Counter word 0 of entry n is n >> SHIFT: one Philox call gives 4 uniform or 128 rademacher entries.
-UNIFORM_SHIFT = tl.constexpr(COUNTER_SHIFT["uniform"])
-RADEMACHER_SHIFT = tl.constexpr(COUNTER_SHIFT["rademacher"])
+
+@triton.constexpr_function
+def call_shift(distribution):
+    """Counter word 0 of entry n is n >> call_shift: log2 of the entries per Philox call."""
+    return COUNTER_SHIFT[distribution]
+
+
+@triton.constexpr_function
+def philox_rounds(distribution):
+    return PHILOX_ROUNDS[distribution]
+
+
+@triton.constexpr_function
+def word_entries(distribution):
+    """Entries per Philox word (4 words a call): 1 uniform, 2 uniform16 (the 16-bit halves, low
+    first), 32 rademacher (the bits, bit 0 first)."""
+    return (1 << COUNTER_SHIFT[distribution]) // 4
+
+
+@triton.constexpr_function
+def is_rademacher(distribution):
+    return (1 << COUNTER_SHIFT[distribution]) // 4 == 32
 
 
 @triton.jit
-def _words(seed, call, index, stream_lo, stream_hi, ROUNDS: tl.constexpr):
-    """Philox4x32-ROUNDS of counter (call, index, stream_lo, stream_hi) under key seed."""
+def _words(seed, call, index, stream_lo, stream_hi, DISTRIBUTION: tl.constexpr):
+    """The distribution's Philox4x32 (philox_rounds rounds) of counter (call, index, stream_lo,
+    stream_hi) under key seed."""
     zero = tl.zeros(call.shape, tl.int64)  # broadcasts the scalar words, ints or tensors alike
     return tl.philox(
         seed,
@@ -27,7 +49,7 @@ def _words(seed, call, index, stream_lo, stream_hi, ROUNDS: tl.constexpr):
         (zero + index).to(tl.uint32),
         (zero + stream_lo).to(tl.uint32),
         (zero + stream_hi).to(tl.uint32),
-        ROUNDS,
+        philox_rounds(DISTRIBUTION),
     )
 
 
@@ -41,9 +63,29 @@ def _uniform(word):
 
 
 @triton.jit
+def _uniform16(word, half):
+    # (m - 2^15) * 2^-15 with m = (16-bit half `half` of word) | 1: the float 2 + m * 2^-22
+    # (exponent bits of 2.0, m in the low mantissa bits) times 2^7, less 257. The product is
+    # exact and so is the result, fused into one FMA or not, as the contract requires.
+    bits = ((word >> (16 * half).to(tl.uint32)) & 0xFFFF) | 0x40000001
+    return bits.to(tl.float32, bitcast=True) * 128.0 - 257.0
+
+
+@triton.jit
+def word_entry(word, lane, DISTRIBUTION: tl.constexpr):
+    """Entry `lane` (< word_entries) of a Philox word's entries (docs/spec.md, Distributions)."""
+    if is_rademacher(DISTRIBUTION):
+        return _sign(word, lane)
+    elif word_entries(DISTRIBUTION) == 2:
+        return _uniform16(word, lane)
+    else:
+        return _uniform(word)
+
+
+@triton.jit
 def _sign(word, bit):
-    # +1 where the bit is 0, -1 where it is 1.
-    return 1.0 - 2.0 * ((word >> bit.to(tl.uint32)) & 1).to(tl.float32)
+    # +1 where the bit is 0, -1 where it is 1: the bit moved to the sign of 1.0's bits.
+    return (((word << (31 - bit).to(tl.uint32)) & 0x80000000) | 0x3F800000).to(tl.float32, bitcast=True)
 
 
 @triton.jit
@@ -60,6 +102,14 @@ def _select(which, z0, z1, z2, z3):
 
 
 @triton.jit
+def call_entries(z0, z1, z2, z3, entry, DISTRIBUTION: tl.constexpr):
+    """Entry `entry` (< 4 word_entries) of the calls whose words are z0..z3: entry
+    word_entries * w + lane is entry `lane` of word w."""
+    E: tl.constexpr = word_entries(DISTRIBUTION)
+    return word_entry(_select(entry // E, z0, z1, z2, z3), entry % E, DISTRIBUTION)
+
+
+@triton.jit
 def basis_tile(
     seed,
     stream_lo,
@@ -67,38 +117,31 @@ def basis_tile(
     index,
     row_start,
     WIDTH: tl.constexpr,
-    RADEMACHER: tl.constexpr,
+    DISTRIBUTION: tl.constexpr,
     ALIGNED: tl.constexpr,
-    ROUNDS: tl.constexpr,
 ):
     """Row r: entries of basis matrix index[r] at flat positions row_start[r] + j, j < WIDTH
     (index and row_start: int64 of shape (ROWS,)); a (ROWS, WIDTH) float32 tile. ALIGNED
     promises that every row_start and WIDTH are multiples of the entries per Philox call."""
     ROWS: tl.constexpr = row_start.shape[0]
+    SHIFT: tl.constexpr = call_shift(DISTRIBUTION)
     index = index[:, None]
     if ALIGNED:
-        if RADEMACHER:
-            CALLS: tl.constexpr = WIDTH >> RADEMACHER_SHIFT.value
-            call = (row_start[:, None] >> RADEMACHER_SHIFT) + tl.arange(0, CALLS)[None, :]
-            z0, z1, z2, z3 = _words(seed, call, index, stream_lo, stream_hi, ROUNDS)
-            entry = tl.arange(0, 128)[None, None, :]  # entry 32*w + b of a call is bit b of word w
-            word = _select(entry >> 5, z0[:, :, None], z1[:, :, None], z2[:, :, None], z3[:, :, None])
-            return tl.reshape(_sign(word, entry & 31), (ROWS, WIDTH))
-        else:
-            CALLS: tl.constexpr = WIDTH >> UNIFORM_SHIFT.value
-            call = (row_start[:, None] >> UNIFORM_SHIFT) + tl.arange(0, CALLS)[None, :]
-            z0, z1, z2, z3 = _words(seed, call, index, stream_lo, stream_hi, ROUNDS)
+        CALLS: tl.constexpr = WIDTH >> SHIFT
+        call = (row_start[:, None] >> SHIFT) + tl.arange(0, CALLS)[None, :]
+        z0, z1, z2, z3 = _words(seed, call, index, stream_lo, stream_hi, DISTRIBUTION)
+        if word_entries(DISTRIBUTION) == 1:
             # This nesting puts word w at column 4q + w after the reshape.
             quads = tl.join(tl.join(_uniform(z0), _uniform(z2)), tl.join(_uniform(z1), _uniform(z3)))
             return tl.reshape(quads, (ROWS, WIDTH))
+        else:
+            entry = tl.arange(0, 1 << SHIFT)[None, None, :]
+            values = call_entries(z0[:, :, None], z1[:, :, None], z2[:, :, None], z3[:, :, None], entry, DISTRIBUTION)
+            return tl.reshape(values, (ROWS, WIDTH))
     else:
         n = row_start[:, None] + tl.arange(0, WIDTH)[None, :]
-        if RADEMACHER:
-            z0, z1, z2, z3 = _words(seed, n >> RADEMACHER_SHIFT, index, stream_lo, stream_hi, ROUNDS)
-            return _sign(_select((n >> 5) & 3, z0, z1, z2, z3), n & 31)
-        else:
-            z0, z1, z2, z3 = _words(seed, n >> UNIFORM_SHIFT, index, stream_lo, stream_hi, ROUNDS)
-            return _uniform(_select(n & 3, z0, z1, z2, z3))
+        z0, z1, z2, z3 = _words(seed, n >> SHIFT, index, stream_lo, stream_hi, DISTRIBUTION)
+        return call_entries(z0, z1, z2, z3, n & ((1 << SHIFT) - 1), DISTRIBUTION)
 
 
 @triton.jit
@@ -109,9 +152,8 @@ def basis_block(
     indices,
     row_start,
     WIDTH: tl.constexpr,
-    RADEMACHER: tl.constexpr,
+    DISTRIBUTION: tl.constexpr,
     ALIGNED: tl.constexpr,
-    ROUNDS: tl.constexpr,
 ):
     """The same rows (row_start: (ROWS,)) of several basis matrices (indices: (BLOCK_I,)): a
     (BLOCK_I, ROWS, WIDTH) float32 block, one basis_tile call for all of them."""
@@ -120,7 +162,7 @@ def basis_block(
     grid = tl.zeros((BLOCK_I, ROWS), tl.int64)
     flat_index = tl.reshape(grid + indices[:, None], (BLOCK_I * ROWS,))
     flat_start = tl.reshape(grid + row_start[None, :], (BLOCK_I * ROWS,))
-    tile = basis_tile(seed, stream_lo, stream_hi, flat_index, flat_start, WIDTH, RADEMACHER, ALIGNED, ROUNDS)
+    tile = basis_tile(seed, stream_lo, stream_hi, flat_index, flat_start, WIDTH, DISTRIBUTION, ALIGNED)
     return tl.reshape(tile, (BLOCK_I, ROWS, WIDTH))
 
 
@@ -154,19 +196,19 @@ def _store_row_sums(projection_ptr, indices, live, products):
 @triton.jit
 def _mixed_uniform_words(
     coeffs_ptr, i_start, i_stop, seed, stream_lo, stream_hi, row_start, grad, projection_ptr,
-    WIDTH: tl.constexpr, BLOCK_I: tl.constexpr, ROUNDS: tl.constexpr, PROJECT: tl.constexpr,
+    WIDTH: tl.constexpr, BLOCK_I: tl.constexpr, DISTRIBUTION: tl.constexpr, PROJECT: tl.constexpr,
 ):  # fmt: skip
     """mixed_tile's walk for uniform rows of whole calls, unscaled and unmasked: one accumulator
     per Philox word, each call's words kept by the thread that made it (no data moves between
     threads in the loop), the words interleaved once at the end."""
-    call = (row_start[:, None] >> UNIFORM_SHIFT) + tl.arange(0, WIDTH >> UNIFORM_SHIFT.value)[None, :]
+    call = (row_start[:, None] >> call_shift(DISTRIBUTION)) + tl.arange(0, WIDTH >> call_shift(DISTRIBUTION))[None, :]
     g0, g1, g2, g3 = _word_columns(grad)
     acc0 = tl.zeros(call.shape, tl.float32)
     acc1, acc2, acc3 = acc0, acc0, acc0
     for first in range(i_start, i_stop, BLOCK_I):
         indices = first + tl.arange(0, BLOCK_I)
         live = indices < i_stop
-        z0, z1, z2, z3 = _words(seed, call[None, :, :], indices[:, None, None], stream_lo, stream_hi, ROUNDS)
+        z0, z1, z2, z3 = _words(seed, call[None, :, :], indices[:, None, None], stream_lo, stream_hi, DISTRIBUTION)
         u0, u1, u2, u3 = _uniform(z0), _uniform(z1), _uniform(z2), _uniform(z3)
         coeffs = tl.load(coeffs_ptr + indices, mask=live, other=0.0)[:, None, None]
         acc0 += tl.sum(coeffs * u0, axis=0)
@@ -177,6 +219,34 @@ def _mixed_uniform_words(
             dots = u0 * g0[None, :, :] + u1 * g1[None, :, :] + u2 * g2[None, :, :] + u3 * g3[None, :, :]
             _store_row_sums(projection_ptr, indices, live, dots)
     return _interleaved(acc0, acc1, acc2, acc3)
+
+
+@triton.jit
+def _mixed_call_entries(
+    coeffs_ptr, i_start, i_stop, seed, stream_lo, stream_hi, row_start, grad, projection_ptr,
+    WIDTH: tl.constexpr, BLOCK_I: tl.constexpr, DISTRIBUTION: tl.constexpr, PROJECT: tl.constexpr,
+):  # fmt: skip
+    """mixed_tile's walk for rows of whole calls of several entries per word (uniform16),
+    unscaled and unmasked: the entries of a call on an axis ahead of the rows and calls, so each
+    thread keeps the calls it makes (one per thread per basis index where the launch gives the
+    warps for it); the accumulators are put in the tile's order once at the end."""
+    ROWS: tl.constexpr = row_start.shape[0]
+    CALL: tl.constexpr = 1 << call_shift(DISTRIBUTION)
+    CALLS: tl.constexpr = WIDTH // CALL
+    call = (row_start[:, None] >> call_shift(DISTRIBUTION)) + tl.arange(0, CALLS)[None, :]
+    entry = tl.arange(0, CALL)[None, :, None, None]
+    if PROJECT:
+        grad = tl.permute(tl.reshape(grad, (ROWS, CALLS, CALL)), (2, 0, 1))[None, :, :, :]
+    acc = tl.zeros((CALL, ROWS, CALLS), tl.float32)
+    for first in range(i_start, i_stop, BLOCK_I):
+        indices = first + tl.arange(0, BLOCK_I)
+        live = indices < i_stop
+        z0, z1, z2, z3 = _words(seed, call[None, None, :, :], indices[:, None, None, None], stream_lo, stream_hi, DISTRIBUTION)
+        u = call_entries(z0, z1, z2, z3, entry, DISTRIBUTION)
+        acc += tl.sum(tl.load(coeffs_ptr + indices, mask=live, other=0.0)[:, None, None, None] * u, axis=0)
+        if PROJECT:
+            _store_row_sums(projection_ptr, indices, live, tl.sum(u * grad, axis=1))
+    return tl.reshape(tl.permute(acc, (1, 2, 0)), (ROWS, WIDTH))
 
 
 @triton.jit
@@ -194,9 +264,8 @@ def mixed_tile(
     projection_ptr,
     WIDTH: tl.constexpr,
     BLOCK_I: tl.constexpr,
-    RADEMACHER: tl.constexpr,
+    DISTRIBUTION: tl.constexpr,
     ALIGNED: tl.constexpr,
-    ROUNDS: tl.constexpr,
     PROJECT: tl.constexpr,
 ):
     """scale * sum_{i_start<=i<i_stop} coeffs[i] * U_i over the tile of basis_tile's positions,
@@ -204,17 +273,24 @@ def mixed_tile(
     row r's share of <grad, U_i> at projection_ptr[r] + i (projection_ptr: (ROWS,) pointers), so
     each U_i is generated once for both; `grad` (a tile, or a scalar 0 without PROJECT) must be 0
     where not valid."""
-    if ALIGNED and not RADEMACHER:
-        acc = _mixed_uniform_words(
-            coeffs_ptr, i_start, i_stop, seed, stream_lo, stream_hi, row_start, grad + tl.zeros(valid.shape, tl.float32),
-            projection_ptr, WIDTH, BLOCK_I, ROUNDS, PROJECT,
-        )  # fmt: skip
+    if ALIGNED and not is_rademacher(DISTRIBUTION):
+        grad = grad + tl.zeros(valid.shape, tl.float32)
+        if word_entries(DISTRIBUTION) == 1:
+            acc = _mixed_uniform_words(
+                coeffs_ptr, i_start, i_stop, seed, stream_lo, stream_hi, row_start, grad, projection_ptr, WIDTH,
+                BLOCK_I, DISTRIBUTION, PROJECT,
+            )  # fmt: skip
+        else:
+            acc = _mixed_call_entries(
+                coeffs_ptr, i_start, i_stop, seed, stream_lo, stream_hi, row_start, grad, projection_ptr, WIDTH,
+                BLOCK_I, DISTRIBUTION, PROJECT,
+            )  # fmt: skip
     else:
         acc = tl.zeros(valid.shape, tl.float32)
         for first in range(i_start, i_stop, BLOCK_I):
             indices = first + tl.arange(0, BLOCK_I)
             live = indices < i_stop
-            u = basis_block(seed, stream_lo, stream_hi, indices, row_start, WIDTH, RADEMACHER, ALIGNED, ROUNDS)
+            u = basis_block(seed, stream_lo, stream_hi, indices, row_start, WIDTH, DISTRIBUTION, ALIGNED)
             coeffs = tl.load(coeffs_ptr + indices, mask=live, other=0.0)
             acc += tl.sum(coeffs[:, None, None] * u, axis=0)
             if PROJECT:
