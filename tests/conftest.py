@@ -14,7 +14,7 @@ from nola_kernels.basis import V1_DISTRIBUTIONS
 
 # Backends whose kernels do not generate the v1.1 distributions yet (docs/spec.md): a test that
 # would run one of them there is skipped at collection (v11_pending_reason).
-V11_PENDING_BACKENDS = {"triton", "cuda"}
+V11_PENDING_BACKENDS = {"cuda"}
 
 
 def v11_pending_reason(backend, distribution):
