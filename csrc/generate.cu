@@ -31,8 +31,8 @@ constexpr int64_t kMaxProjectPartialEntries = 1 << 22;
 template <Distribution D>
 struct Items {
   static constexpr int kEntries = is_rademacher(D) ? 32 : CallEntries<D>::kCount;
-  // Independent Philox chains per lane hide latency (16 entries a lane either uniform).
-  static constexpr int kPerLane = is_rademacher(D) ? 1 : 16 / kEntries;
+  // Independent Philox chains per lane hide latency and share the loop's work per basis index.
+  static constexpr int kPerLane = is_rademacher(D) ? 1 : 4;
 };
 
 struct GenerateArgs {

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from nola_kernels.basis import COUNTER_SHIFT
+from nola_kernels.basis import COUNTER_SHIFT, DISTRIBUTIONS, PHILOX_ROUNDS
 from nola_kernels.philox import DEFAULT_ROUNDS
 from nola_kernels.triton_kernels import grouped, lowrank, mix_project
 from nola_kernels.triton_kernels.launch import BLOCK_I, MIX_WARPS, PROJECT_WARPS, flat_block
@@ -27,6 +27,10 @@ KNOWN_OVER_BUDGET = {
     ),
     ("cuda", "mix+project", "uniform"): "ptxas recomputes the Philox key schedule in the loop (18 uniform adds)",
     ("cuda", "project", "rademacher"): "64-bit step arithmetic and the call-group selects, 1.155x",
+    ("cuda", "mix+project", "uniform16_philox7"): (
+        "ptxas recomputes the Philox key schedule in the loop (12 uniform adds), and the projection's warp sum, 1.22x"
+    ),
+    ("cuda", "project", "rademacher_philox7"): "64-bit step arithmetic and the call-group selects, 1.154x",
     ("triton", "grouped project (12 rows)", "rademacher"): (
         "the gradients' split checks for inf and NaN and the rounded add of each step, 1.22x: 16 rows share them"
     ),
@@ -182,9 +186,9 @@ def _grouped_triton_loops():
 
 
 # Entries a lane generates per iteration of its basis loop: in generate.cu, one basis index of
-# kPerLane * kEntries entries (uniform) or four of 32 (rademacher); in philox_rate.cu, kChains
-# calls of 4.
-CUDA_ENTRIES_PER_ITERATION = {"uniform": 16, "rademacher": 4 * 32}
+# kPerLane * kEntries entries (uniform: 4 x 4, uniform16: 4 x 8) or four of 32 (rademacher); in
+# philox_rate.cu, kChains calls of 4.
+CUDA_ENTRIES_PER_ITERATION = {"uniform": 16, "rademacher": 4 * 32, "uniform16_philox7": 32, "rademacher_philox7": 4 * 32}
 PHILOX_RATE_ENTRIES_PER_ITERATION = 16
 _CUDA_MODES = (("mix", True, False), ("project", False, True), ("mix+project", True, True))
 
@@ -203,13 +207,17 @@ def _cuda_function(source, wanted):
     return compile_loop
 
 
+# nola::Distribution (csrc/philox.cuh) of each contract name, as c++filt prints template arguments.
+CUDA_DISTRIBUTION_CODES = {"uniform": 0, "rademacher": 1, "uniform16_philox7": 2, "rademacher_philox7": 3}
+
+
 def _template(name, distribution, mix, project):
-    code = 0 if distribution == "uniform" else 1
+    code = CUDA_DISTRIBUTION_CODES[distribution]
     return f"{name}<(Distribution){code}, {str(mix).lower()}, {str(project).lower()}>"
 
 
 def _cuda_loops():
-    for distribution in ("uniform", "rademacher"):
+    for distribution in DISTRIBUTIONS:
         for name, mix, project in _CUDA_MODES:
             wanted = _template("generate_kernel", distribution, mix, project)
             yield Loop(name, "cuda", distribution, tuple(SHAPES), mix, project,
@@ -224,13 +232,17 @@ def _cuda_loops():
 CUDA_GROUPED_LOOPS = (
     ("grouped mix", "uniform", 16, 4),
     ("grouped mix", "rademacher", 2, 128),
+    ("grouped mix", "uniform16_philox7", 8, 8),
+    ("grouped mix", "rademacher_philox7", 2, 128),
     ("grouped project", "uniform", 16, 16),
     ("grouped project", "rademacher", 4, 512),
+    ("grouped project", "uniform16_philox7", 16, 32),
+    ("grouped project", "rademacher_philox7", 4, 512),
 )
 
 
 def _grouped_template(mix, distribution, rows, suffix):
-    code = 0 if distribution == "uniform" else 1
+    code = CUDA_DISTRIBUTION_CODES[distribution]
     return f"{'mix' if mix else 'project'}_grouped_{suffix}<(Distribution){code}, {rows}>"
 
 
@@ -261,7 +273,7 @@ def _measure(compile_loop):
 def _row(loop, count, reference):
     entries = loop.entries_per_iteration
     sass_per_entry = count.instructions / (entries * loop.rows)
-    calls_per_entry = count.philox_calls(DEFAULT_ROUNDS) / entries
+    calls_per_entry = count.philox_calls(PHILOX_ROUNDS[loop.distribution]) / entries
     bound = (reference.instructions / _reference_entries(loop) + loop.rows - loop.reference_rows) / loop.rows
     minimum_calls = 1 / _entries_per_call(loop.distribution)
     return Row(
@@ -273,7 +285,7 @@ def _row(loop, count, reference):
 
 
 # Entries per thread per iteration of references.cu (Reference<D>::kCalls * kEntries).
-CUDA_REFERENCE_ENTRIES = {"uniform": 16, "rademacher": 128}
+CUDA_REFERENCE_ENTRIES = {"uniform": 16, "rademacher": 128, "uniform16_philox7": 32, "rademacher_philox7": 128}
 
 
 def _reference_entries(loop):
