@@ -187,6 +187,8 @@ def test_workspace_planning_handles_edge_shapes(workspace_sizes):
         (1, 1, 1, 1, 1, 1, 1, 1),
         (8192, 4096, 4096, 64, 512, 512, 0, 132),
         (257, 300, 500, 31, 33, 40, 1, 108),
+        (257, 300, 500, 31, 33, 40, 2, 108),  # uniform16: 8 entries per call
+        (130, 1024, 1024, 16, 512, 512, 3, 132),
         (5, 37, 11, 3, 0, 0, 0, 132),  # k = l = 0: the factors are their offsets
         (16, 64, 32, 0, 8, 8, 0, 132),  # rank 0 and no output features: factors with no entries
         (16, 64, 0, 4, 8, 8, 1, 132),
@@ -200,7 +202,10 @@ def test_workspace_planning_handles_edge_shapes(workspace_sizes):
 def test_generation_without_positions_plans_no_workspace(workspace_sizes):
     # distribution, numel, k, mixes, projects, SM count: an empty matrix (or factor) is no launch,
     # not a division by its zero slices.
-    problems = [(0, 0, 5, 1, 0, 132), (1, 0, 3, 0, 1, 132), (0, 0, 7, 1, 1, 1), (1, 0, 0, 1, 1, 108)]
+    problems = [
+        (0, 0, 5, 1, 0, 132), (1, 0, 3, 0, 1, 132), (0, 0, 7, 1, 1, 1), (1, 0, 0, 1, 1, 108),
+        (2, 0, 4, 1, 1, 132), (3, 0, 4, 0, 1, 132),
+    ]  # fmt: skip
     assert workspace_sizes("generate", problems) == [0] * len(problems)
 
 
@@ -210,7 +215,7 @@ def test_projection_partials_stay_bounded_for_long_bases(workspace_sizes, k, sm_
     # The projection partials are (blocks x k) floats: blocks shrink as k grows (the k-split
     # fills the GPU instead), so they stay within 16 MiB, or one row of k where k alone is larger.
     bound = 4 * max(1 << 22, k) + 256
-    for distribution in (0, 1):
+    for distribution in DISTRIBUTION_CODES.values():
         projection, both = workspace_sizes(
             "generate",
             [(distribution, 1 << 20, k, 0, 1, sm_count), (distribution, 1 << 20, k, 1, 1, sm_count)],
