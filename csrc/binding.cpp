@@ -17,10 +17,15 @@
 
 namespace {
 
+// The contract's distribution names (nola_kernels.basis.DISTRIBUTIONS).
 nola::Distribution parse_distribution(const std::string& name) {
   if (name == "uniform") return nola::Distribution::kUniform;
-  TORCH_CHECK(name == "rademacher", "distribution must be 'uniform' or 'rademacher', got '", name, "'");
-  return nola::Distribution::kRademacher;
+  if (name == "rademacher") return nola::Distribution::kRademacher;
+  if (name == "uniform16_philox7") return nola::Distribution::kUniform16Philox7;
+  TORCH_CHECK(name == "rademacher_philox7",
+              "distribution must be 'uniform', 'rademacher', 'uniform16_philox7' or 'rademacher_philox7', got '", name,
+              "'");
+  return nola::Distribution::kRademacherPhilox7;
 }
 
 nola::Dtype kernel_dtype(const at::Tensor& t) {
@@ -47,7 +52,7 @@ int64_t checked_basis_count(int64_t value, const char* name) {
   return value;
 }
 
-// Flat positions n < 2^34 (docs/spec.md): counter word 0 is n / 4 for the uniform basis.
+// Flat positions n < 2^34 (docs/spec.md): counter word 0 is n / 4 for the uniform basis, n / 8 for uniform16.
 int64_t checked_numel(int64_t rows, int64_t cols) {
   TORCH_CHECK(rows >= 0 && cols >= 0 && (cols == 0 || rows <= (int64_t{1} << 34) / cols),
               "rows and cols must be non-negative with rows * cols <= 2^34, got ", rows, " x ", cols);

@@ -9,6 +9,7 @@
 // the partials in a fixed order.
 #include <algorithm>
 
+#include "grouped_entries.cuh"
 #include "nola_cuda.h"
 #include "partials.cuh"
 
@@ -24,22 +25,14 @@ constexpr int kMinIndicesPerSplit = 4 * kWarps;
 constexpr int64_t kMaxMixPartialEntries = 1 << 22;
 constexpr int64_t kMaxProjectPartialEntries = 1 << 22;
 
-// A lane's "item" is the run of positions it fills from one Philox call: the call's four
-// words (uniform), or one word's 32 bits (rademacher: the four lanes of a call group share each
-// call, see rademacher_walk).
+// A lane's "item" is the run of positions it fills from one Philox call: the call's 4 (uniform)
+// or 8 (uniform16) entries, or one word's 32 bits (rademacher: the four lanes of a call group
+// share each call, see rademacher_walk).
 template <Distribution D>
-struct Items;
-
-template <>
-struct Items<Distribution::kUniform> {
-  static constexpr int kEntries = 4;
-  static constexpr int kPerLane = 4;  // independent Philox chains per lane hide latency
-};
-
-template <>
-struct Items<Distribution::kRademacher> {
-  static constexpr int kEntries = 32;
-  static constexpr int kPerLane = 1;
+struct Items {
+  static constexpr int kEntries = is_rademacher(D) ? 32 : CallEntries<D>::kCount;
+  // Independent Philox chains per lane hide latency and share the loop's work per basis index.
+  static constexpr int kPerLane = is_rademacher(D) ? 1 : 4;
 };
 
 struct GenerateArgs {
@@ -76,22 +69,25 @@ struct LaneWalk {
   }
 };
 
-// Uniform: each lane makes its kPerLane calls for every basis step.
-template <bool kMix, bool kProject>
-__device__ void uniform_walk(const Family& family, const LaneWalk& walk, float (&mixed)[4][4], const float (&grad)[4][4]) {
-  using It = Items<Distribution::kUniform>;
+// Uniform and uniform16: each lane makes its kPerLane calls for every basis step.
+template <Distribution D, bool kMix, bool kProject>
+__device__ void uniform_walk(const Family& family, const LaneWalk& walk,
+                             float (&mixed)[Items<D>::kPerLane][Items<D>::kEntries],
+                             const float (&grad)[Items<D>::kPerLane][Items<D>::kEntries]) {
+  using It = Items<D>;
+  using Entries = CallEntries<D>;
 #pragma unroll 1  // one basis index per iteration: the SASS budget counts per iteration
   for (int64_t step = walk.warp; step < walk.steps; step += kWarps) {
     const float weight = kMix ? __ldg(walk.coeffs + step) * walk.scale : 0.0f;
     float dot = 0.0f;
 #pragma unroll
     for (int j = 0; j < It::kPerLane; ++j) {
-      const Words words = family.call(static_cast<uint32_t>(walk.first_item + j * kWarpSize),
-                                      walk.i_begin + static_cast<uint32_t>(step));
+      const Words words = Entries::call(family, static_cast<uint32_t>(walk.first_item + j * kWarpSize),
+                                        walk.i_begin + static_cast<uint32_t>(step));
 #pragma unroll
       for (int e = 0; e < It::kEntries; ++e) {
-        if (kMix) mixed[j][e] += weight * uniform_value(words.x[e]);
-        if (kProject) dot += grad[j][e] * uniform_value(words.x[e]);
+        if (kMix) mixed[j][e] += weight * Entries::value(words, e);
+        if (kProject) dot += grad[j][e] * Entries::value(words, e);
       }
     }
     if (kProject) walk.add_projection(step, dot);
@@ -106,7 +102,7 @@ __device__ __forceinline__ uint32_t word_at(const Words& w, int x) {
 // basis steps at a time; lane w makes the call of the w-th and loads its weight, and in round r
 // each lane reads from lane (w + r) & 3 the word it owns of that lane's call, and the weight.
 // Each call is made once, at the cost of 8 shuffles and a few selects per 128 entries.
-template <bool kMix, bool kProject>
+template <Distribution D, bool kMix, bool kProject>
 __device__ void rademacher_walk(const Family& family, const LaneWalk& walk, float (&mixed)[1][32], const float (&grad)[1][32]) {
   const int word = walk.lane & 3;
   const uint32_t call = static_cast<uint32_t>(walk.first_item >> 2);
@@ -117,7 +113,7 @@ __device__ void rademacher_walk(const Family& family, const LaneWalk& walk, floa
   for (int64_t first = walk.warp; first < walk.steps; first += 4 * kWarps) {
     const int64_t own_step = first + word * kWarps;
     const bool own_live = own_step < walk.steps;
-    const Words own = family.call(call, walk.i_begin + static_cast<uint32_t>(own_step));
+    const Words own = CallEntries<D>::call(family, call, walk.i_begin + static_cast<uint32_t>(own_step));
     const float own_weight = kMix && own_live ? __ldg(walk.coeffs + own_step) * walk.scale : 0.0f;
     float dots[4];  // dots[r]: this lane's entries against step (word + r) & 3 of the four
 #pragma unroll
@@ -158,8 +154,10 @@ __global__ void __launch_bounds__(kThreads) generate_kernel(const GenerateArgs a
   constexpr int kEntries = It::kEntries, kPerLane = It::kPerLane;
   constexpr int kSliceEntries = kWarpSize * kPerLane * kEntries;
   // A lane's 32 rademacher sums go to 32 banks: its entry e at e ^ lane (no bank conflicts on
-  // the stores or on the reads of consecutive positions); uniform lanes store 4 adjacent floats.
-  constexpr int kSwizzle = kEntries == kWarpSize ? kWarpSize - 1 : 0;
+  // the stores or on the reads of consecutive positions); uniform lanes store 4 adjacent floats
+  // (one 16-byte store), uniform16 lanes 8 in two, the halves swapped where lane & 4 so that
+  // lanes l and l + 4 of a store's quarter warp meet different banks.
+  constexpr int kSwizzle = kEntries == kWarpSize ? kWarpSize - 1 : kEntries == 8 ? 4 : 0;
   __shared__ float warp_sums[kMix ? kWarps : 1][kMix ? kSliceEntries : 1];
   LaneWalk walk{};
   walk.lane = threadIdx.x % kWarpSize;
@@ -190,10 +188,10 @@ __global__ void __launch_bounds__(kThreads) generate_kernel(const GenerateArgs a
       }
     }
 
-    if constexpr (D == Distribution::kUniform) {
-      uniform_walk<kMix, kProject>(args.family, walk, mixed, grad);
+    if constexpr (is_rademacher(D)) {
+      rademacher_walk<D, kMix, kProject>(args.family, walk, mixed, grad);
     } else {
-      rademacher_walk<kMix, kProject>(args.family, walk, mixed, grad);
+      uniform_walk<D, kMix, kProject>(args.family, walk, mixed, grad);
     }
 
     if constexpr (kMix) {
@@ -223,14 +221,11 @@ __global__ void __launch_bounds__(kThreads) generate_kernel(const GenerateArgs a
   }
 }
 
-template <Distribution D>
-constexpr int64_t entries_per_slice() {
-  return kWarpSize * Items<D>::kPerLane * Items<D>::kEntries;
-}
-
 int64_t entries_per_slice(Distribution distribution) {
-  return distribution == Distribution::kUniform ? entries_per_slice<Distribution::kUniform>()
-                                                : entries_per_slice<Distribution::kRademacher>();
+  return with_distribution(distribution, [](auto d) -> int64_t {
+    using It = Items<decltype(d)::value>;
+    return kWarpSize * It::kPerLane * It::kEntries;
+  });
 }
 
 struct GeneratePlan {
@@ -318,11 +313,7 @@ cudaError_t generate(const GenerateProblem& problem, void* workspace, int sm_cou
   args.mixed = args.mixed_is_partial ? mix_partials : problem.mixed;
   args.grad = problem.projected ? problem.grad : nullptr;
   args.projected_partials = project_partials;
-  if (problem.distribution == Distribution::kUniform) {
-    launch_parts<Distribution::kUniform>(p, args, stream);
-  } else {
-    launch_parts<Distribution::kRademacher>(p, args, stream);
-  }
+  with_distribution(problem.distribution, [&](auto d) { launch_parts<decltype(d)::value>(p, args, stream); });
   cudaError_t status = cudaGetLastError();
   if (status == cudaSuccess && args.mixed_is_partial) {
     status = sum_partials(mix_partials, p.splits, problem.numel, problem.offset, 1.0f, problem.mixed,

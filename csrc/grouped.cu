@@ -1,8 +1,8 @@
 // Grouped mix and projection: G rows of coefficients (or gradients) over one basis family, every
-// generated basis entry used by all the rows of a chunk (up to 16 rows uniform; rademacher 2 in
-// the mix, 4 in the projection).
+// generated basis entry used by all the rows of a chunk (up to 16 rows uniform, 8 in the uniform16
+// mix; rademacher 2 in the mix, 4 in the projection).
 //
-// mix: a lane owns the positions of one Philox call (uniform: 4) or one word of a call
+// mix: a lane owns the positions of one Philox call (uniform: 4, uniform16: 8) or one word of a call
 // (rademacher: 32; the 4 lanes of a call group make one call each per 4 basis indices and share
 // the words by shuffles) and its rows' sums of them in registers, and walks its k-split's basis
 // indices in increasing order. The coefficients of 32 indices at a time sit in shared memory, one
@@ -29,20 +29,20 @@ constexpr int kProjectIndices = 4;     // project: basis indices per lane
 constexpr int kMinChunkPositions = 32;  // likewise for a chunk of positions in the projection
 constexpr int64_t kMaxPartialEntries = 1 << 22;  // 16 MiB of partials at most
 
-// Rows per chunk, at most: as many as keep a lane within about 150 registers, no spills (a
-// rademacher mix lane holds 32 sums per row).
+// mix: positions per lane (uniform: one call's 4, uniform16: its 8; rademacher: one word's 32).
 template <Distribution D>
-constexpr int kMaxMixRows = D == Distribution::kUniform ? 16 : 2;
-template <Distribution D>
-constexpr int kMaxProjectRows = D == Distribution::kUniform ? 16 : 4;
+constexpr int kLanePositions = is_rademacher(D) ? 32 : CallEntries<D>::kCount;
 
-// mix: positions per lane (uniform: one call's 4; rademacher: one word's 32).
+// Rows per chunk, at most: as many as keep a lane within about 150 registers, no spills (a mix
+// lane holds kLanePositions sums per row: 64 at most uniform, 32 of a rademacher row).
 template <Distribution D>
-constexpr int kLanePositions = D == Distribution::kUniform ? 4 : 32;
+constexpr int kMaxMixRows = is_rademacher(D) ? 2 : 64 / kLanePositions<D>;
+template <Distribution D>
+constexpr int kMaxProjectRows = is_rademacher(D) ? 4 : 16;
 
-// project: calls per shared-memory tile of gradients.
+// project: calls per shared-memory tile of gradients (64 positions uniform, 256 rademacher).
 template <Distribution D>
-constexpr int kTileCalls = D == Distribution::kUniform ? 16 : 2;
+constexpr int kTileCalls = (is_rademacher(D) ? 256 : 64) / CallEntries<D>::kCount;
 
 template <int R>
 using Rows = std::integral_constant<int, R>;
@@ -52,6 +52,11 @@ int64_t rows_per_chunk(int64_t groups, int max_rows) {
   int64_t rows = 1;
   while (rows < groups && rows < max_rows) rows *= 2;
   return rows;
+}
+
+// Row first_row + r of G, or the last row past G: staged but never stored.
+__device__ __forceinline__ int64_t staged_row(int64_t first_row, int r, int64_t groups) {
+  return min(first_row + r, groups - 1);
 }
 
 // launch(Rows<rows>{}) for rows a power of two up to kMax.
@@ -88,23 +93,24 @@ struct MixArgs {
   bool out_is_partial;
 };
 
-// sums[r][e] = fma(weight(step, r), U_{first_index + step}[call * 4 + e], sums[r][e]), step ascending.
-template <int kRows>
+// sums[r][e] = fma(weight(step, r), U_{first_index + step}[call * kCount + e], sums[r][e]), step
+// ascending (uniform and uniform16).
+template <Distribution D, int kRows>
 __device__ void uniform_mix_walk(const Family& family, uint32_t call, uint32_t first_index, int count,
-                                 const float (*weights)[kRows], float (&sums)[kRows][4]) {
-  using Entries = CallEntries<Distribution::kUniform>;
+                                 const float (*weights)[kRows], float (&sums)[kRows][CallEntries<D>::kCount]) {
+  using Entries = CallEntries<D>;
 #pragma unroll 1  // one basis index per iteration: the SASS budget counts per iteration
   for (int step = 0; step < count; ++step) {
-    const Words words = family.call(call, first_index + static_cast<uint32_t>(step));
-    float values[4];
+    const Words words = Entries::call(family, call, first_index + static_cast<uint32_t>(step));
+    float values[Entries::kCount];
 #pragma unroll
-    for (int e = 0; e < 4; ++e) values[e] = Entries::value(words, e);
+    for (int e = 0; e < Entries::kCount; ++e) values[e] = Entries::value(words, e);
     float weight[kRows];
     load_row<kRows>(weights[step], weight);
 #pragma unroll
     for (int r = 0; r < kRows; ++r) {
 #pragma unroll
-      for (int e = 0; e < 4; ++e) sums[r][e] = fmaf(weight[r], values[e], sums[r][e]);
+      for (int e = 0; e < Entries::kCount; ++e) sums[r][e] = fmaf(weight[r], values[e], sums[r][e]);
     }
   }
 }
@@ -116,7 +122,7 @@ __device__ __forceinline__ uint32_t word_at(const Words& w, int x) {
 // The lanes of a call group (lane = 4 q + word) take 4 basis indices at a time: lane `word` makes
 // the call of index first + word; in round r it reads its word of the call that lane
 // (word + r) & 3 made, so every call is made once. Steps past count have zero weights.
-template <int kRows>
+template <Distribution D, int kRows>
 __device__ void rademacher_mix_walk(const Family& family, uint32_t call, uint32_t first_index, int count,
                                     const float (*weights)[kRows], float (&sums)[kRows][32]) {
   const int lane = threadIdx.x % kWarpSize, word = lane & 3;
@@ -125,7 +131,7 @@ __device__ void rademacher_mix_walk(const Family& family, uint32_t call, uint32_
   for (int r = 0; r < 4; ++r) sources[r] = (lane & ~3) | ((word + r) & 3);
 #pragma unroll 1  // four basis indices per iteration: the SASS budget counts per iteration
   for (int first = 0; first < count; first += 4) {
-    const Words own = family.call(call, first_index + static_cast<uint32_t>(first + word));
+    const Words own = CallEntries<D>::call(family, call, first_index + static_cast<uint32_t>(first + word));
 #pragma unroll
     for (int r = 0; r < 4; ++r) {
       const uint32_t bits = __shfl_sync(0xffffffffu, word_at(own, (word - r) & 3), sources[r]);
@@ -141,8 +147,13 @@ __device__ void rademacher_mix_walk(const Family& family, uint32_t call, uint32_
   }
 }
 
+// Blocks an SM must hold, for ptxas's register allocation (0: no bound). One-row rademacher_philox7
+// lanes want 4 (128 registers): left alone, ptxas spills a word on sm_80.
 template <Distribution D, int kRows>
-__global__ void __launch_bounds__(kThreads) mix_grouped_kernel(const MixArgs args) {
+constexpr int kMixMinBlocks = D == Distribution::kRademacherPhilox7 && kRows == 1 ? 4 : 0;
+
+template <Distribution D, int kRows>
+__global__ void __launch_bounds__(kThreads, (kMixMinBlocks<D, kRows>)) mix_grouped_kernel(const MixArgs args) {
   constexpr int kPositions = kLanePositions<D>;
   // Padded to whole call groups: the rademacher walk reads 4 steps' weights at a time.
   __shared__ __align__(16) float weights[kStageSteps][kRows];
@@ -164,16 +175,16 @@ __global__ void __launch_bounds__(kThreads) mix_grouped_kernel(const MixArgs arg
       __syncthreads();  // every lane is done with the previous stage's weights
       for (int s = threadIdx.x; s < kStageSteps * kRows; s += kThreads) {
         const int r = s / kStageSteps, step = s % kStageSteps;  // consecutive lanes, consecutive indices
-        const int64_t row = min(first_row + r, args.groups - 1);  // rows past G are never stored
+        const int64_t row = staged_row(first_row, r, args.groups);
         weights[step][r] = stage + step < steps ? args.coeffs[row * args.k + i_begin + stage + step] : 0.0f;
       }
       __syncthreads();
       const int count = static_cast<int>(min(steps - stage, static_cast<int64_t>(kStageSteps)));
       const uint32_t first_index = static_cast<uint32_t>(i_begin + stage);
-      if constexpr (D == Distribution::kUniform) {
-        uniform_mix_walk<kRows>(args.family, static_cast<uint32_t>(call), first_index, count, weights, sums);
+      if constexpr (is_rademacher(D)) {
+        rademacher_mix_walk<D, kRows>(args.family, static_cast<uint32_t>(call), first_index, count, weights, sums);
       } else {
-        rademacher_mix_walk<kRows>(args.family, static_cast<uint32_t>(call), first_index, count, weights, sums);
+        uniform_mix_walk<D, kRows>(args.family, static_cast<uint32_t>(call), first_index, count, weights, sums);
       }
     }
 #pragma unroll
@@ -214,7 +225,7 @@ __device__ void project_walk(const Family& family, uint32_t first_call, int call
     Words words[kProjectIndices];
 #pragma unroll
     for (int j = 0; j < kProjectIndices; ++j) {
-      words[j] = family.call(first_call + static_cast<uint32_t>(c), first_index + static_cast<uint32_t>(j));
+      words[j] = Entries::call(family, first_call + static_cast<uint32_t>(c), first_index + static_cast<uint32_t>(j));
     }
 #pragma unroll
     for (int e4 = 0; e4 < Entries::kCount; e4 += 4) {
@@ -262,7 +273,7 @@ __global__ void __launch_bounds__(kThreads) project_grouped_kernel(const Project
       for (int s = threadIdx.x; s < kRows * kTilePositions; s += kThreads) {
         const int r = s / kTilePositions, p = s % kTilePositions;
         const int64_t n = tile * kEntries + p;
-        const int64_t row = min(first_row + r, args.groups - 1);  // rows past G are never stored
+        const int64_t row = staged_row(first_row, r, args.groups);
         // Positions past the tile or the matrix have zero gradients: their entries add nothing.
         grads[r][p] = p < calls * kEntries && n < args.numel ? args.grads[row * args.numel + n] : 0.0f;
       }
@@ -371,14 +382,6 @@ cudaError_t project_grouped_as(const GroupedProblem& p, const float* grads, floa
                           sm_count, stream);
   }
   return status;
-}
-
-// f(std::integral_constant<Distribution, D>{}) for the problem's distribution D.
-template <typename F>
-auto with_distribution(Distribution distribution, F&& f) {
-  using Uniform = std::integral_constant<Distribution, Distribution::kUniform>;
-  using Rademacher = std::integral_constant<Distribution, Distribution::kRademacher>;
-  return distribution == Distribution::kUniform ? f(Uniform{}) : f(Rademacher{});
 }
 
 }  // namespace

@@ -23,18 +23,23 @@ int nola_philox_words(int rounds, const uint32_t* counter, const uint32_t* key, 
 // The uniform value of one Philox word.
 float nola_uniform_value(uint32_t word) { return nola::uniform_value(word); }
 
+// The uniform16 value of half `half` (0: the low 16 bits) of one Philox word.
+float nola_uniform16_value(uint32_t word, int half) { return nola::uniform16_value(word, half); }
+
 // The default mix scale of k basis matrices.
 float nola_default_mix_scale(uint64_t k) { return nola::default_mix_scale(k); }
 
-// Entries (i, n) for i in [i_start, i_start + count) and n in [n_start, n_start + numel), row-major.
+// Entries (i, n) for i in [i_start, i_start + count) and n in [n_start, n_start + numel), row-major;
+// distribution is a nola::Distribution code.
 void nola_basis_block(uint64_t seed, uint64_t stream, uint32_t i_start, uint32_t count, uint64_t n_start,
                       uint64_t numel, int distribution, float* out) {
   const nola::Family family = nola::Family::of(seed, stream);
-  for (uint32_t i = 0; i < count; ++i) {
-    for (uint64_t n = 0; n < numel; ++n) {
-      out[i * numel + n] = nola::basis_entry(family, i_start + i, n_start + n,
-                                             static_cast<nola::Distribution>(distribution));
+  nola::with_distribution(static_cast<nola::Distribution>(distribution), [&](auto d) {
+    for (uint32_t i = 0; i < count; ++i) {
+      for (uint64_t n = 0; n < numel; ++n) {
+        out[i * numel + n] = nola::basis_entry<decltype(d)::value>(family, i_start + i, n_start + n);
+      }
     }
-  }
+  });
 }
 }

@@ -1,4 +1,4 @@
-// NOLA-Philox v1 (docs/spec.md): Philox4x32 and the two basis distributions, for host and device.
+// NOLA-Philox v1.1 (docs/spec.md): Philox4x32 and the basis distributions, for host and device.
 // Plain C++ when not compiled by nvcc, so the host test builds it with g++ and checks it against
 // nola_kernels.nola_basis bit for bit.
 #pragma once
@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #ifdef __CUDACC__
 #define NOLA_HOST_DEVICE __host__ __device__ __forceinline__
@@ -21,10 +22,24 @@ constexpr uint32_t kKeyBump0 = 0x9E3779B9u;
 constexpr uint32_t kKeyBump1 = 0xBB67AE85u;
 constexpr int kDefaultRounds = 10;
 
-// Entries per Philox call: one float per word (uniform) or one sign per bit (rademacher).
-enum class Distribution : int { kUniform = 0, kRademacher = 1 };
+// v1's two distributions (Philox4x32-10), then v1.1's (Philox4x32-7). Entries per Philox call:
+// one float per word (uniform), one per 16-bit half word (uniform16) or one sign per bit
+// (rademacher); counter word 0 is n >> counter_shift.
+enum class Distribution : int { kUniform = 0, kRademacher = 1, kUniform16Philox7 = 2, kRademacherPhilox7 = 3 };
 constexpr int kUniformCounterShift = 2;
+constexpr int kUniform16CounterShift = 3;
 constexpr int kRademacherCounterShift = 7;
+
+NOLA_HOST_DEVICE constexpr bool is_rademacher(Distribution d) {
+  return d == Distribution::kRademacher || d == Distribution::kRademacherPhilox7;
+}
+NOLA_HOST_DEVICE constexpr int rounds_of(Distribution d) {
+  return d == Distribution::kUniform16Philox7 || d == Distribution::kRademacherPhilox7 ? 7 : kDefaultRounds;
+}
+NOLA_HOST_DEVICE constexpr int counter_shift(Distribution d) {
+  return is_rademacher(d) ? kRademacherCounterShift
+                          : d == Distribution::kUniform16Philox7 ? kUniform16CounterShift : kUniformCounterShift;
+}
 
 struct Words {
   uint32_t x[4];
@@ -93,6 +108,16 @@ NOLA_HOST_DEVICE float uniform_value(uint32_t word) {
   return (float_from_bits(kTwoBits | (word >> 9)) - 3.0f) + kHalfUlp;
 }
 
+// uniform16: half h of a word (h = 0: bits 0..15) gives (m - 2^15) * 2^-15 with m = half | 1. The
+// float 2 + m * 2^-22 (exponent bits of 2, m as the low mantissa bits) times 128, less 257, is that
+// value with one exact FMA; setting both halves' bit 0 at once leaves one integer op per half.
+NOLA_HOST_DEVICE float uniform16_value(uint32_t word, int half) {
+  constexpr uint32_t kTwoBits = 0x40000000u;  // 2.0f
+  const uint32_t odd = word | 0x00010001u;
+  const float carrier = float_from_bits(kTwoBits | (half ? odd >> 16 : odd & 0xffffu));
+  return carrier * 128.0f - 257.0f;
+}
+
 // rademacher: bit b of a word is the sign of entry b (0 gives +1).
 NOLA_HOST_DEVICE float rademacher_value(uint32_t word, int bit) {
   return ((word >> bit) & 1u) ? -1.0f : 1.0f;
@@ -113,16 +138,39 @@ inline float default_mix_scale(uint64_t k) {
   return static_cast<float>(1.0 / std::sqrt(static_cast<double>(k)));
 }
 
-// Entry n of basis matrix `index`: the scalar definition, for tests and edges.
-template <int Rounds = kDefaultRounds>
-NOLA_HOST_DEVICE float basis_entry(const Family& family, uint32_t index, uint64_t n,
-                                   Distribution distribution) {
-  if (distribution == Distribution::kUniform) {
-    const Words w = family.call<Rounds>(static_cast<uint32_t>(n >> kUniformCounterShift), index);
-    return uniform_value(w.x[n & 3]);
+// f(std::integral_constant<Distribution, D>{}) for the runtime distribution D (host code).
+template <typename F>
+inline auto with_distribution(Distribution distribution, F&& f) {
+  switch (distribution) {
+    case Distribution::kRademacher:
+      return f(std::integral_constant<Distribution, Distribution::kRademacher>{});
+    case Distribution::kUniform16Philox7:
+      return f(std::integral_constant<Distribution, Distribution::kUniform16Philox7>{});
+    case Distribution::kRademacherPhilox7:
+      return f(std::integral_constant<Distribution, Distribution::kRademacherPhilox7>{});
+    default:
+      return f(std::integral_constant<Distribution, Distribution::kUniform>{});
   }
-  const Words w = family.call<Rounds>(static_cast<uint32_t>(n >> kRademacherCounterShift), index);
-  return rademacher_value(w.x[(n >> 5) & 3], static_cast<int>(n & 31));
+}
+
+// Entry e < 2^counter_shift(D) of the words of one call.
+template <Distribution D>
+NOLA_HOST_DEVICE float call_entry(const Words& w, int e) {
+  if constexpr (D == Distribution::kUniform) {
+    return uniform_value(w.x[e]);
+  } else if constexpr (D == Distribution::kUniform16Philox7) {
+    return uniform16_value(w.x[e / 2], e % 2);
+  } else {
+    return rademacher_value(w.x[e / 32], e % 32);
+  }
+}
+
+// Entry n of basis matrix `index`: the scalar definition, for tests and edges.
+template <Distribution D>
+NOLA_HOST_DEVICE float basis_entry(const Family& family, uint32_t index, uint64_t n) {
+  constexpr int kShift = counter_shift(D);
+  const Words w = family.call<rounds_of(D)>(static_cast<uint32_t>(n >> kShift), index);
+  return call_entry<D>(w, static_cast<int>(n & ((1u << kShift) - 1)));
 }
 
 }  // namespace nola

@@ -9,18 +9,27 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kChains = 4;  // independent calls in flight per thread, as in generate.cu
 
+__device__ __forceinline__ float uniform_sum(const Words& w) {
+  return uniform_value(w.x[0]) + uniform_value(w.x[1]) + uniform_value(w.x[2]) + uniform_value(w.x[3]);
+}
+
+// Thread t's calls: first + j for j < kChains in each group first = t * kChains + g * stride; the
+// grid's whole rounds of groups need no bound checks (the hot loop: the mix loop's instructions
+// per call), the last round checks each call.
 __global__ void __launch_bounds__(kThreads) philox_rate_kernel(Family family, int64_t calls, float* block_sums) {
   __shared__ float warp_sums[kThreads / kWarpSize];
   const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads * kChains;
+  const int64_t whole = calls / stride * stride;
+  const int64_t start = (blockIdx.x * static_cast<int64_t>(kThreads) + threadIdx.x) * kChains;
   float sum = 0.0f;
-  for (int64_t first = (blockIdx.x * static_cast<int64_t>(kThreads) + threadIdx.x) * kChains; first < calls;
-       first += stride) {
+  for (int64_t first = start; first < whole; first += stride) {
 #pragma unroll
-    for (int j = 0; j < kChains; ++j) {
-      if (first + j >= calls) break;
-      const Words w = family.call(static_cast<uint32_t>(first + j), 0);
-      sum += uniform_value(w.x[0]) + uniform_value(w.x[1]) + uniform_value(w.x[2]) + uniform_value(w.x[3]);
-    }
+    for (int j = 0; j < kChains; ++j) sum += uniform_sum(family.call(static_cast<uint32_t>(first + j), 0));
+  }
+#pragma unroll
+  for (int j = 0; j < kChains; ++j) {
+    const int64_t call = whole + start + j;
+    if (call < calls) sum += uniform_sum(family.call(static_cast<uint32_t>(call), 0));
   }
   sum = warp_sum(sum);
   if (threadIdx.x % kWarpSize == 0) warp_sums[threadIdx.x / kWarpSize] = sum;

@@ -21,6 +21,7 @@ from nola_kernels import (
     nola_project_grouped,
 )
 from nola_kernels.backends import cuda_backend
+from nola_kernels.basis import DISTRIBUTIONS, V1_DISTRIBUTIONS
 from nola_kernels.lowrank import LowRankSpec
 from nola_kernels.reference import naive_matmul
 
@@ -37,6 +38,11 @@ FAMILIES = [
     (11, 0, 2048, (3, 4), "uniform"),
     (2**62, 2**40, 65, (64, 1000), "rademacher"),
     (5, 0, 600, (8, 1024), "rademacher"),
+    # v1.1: 8 uniform16 entries per call (odd widths end inside a call), rademacher with 7 rounds
+    (3, 0, 5, (1, 1), "uniform16_philox7"),
+    (2**32 + 7, 1, 37, (33, 17), "uniform16_philox7"),
+    (11, 0, 2048, (3, 5), "uniform16_philox7"),
+    (2**62, 2**40, 65, (64, 1000), "rademacher_philox7"),
 ]
 
 
@@ -48,7 +54,9 @@ def _bits(t):
 def test_mixing_one_hot_coefficients_gives_the_basis_bit_for_bit(seed, stream, k, shape, distribution):
     # 1 * U_i plus signed zeros from the other indices is U_i exactly, so this reads the kernel's basis.
     expected = nola_basis(seed, k, shape, stream=stream, distribution=distribution, device="cuda")
-    backends = [name for name in available_backends(torch.device("cuda")) if name != "cuda"]
+    # v1.1's distributions against the reference alone: the other backends' own tests cover them.
+    others = [name for name in available_backends(torch.device("cuda")) if name != "cuda"]
+    backends = others if distribution in V1_DISTRIBUTIONS else []
     for i in sorted({0, k // 2, k - 1}):
         one_hot = torch.zeros(k, device="cuda")
         one_hot[i] = 1.0
@@ -87,6 +95,8 @@ def test_empty_matrices_and_out_of_range_arguments():
     for rank, out_features in [(0, 5), (2, 0)]:
         with pytest.raises(RuntimeError, match="must be in \\[1, 2\\^31\\)"):
             ops.lowrank_forward(x, alpha, beta, None, None, 1, 2, rank, out_features, 1.0, "uniform")
+    with pytest.raises(RuntimeError, match=r"distribution must be .*'rademacher_philox7', got 'uniform16'"):
+        ops.mix(alpha, 1, 0, 2, 2, 1.0, "uniform16")
     with pytest.raises(RuntimeError, match="alpha must be on cuda"):
         ops.lowrank_forward(x, alpha.cpu(), beta, None, None, 1, 2, 2, 5, 1.0, "uniform")
 
@@ -100,6 +110,11 @@ GROUPED = [
     (5, 0, 12, 512, (8, 1024), "uniform"),
     (2**62, 2**40, 37, 65, (64, 100), "rademacher"),
     (7, 3, 5, 600, (8, 1024), "rademacher"),
+    # v1.1: rows past a uniform16 mix chunk of 8, odd widths inside a call of 8, 7-round rademacher
+    (2**32 + 7, 1, 3, 37, (33, 17), "uniform16_philox7"),
+    (11, 0, 37, 2048, (3, 5), "uniform16_philox7"),
+    (5, 0, 12, 512, (8, 1024), "uniform16_philox7"),
+    (7, 3, 5, 600, (8, 1024), "rademacher_philox7"),
 ]
 
 
@@ -132,7 +147,7 @@ def test_grouped_mix_and_project_match_float64_and_the_torch_backend(seed, strea
     assert rel_err(projected, nola_project_grouped(grads, seed, k, **family)) <= 2e-5
 
 
-@pytest.mark.parametrize("distribution", ["uniform", "rademacher"])
+@pytest.mark.parametrize("distribution", DISTRIBUTIONS)
 def test_grouped_mix_of_one_hot_rows_is_the_basis_bit_for_bit(distribution):
     # Row g of the identity mixes U_g alone (plus signed zeros), so the result reads the kernel's basis.
     k, shape = 40, (33, 70)
@@ -141,7 +156,7 @@ def test_grouped_mix_of_one_hot_rows_is_the_basis_bit_for_bit(distribution):
     assert torch.equal(_bits(mixed), _bits(expected))
 
 
-@pytest.mark.parametrize("distribution", ["uniform", "rademacher"])
+@pytest.mark.parametrize("distribution", DISTRIBUTIONS)
 def test_grouped_results_are_deterministic(distribution):
     first = _grouped(1, 0, 24, 512, (16, 4096), distribution)
     second = _grouped(1, 0, 24, 512, (16, 4096), distribution)
@@ -225,6 +240,9 @@ SHAPES = [
     (3, 1, 3, 1, 2048, 7, "uniform", False),
     (257, 300, 500, 31, 33, 40, "rademacher", True),
     (0, 64, 32, 4, 8, 8, "uniform", True),
+    (130, 1024, 1024, 16, 512, 512, "uniform16_philox7", True),
+    (3, 1, 3, 1, 2048, 7, "uniform16_philox7", False),
+    (257, 300, 500, 31, 33, 40, "rademacher_philox7", True),
 ]
 
 
@@ -293,7 +311,7 @@ SANITIZED = textwrap.dedent(
     from nola_kernels.lowrank import LowRankSpec
     x, alpha, beta = torch.randn(5, 37, device="cuda"), torch.randn(9, device="cuda"), torch.randn(6, device="cuda")
     a0 = torch.randn(3, 37, device="cuda")
-    for distribution in ("uniform", "rademacher"):
+    for distribution in ("uniform", "rademacher", "uniform16_philox7", "rademacher_philox7"):
         c.mix(alpha, 1, 0, 7, 13, 0.5, distribution)
         c.project(torch.randn(7, 13, device="cuda"), 1, 0, 9, 0.5, distribution)
         c.mix_grouped(torch.randn(19, 9, device="cuda"), 1, 0, 7, 13, 0.5, distribution)

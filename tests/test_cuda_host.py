@@ -13,9 +13,10 @@ from ptxas_report import CSRC, compile_report, format_report, spilling
 from test_philox import KAT
 
 from nola_kernels import nola_basis
-from nola_kernels.basis import basis_block
+from nola_kernels.basis import COUNTER_SHIFT, DISTRIBUTIONS, basis_block
 
-DISTRIBUTION_CODES = {"uniform": 0, "rademacher": 1}
+# nola::Distribution (csrc/philox.cuh) of each contract name.
+DISTRIBUTION_CODES = {"uniform": 0, "rademacher": 1, "uniform16_philox7": 2, "rademacher_philox7": 3}
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +78,21 @@ def test_uniform_value_of_extreme_words(host_basis, word):
     assert host_basis.nola_uniform_value(ctypes.c_uint32(word)) == expected
 
 
-@pytest.mark.parametrize("distribution", ["uniform", "rademacher"])
+def test_every_contract_distribution_has_a_code():
+    assert set(DISTRIBUTION_CODES) == set(DISTRIBUTIONS)
+
+
+def test_uniform16_value_of_every_half_word(host_basis):
+    host_basis.nola_uniform16_value.restype = ctypes.c_float
+    for half in range(1 << 16):
+        # An odd multiplier permutes the 16-bit values: every low half and every high half once.
+        word = half | (((half * 40503) & 0xFFFF) << 16)
+        for h, value in enumerate((half, word >> 16)):
+            expected = ((value | 1) - 2**15) * 2.0**-15
+            assert host_basis.nola_uniform16_value(ctypes.c_uint32(word), ctypes.c_int(h)) == expected, (word, h)
+
+
+@pytest.mark.parametrize("distribution", DISTRIBUTIONS)
 @pytest.mark.parametrize(
     "seed, stream, k, shape",
     [
@@ -94,7 +109,7 @@ def test_header_matches_nola_basis(host_basis, distribution, seed, stream, k, sh
     assert torch.equal(_bits(got), _bits(expected))
 
 
-@pytest.mark.parametrize("distribution", ["uniform", "rademacher"])
+@pytest.mark.parametrize("distribution", DISTRIBUTIONS)
 def test_header_matches_far_positions_and_indices(host_basis, distribution):
     # Odd starts, the last basis indices below 2^32 and positions near the 2^34 limit.
     for i_start, n_start in [(2**32 - 3, 5), (7, 2**34 - 300), (1, 131)]:
@@ -103,7 +118,7 @@ def test_header_matches_far_positions_and_indices(host_basis, distribution):
         assert torch.equal(_bits(got), _bits(expected)), (i_start, n_start)
 
 
-@pytest.mark.parametrize("distribution", ["uniform", "rademacher"])
+@pytest.mark.parametrize("distribution", DISTRIBUTIONS)
 @pytest.mark.parametrize(
     "seed, stream, i_start, first_call",
     [(0, 0, 0, 0), (2**32 + 12345, 1, 7, 3), (2**63 - 1, 2**40 + 3, 2**32 - 3, 5), (2**40 + 9, 1, 1, None)],
@@ -111,8 +126,8 @@ def test_header_matches_far_positions_and_indices(host_basis, distribution):
 def test_grouped_kernels_read_the_basis_from_each_call(grouped_entries, distribution, seed, stream, i_start,
                                                        first_call):  # fmt: skip
     # Each Philox call of basis index i fills positions call * entries + e (uniform: 4 entries,
-    # rademacher: 128); None takes the last calls below 2^34 positions.
-    per_call = 4 if distribution == "uniform" else 128
+    # uniform16: 8, rademacher: 128); None takes the last calls below 2^34 positions.
+    per_call = 1 << COUNTER_SHIFT[distribution]
     calls, count = 5, 3
     if first_call is None:
         first_call = 2**34 // per_call - calls
@@ -172,6 +187,8 @@ def test_workspace_planning_handles_edge_shapes(workspace_sizes):
         (1, 1, 1, 1, 1, 1, 1, 1),
         (8192, 4096, 4096, 64, 512, 512, 0, 132),
         (257, 300, 500, 31, 33, 40, 1, 108),
+        (257, 300, 500, 31, 33, 40, 2, 108),  # uniform16: 8 entries per call
+        (130, 1024, 1024, 16, 512, 512, 3, 132),
         (5, 37, 11, 3, 0, 0, 0, 132),  # k = l = 0: the factors are their offsets
         (16, 64, 32, 0, 8, 8, 0, 132),  # rank 0 and no output features: factors with no entries
         (16, 64, 0, 4, 8, 8, 1, 132),
@@ -185,7 +202,10 @@ def test_workspace_planning_handles_edge_shapes(workspace_sizes):
 def test_generation_without_positions_plans_no_workspace(workspace_sizes):
     # distribution, numel, k, mixes, projects, SM count: an empty matrix (or factor) is no launch,
     # not a division by its zero slices.
-    problems = [(0, 0, 5, 1, 0, 132), (1, 0, 3, 0, 1, 132), (0, 0, 7, 1, 1, 1), (1, 0, 0, 1, 1, 108)]
+    problems = [
+        (0, 0, 5, 1, 0, 132), (1, 0, 3, 0, 1, 132), (0, 0, 7, 1, 1, 1), (1, 0, 0, 1, 1, 108),
+        (2, 0, 4, 1, 1, 132), (3, 0, 4, 0, 1, 132),
+    ]  # fmt: skip
     assert workspace_sizes("generate", problems) == [0] * len(problems)
 
 
@@ -195,7 +215,7 @@ def test_projection_partials_stay_bounded_for_long_bases(workspace_sizes, k, sm_
     # The projection partials are (blocks x k) floats: blocks shrink as k grows (the k-split
     # fills the GPU instead), so they stay within 16 MiB, or one row of k where k alone is larger.
     bound = 4 * max(1 << 22, k) + 256
-    for distribution in (0, 1):
+    for distribution in DISTRIBUTION_CODES.values():
         projection, both = workspace_sizes(
             "generate",
             [(distribution, 1 << 20, k, 0, 1, sm_count), (distribution, 1 << 20, k, 1, 1, sm_count)],

@@ -1,5 +1,5 @@
 // Prints the workspace the kernels plan for the problems read from stdin, one per line:
-//   lowrank tokens in out rank k l distribution(0 uniform, 1 rademacher) sm_count
+//   lowrank tokens in out rank k l distribution(a nola::Distribution code) sm_count
 //   generate distribution numel k mixes(0/1) projects(0/1) sm_count
 // The planning is host code, so tests/test_cuda_host.py runs it for edge shapes without a GPU.
 #include <cstdio>

@@ -37,6 +37,10 @@ KNOWN_OVER_BUDGET = {
         )
         for distribution in ("rademacher", "rademacher_philox7")
     },
+    ("cuda", "mix+project", "uniform16_philox7"): (
+        "ptxas recomputes the Philox key schedule in the loop (12 uniform adds), and the projection's warp sum, 1.22x"
+    ),
+    ("cuda", "project", "rademacher_philox7"): "64-bit step arithmetic and the call-group selects, 1.154x",
 }
 
 
@@ -194,9 +198,9 @@ def _grouped_triton_loops():
 
 
 # Entries a lane generates per iteration of its basis loop: in generate.cu, one basis index of
-# kPerLane * kEntries entries (uniform) or four of 32 (rademacher); in philox_rate.cu, kChains
-# calls of 4.
-CUDA_ENTRIES_PER_ITERATION = {"uniform": 16, "rademacher": 4 * 32}
+# kPerLane * kEntries entries (uniform: 4 x 4, uniform16: 4 x 8) or four of 32 (rademacher); in
+# philox_rate.cu, kChains calls of 4.
+CUDA_ENTRIES_PER_ITERATION = {"uniform": 16, "rademacher": 4 * 32, "uniform16_philox7": 32, "rademacher_philox7": 4 * 32}
 PHILOX_RATE_ENTRIES_PER_ITERATION = 16
 _CUDA_MODES = (("mix", True, False), ("project", False, True), ("mix+project", True, True))
 
@@ -215,13 +219,17 @@ def _cuda_function(source, wanted):
     return compile_loop
 
 
+# nola::Distribution (csrc/philox.cuh) of each contract name, as c++filt prints template arguments.
+CUDA_DISTRIBUTION_CODES = {"uniform": 0, "rademacher": 1, "uniform16_philox7": 2, "rademacher_philox7": 3}
+
+
 def _template(name, distribution, mix, project):
-    code = 0 if distribution == "uniform" else 1
+    code = CUDA_DISTRIBUTION_CODES[distribution]
     return f"{name}<(Distribution){code}, {str(mix).lower()}, {str(project).lower()}>"
 
 
 def _cuda_loops():
-    for distribution in ("uniform", "rademacher"):
+    for distribution in DISTRIBUTIONS:
         for name, mix, project in _CUDA_MODES:
             wanted = _template("generate_kernel", distribution, mix, project)
             yield Loop(name, "cuda", distribution, tuple(SHAPES), mix, project,
@@ -236,13 +244,17 @@ def _cuda_loops():
 CUDA_GROUPED_LOOPS = (
     ("grouped mix", "uniform", 16, 4),
     ("grouped mix", "rademacher", 2, 128),
+    ("grouped mix", "uniform16_philox7", 8, 8),
+    ("grouped mix", "rademacher_philox7", 2, 128),
     ("grouped project", "uniform", 16, 16),
     ("grouped project", "rademacher", 4, 512),
+    ("grouped project", "uniform16_philox7", 16, 32),
+    ("grouped project", "rademacher_philox7", 4, 512),
 )
 
 
 def _grouped_template(mix, distribution, rows, suffix):
-    code = 0 if distribution == "uniform" else 1
+    code = CUDA_DISTRIBUTION_CODES[distribution]
     return f"{'mix' if mix else 'project'}_grouped_{suffix}<(Distribution){code}, {rows}>"
 
 
@@ -285,7 +297,7 @@ def _row(loop, count, reference):
 
 
 # Entries per thread per iteration of references.cu (Reference<D>::kCalls * kEntries).
-CUDA_REFERENCE_ENTRIES = {"uniform": 16, "rademacher": 128}
+CUDA_REFERENCE_ENTRIES = {"uniform": 16, "rademacher": 128, "uniform16_philox7": 32, "rademacher_philox7": 128}
 
 
 def _reference_entries(loop):

@@ -1,28 +1,24 @@
 // Reference loops for the SASS budget, in CUDA: per basis index, the Philox calls of the entries a
-// thread owns (the contract's minimum: one call per 4 uniform or 128 rademacher entries, every
-// call made by the thread that uses it), the entries' values, and one FMA (mix) or one
-// multiply-add into a running sum (projection) per entry; nothing else. Compiled with the flags of
-// csrc/, never launched.
+// thread owns (the contract's minimum: one call per 4 uniform, 8 uniform16 or 128 rademacher
+// entries, with the distribution's rounds, every call made by the thread that uses it), the
+// entries' values, and one FMA (mix) or one multiply-add into a running sum (projection) per
+// entry; nothing else. Compiled with the flags of csrc/, never launched.
 #include "grouped_entries.cuh"
 #include "philox.cuh"
 
 namespace nola {
 
 template <Distribution D>
-struct Reference;
-
-template <>
-struct Reference<Distribution::kUniform> {
-  static constexpr int kCalls = 4;  // as many independent chains per thread as generate.cu's lanes
-  static constexpr int kEntries = 4;
-  __device__ static float times(float v, const Words& w, int e) { return v * uniform_value(w.x[e]); }
-};
-
-template <>
-struct Reference<Distribution::kRademacher> {
-  static constexpr int kCalls = 1;
-  static constexpr int kEntries = 128;
-  __device__ static float times(float v, const Words& w, int e) { return apply_sign_bit(v, w.x[e / 32], e % 32); }
+struct Reference {
+  static constexpr int kCalls = is_rademacher(D) ? 1 : 4;  // as many chains per thread as generate.cu's lanes
+  static constexpr int kEntries = CallEntries<D>::kCount;
+  __device__ static float times(float v, const Words& w, int e) {
+    if constexpr (is_rademacher(D)) {
+      return apply_sign_bit(v, w.x[e / 32], e % 32);
+    } else {
+      return v * CallEntries<D>::value(w, e);
+    }
+  }
 };
 
 template <Distribution D, bool kMix, bool kProject>
@@ -45,7 +41,7 @@ __global__ void reference_kernel(Family family, uint32_t k, const float* coeffs,
     const float weight = kMix ? __ldg(coeffs + i) : 0.0f;
 #pragma unroll
     for (int j = 0; j < R::kCalls; ++j) {
-      const Words w = family.call(first_call + j, i);
+      const Words w = CallEntries<D>::call(family, first_call + j, i);
 #pragma unroll
       for (int e = 0; e < R::kEntries; ++e) {
         if (kMix) mixed[j][e] += R::times(weight, w, e);
@@ -66,12 +62,19 @@ template __global__ void reference_kernel<Distribution::kUniform, true, true>(Fa
 template __global__ void reference_kernel<Distribution::kRademacher, true, false>(Family, uint32_t, const float*, const float*, float*);
 template __global__ void reference_kernel<Distribution::kRademacher, false, true>(Family, uint32_t, const float*, const float*, float*);
 template __global__ void reference_kernel<Distribution::kRademacher, true, true>(Family, uint32_t, const float*, const float*, float*);
+template __global__ void reference_kernel<Distribution::kUniform16Philox7, true, false>(Family, uint32_t, const float*, const float*, float*);
+template __global__ void reference_kernel<Distribution::kUniform16Philox7, false, true>(Family, uint32_t, const float*, const float*, float*);
+template __global__ void reference_kernel<Distribution::kUniform16Philox7, true, true>(Family, uint32_t, const float*, const float*, float*);
+template __global__ void reference_kernel<Distribution::kRademacherPhilox7, true, false>(Family, uint32_t, const float*, const float*, float*);
+template __global__ void reference_kernel<Distribution::kRademacherPhilox7, false, true>(Family, uint32_t, const float*, const float*, float*);
+template __global__ void reference_kernel<Distribution::kRademacherPhilox7, true, true>(Family, uint32_t, const float*, const float*, float*);
 
 // The grouped kernels' references (csrc/grouped.cu): per iteration a thread generates the same
 // entries as the kernel's lane with the same calls, and does one FMA per entry and row; the
 // mix also reads each basis index's coefficients (4 rows a load where the rows allow), the
-// projection keeps its gradients in registers. Uniform mix: one call of 4 positions per index;
-// rademacher mix: one call whose 4 words serve 4 indices; projection: one call for each of 4 indices.
+// projection keeps its gradients in registers. Uniform mix: one call of 4 (uniform16: 8) positions
+// per index; rademacher mix: one call whose 4 words serve 4 indices; projection: one call for each
+// of 4 indices.
 template <int kRows>
 __device__ void load_weights(const float* source, float (&out)[kRows]) {
   if constexpr (kRows % 4 == 0) {
@@ -88,8 +91,8 @@ __device__ void load_weights(const float* source, float (&out)[kRows]) {
 
 template <Distribution D, int kRows>
 __global__ void mix_grouped_reference(Family family, uint32_t k, const float* coeffs, float* out) {
-  constexpr bool kUniform = D == Distribution::kUniform;
-  constexpr int kPositions = kUniform ? 4 : 32, kStepsPerCall = kUniform ? 1 : 4;
+  constexpr bool kRademacher = is_rademacher(D);
+  constexpr int kPositions = kRademacher ? 32 : CallEntries<D>::kCount, kStepsPerCall = kRademacher ? 4 : 1;
   const uint32_t call = blockIdx.x * blockDim.x + threadIdx.x;
   float sums[kRows][kPositions];
 #pragma unroll
@@ -99,14 +102,14 @@ __global__ void mix_grouped_reference(Family family, uint32_t k, const float* co
   }
 #pragma unroll 1
   for (uint32_t i = 0; i < k; i += kStepsPerCall) {
-    const Words words = family.call(call, i);
+    const Words words = CallEntries<D>::call(family, call, i);
 #pragma unroll
     for (int s = 0; s < kStepsPerCall; ++s) {
       float weight[kRows];
       load_weights<kRows>(coeffs + (i + s) * kRows, weight);
 #pragma unroll
       for (int e = 0; e < kPositions; ++e) {
-        const float value = kUniform ? uniform_value(words.x[e]) : rademacher_value(words.x[s], e);
+        const float value = kRademacher ? rademacher_value(words.x[s], e) : CallEntries<D>::value(words, e);
 #pragma unroll
         for (int r = 0; r < kRows; ++r) sums[r][e] = fmaf(weight[r], value, sums[r][e]);
       }
@@ -136,7 +139,7 @@ __global__ void project_grouped_reference(Family family, uint32_t calls, const f
   for (uint32_t c = 0; c < calls; ++c) {
     Words words[4];
 #pragma unroll
-    for (int j = 0; j < 4; ++j) words[j] = family.call(c, first_index + j);
+    for (int j = 0; j < 4; ++j) words[j] = Entries::call(family, c, first_index + j);
 #pragma unroll
     for (int e = 0; e < Entries::kCount; ++e) {
 #pragma unroll
@@ -157,7 +160,11 @@ __global__ void project_grouped_reference(Family family, uint32_t calls, const f
 // The row counts grouped.cu launches for G > 8 (bench/sass/budget.py, CUDA_GROUPED_LOOPS).
 template __global__ void mix_grouped_reference<Distribution::kUniform, 16>(Family, uint32_t, const float*, float*);
 template __global__ void mix_grouped_reference<Distribution::kRademacher, 2>(Family, uint32_t, const float*, float*);
+template __global__ void mix_grouped_reference<Distribution::kUniform16Philox7, 8>(Family, uint32_t, const float*, float*);
+template __global__ void mix_grouped_reference<Distribution::kRademacherPhilox7, 2>(Family, uint32_t, const float*, float*);
 template __global__ void project_grouped_reference<Distribution::kUniform, 16>(Family, uint32_t, const float*, float*);
 template __global__ void project_grouped_reference<Distribution::kRademacher, 4>(Family, uint32_t, const float*, float*);
+template __global__ void project_grouped_reference<Distribution::kUniform16Philox7, 16>(Family, uint32_t, const float*, float*);
+template __global__ void project_grouped_reference<Distribution::kRademacherPhilox7, 4>(Family, uint32_t, const float*, float*);
 
 }  // namespace nola
