@@ -14,6 +14,7 @@ import sys
 from workloads import SHAPES
 
 from nola_kernels import perf_model as model
+from nola_kernels.basis import DISTRIBUTIONS, V1_DISTRIBUTIONS
 from nola_kernels.lowrank import LowRankShape
 
 GPUS = {"h100": model.H100, "h200": model.H200}
@@ -105,9 +106,9 @@ def _cells(label, times, ratios):
 
 def format_shape(name, shape, gpu):
     """The shape's table: every path priced with the measured loop counts (marked where the routing
-    picks it now), then the paths picked before, priced with the review's counts."""
+    picks it now), then the paths picked before, priced with the review's counts (v1's
+    distributions: the review predates v1.1)."""
     table = rows_for(shape, gpu, model.LOOP_COUNTS)
-    before = rows_for(shape, gpu, REVIEW_COUNTS)
     dtype = str(shape.dtype).removeprefix("torch.")
     lines = [
         f"### {name}: {shape.tokens} tokens, {shape.in_features} x {shape.out_features}, rank {shape.rank}, "
@@ -122,6 +123,9 @@ def format_shape(name, shape, gpu):
         defaults.setdefault(after_default(backend, shape), []).append(f"after ({backend})")
     for label, (_, _, times, ratios) in table.items():
         lines.append(f"| {label} | {_cells(label, times, ratios)} | {', '.join(defaults.get(label, []))} |")
+    if shape.distribution not in V1_DISTRIBUTIONS:
+        return lines, table
+    before = rows_for(shape, gpu, REVIEW_COUNTS)
     for backend in ("cuda", "triton"):
         label = before_default(backend)
         _, _, times, ratios = before[label]
@@ -143,7 +147,7 @@ def report(gpu):
     for title, counts in (("Loop counts", model.LOOP_COUNTS), ("Before rows' loop counts", REVIEW_COUNTS)):
         lines += [f"{title} from: {'; '.join(sorted({count.source for count in counts.values()}))}", ""]
     for name in BENCH_SHAPES:
-        for distribution in ("uniform", "rademacher"):
+        for distribution in DISTRIBUTIONS:
             shape = shape_of(name, distribution)
             shape_lines, table = format_shape(name, shape, gpu)
             lines += [*shape_lines, ""]

@@ -14,6 +14,8 @@ import functools
 import math
 from dataclasses import dataclass, replace
 
+from .basis import PHILOX_ROUNDS
+
 
 @dataclass(frozen=True)
 class GpuSpec:
@@ -54,8 +56,9 @@ H100 = GpuSpec(
 # the H100's sustained fraction.
 H200 = replace(H100, name="H200 SXM", hbm_bytes_per_s=4.8e12 * 2.7 / 3.35)
 
-# Philox4x32-10: 10 rounds of two 32x32->64-bit products, each product 2 IMAD slots.
-IMAD_SLOTS_PER_CALL = 40
+# A Philox4x32 round: two 32x32->64-bit products, each 2 IMAD slots (10 rounds for v1's
+# distributions, 7 for v1.1's: PHILOX_ROUNDS).
+IMAD_SLOTS_PER_ROUND = 4
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,12 @@ SASS_COUNTS = {
     ("mix", "cuda", "rademacher"): _measured(3.867, 0.00664),
     ("project", "cuda", "rademacher"): _measured(3.797, 0.00664),
     ("mix+project", "cuda", "rademacher"): _measured(6.961, 0.00664),
+    ("mix", "cuda", "uniform16_philox7"): _measured(8.031, 0.11161),
+    ("project", "cuda", "uniform16_philox7"): _measured(7.406, 0.08259),
+    ("mix+project", "cuda", "uniform16_philox7"): _measured(10.594, 0.11161),
+    ("mix", "cuda", "rademacher_philox7"): _measured(3.703, 0.00614),
+    ("project", "cuda", "rademacher_philox7"): _measured(3.68, 0.00614),
+    ("mix+project", "cuda", "rademacher_philox7"): _measured(6.758, 0.00614),
     ("mix", "triton", "uniform"): _measured(17.188, 0.19062),
     ("project", "triton", "uniform"): _measured(18.5, 0.19062),
     ("mix", "triton", "rademacher"): _measured(3.445, 0.00625),
@@ -132,6 +141,7 @@ class _Cost:
         self.x_bytes = shape.dtype.itemsize
         self.entries_a = shape.k * shape.rank * shape.in_features
         self.entries_b = shape.l * shape.out_features * shape.rank
+        self.imad_slots_per_call = IMAD_SLOTS_PER_ROUND * PHILOX_ROUNDS[shape.distribution]
 
     def memory_s(self, nbytes, fill=1.0):
         return nbytes / (self.gpu.hbm_bytes_per_s * fill)
@@ -143,7 +153,7 @@ class _Cost:
         loop = self.counts[(kernel, backend, self.shape.distribution)]
         per_sm_clock = min(
             self.gpu.issue_per_clock / loop.sass_per_entry,
-            self.gpu.imad_per_clock / (loop.philox_calls_per_entry * IMAD_SLOTS_PER_CALL),
+            self.gpu.imad_per_clock / (loop.philox_calls_per_entry * self.imad_slots_per_call),
         )
         return entries / (per_sm_clock * self.gpu.sms * self.gpu.clock_hz * fill)
 
@@ -171,8 +181,8 @@ class _Cost:
         return steps
 
     def cuda_generate(self, kernel, entries, numel, k, projects):
-        """csrc/generate.cu: up to 4 blocks per SM over slices of 512 (uniform) or 1024
-        (rademacher) positions, a k-split when the slices alone would not fill the GPU, partial
+        """csrc/generate.cu: up to 4 blocks per SM over slices of 512 (uniform) or 1024 (the
+        other distributions) positions, a k-split when the slices alone would not fill the GPU, partial
         sums in a second kernel."""
         per_slice = 512 if self.shape.distribution == "uniform" else 1024
         wanted = 4 * self.gpu.sms

@@ -10,33 +10,9 @@ import torch
 
 import nola_kernels
 from nola_kernels import available_backends
-from nola_kernels.basis import V1_DISTRIBUTIONS
-
-# Backends whose kernels do not generate the v1.1 distributions yet (docs/spec.md): a test that
-# would run one of them there is skipped at collection (v11_pending_reason).
-V11_PENDING_BACKENDS = {"cuda"}
-
-
-def v11_pending_reason(backend, distribution):
-    """Why a test of `distribution` on `backend` is skipped, or None when it runs."""
-    if distribution in V1_DISTRIBUTIONS or backend not in V11_PENDING_BACKENDS:
-        return None
-    return f"the {backend} kernels do not generate {distribution} yet (V11_PENDING_BACKENDS)"
-
-
-def _parametrized_backend(params):
-    cell = params.get("device_backend")
-    return cell.backend if cell is not None else params.get("backend", params.get("gpu_backend"))
 
 
 def pytest_collection_modifyitems(config, items):
-    for item in items:
-        callspec = getattr(item, "callspec", None)
-        params = callspec.params if callspec is not None else {}
-        if "distribution" in params:
-            reason = v11_pending_reason(_parametrized_backend(params), params["distribution"])
-            if reason is not None:
-                item.add_marker(pytest.mark.skip(reason=reason))
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA device")
