@@ -11,6 +11,7 @@ import torch
 
 from nola_kernels import perf_model as model
 from nola_kernels.backends import native_backends
+from nola_kernels.basis import DISTRIBUTIONS, V1_DISTRIBUTIONS
 from nola_kernels.lowrank import LowRankShape
 
 SASS_JSON = Path(__file__).parent / "results" / "sass-sm90.json"
@@ -25,7 +26,9 @@ def test_the_tables_print_before_and_after_for_both_shapes(capsys):
     assert "not a measurement" in printed
     for name in perf_model.BENCH_SHAPES:
         assert f"### {name}" in printed
-    assert printed.count("before (cuda)") == printed.count("after (cuda)") == 4
+    # Two shapes: "after" for every distribution, "before" (the review's counts) for v1's.
+    assert printed.count("after (cuda)") == 2 * len(DISTRIBUTIONS)
+    assert printed.count("before (cuda)") == 2 * len(V1_DISTRIBUTIONS)
     assert "Targets at llama2-7b-q" in printed and ": met." in printed
 
 
