@@ -31,6 +31,9 @@ PASSES = {"forward": (False, False), "forward_backward": (False, True), "layer":
 SMOKE_SHAPE = Shape("smoke", 40, 24, rank=3, k=6, tokens=10)
 
 
+# v1's two, then v1.1's uniform16 (last, so that a run cut short by its time limit keeps v1's).
+MEASURED_DISTRIBUTIONS = ("uniform", "rademacher", "uniform16_philox7")
+
 def model_path(implementation):
     """nola-cuda-fused -> cuda-fused; lora and official as they are; None for the others."""
     if implementation in ("lora", "official"):
@@ -70,10 +73,10 @@ def run(device, shapes, warmup, reps):
         if model_path(name) or (device == "cpu" and name.startswith("nola-"))
     ]
     for shape in shapes:
-        for distribution in ("uniform", "rademacher"):
+        for distribution in MEASURED_DISTRIBUTIONS:
             for pass_name, (layer, backward) in PASSES.items():
                 for implementation in implementations:
-                    if implementation == "official" and distribution == "rademacher":
+                    if implementation == "official" and distribution != "uniform":
                         continue  # the official code draws uniform bases only
                     workload = Workload(implementation, pass_name, shape, device, distribution=distribution)
                     if pass_name == "forward_backward":
@@ -146,7 +149,7 @@ def grouped_rows(warmup, reps):
 
     rows = []
     for name, r, c, k, groups in GROUPED_CASES:
-        for distribution in ("uniform", "rademacher"):
+        for distribution in MEASURED_DISTRIBUTIONS:
             coeffs, grads = torch.randn(groups, k, device="cuda"), torch.randn(groups, r, c, device="cuda")
             for op, call in _grouped_calls(cuda, coeffs, grads, distribution).items():
                 measured = time_case(_Call(call), "cuda", warmup, reps)
