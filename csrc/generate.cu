@@ -46,6 +46,7 @@ struct GenerateArgs {
   bool mixed_is_partial;
   const float* grad;
   float* projected_partials;  // (gridDim.x, k)
+  RoundKeys keys;  // the family's round keys
 };
 
 // One lane's view of one slice: its basis steps (i_begin + step for step = warp, warp + kWarps, ...
@@ -64,14 +65,22 @@ struct LaneWalk {
     dot = warp_sum(dot);
     if (lane == 0) {
       float& partial = partials[step];
-      partial = (first_slice ? 0.0f : partial) + dot;
+      // A first partial of -0 where 0 + dot gives +0 changes no result: sum_partials adds from +0.
+      partial = first_slice ? dot : partial + dot;
     }
   }
 };
 
+// Call c of basis matrix `index`, its round keys read from the kernel's parameters (ptxas would
+// otherwise add them up again in the basis loops, where registers are short).
+template <Distribution D>
+__device__ __forceinline__ Words basis_call(const GenerateArgs& args, uint32_t c, uint32_t index) {
+  return philox4x32<rounds_of(D)>(c, index, args.family.stream0, args.family.stream1, args.keys);
+}
+
 // Uniform and uniform16: each lane makes its kPerLane calls for every basis step.
 template <Distribution D, bool kMix, bool kProject>
-__device__ void uniform_walk(const Family& family, const LaneWalk& walk,
+__device__ void uniform_walk(const GenerateArgs& args, const LaneWalk& walk,
                              float (&mixed)[Items<D>::kPerLane][Items<D>::kEntries],
                              const float (&grad)[Items<D>::kPerLane][Items<D>::kEntries]) {
   using It = Items<D>;
@@ -82,8 +91,8 @@ __device__ void uniform_walk(const Family& family, const LaneWalk& walk,
     float dot = 0.0f;
 #pragma unroll
     for (int j = 0; j < It::kPerLane; ++j) {
-      const Words words = Entries::call(family, static_cast<uint32_t>(walk.first_item + j * kWarpSize),
-                                        walk.i_begin + static_cast<uint32_t>(step));
+      const Words words = basis_call<D>(args, static_cast<uint32_t>(walk.first_item + j * kWarpSize),
+                                          walk.i_begin + static_cast<uint32_t>(step));
 #pragma unroll
       for (int e = 0; e < It::kEntries; ++e) {
         if (kMix) mixed[j][e] += weight * Entries::value(words, e);
@@ -103,7 +112,7 @@ __device__ __forceinline__ uint32_t word_at(const Words& w, int x) {
 // each lane reads from lane (w + r) & 3 the word it owns of that lane's call, and the weight.
 // Each call is made once, at the cost of 8 shuffles and a few selects per 128 entries.
 template <Distribution D, bool kMix, bool kProject>
-__device__ void rademacher_walk(const Family& family, const LaneWalk& walk, float (&mixed)[1][32], const float (&grad)[1][32]) {
+__device__ void rademacher_walk(const GenerateArgs& args, const LaneWalk& walk, float (&mixed)[1][32], const float (&grad)[1][32]) {
   const int word = walk.lane & 3;
   const uint32_t call = static_cast<uint32_t>(walk.first_item >> 2);
   int sources[4];  // the lane this lane reads from in round r
@@ -113,7 +122,7 @@ __device__ void rademacher_walk(const Family& family, const LaneWalk& walk, floa
   for (int64_t first = walk.warp; first < walk.steps; first += 4 * kWarps) {
     const int64_t own_step = first + word * kWarps;
     const bool own_live = own_step < walk.steps;
-    const Words own = CallEntries<D>::call(family, call, walk.i_begin + static_cast<uint32_t>(own_step));
+    const Words own = basis_call<D>(args, call, walk.i_begin + static_cast<uint32_t>(own_step));
     const float own_weight = kMix && own_live ? __ldg(walk.coeffs + own_step) * walk.scale : 0.0f;
     float dots[4];  // dots[r]: this lane's entries against step (word + r) & 3 of the four
 #pragma unroll
@@ -189,9 +198,9 @@ __global__ void __launch_bounds__(kThreads) generate_kernel(const GenerateArgs a
     }
 
     if constexpr (is_rademacher(D)) {
-      rademacher_walk<D, kMix, kProject>(args.family, walk, mixed, grad);
+      rademacher_walk<D, kMix, kProject>(args, walk, mixed, grad);
     } else {
-      uniform_walk<D, kMix, kProject>(args.family, walk, mixed, grad);
+      uniform_walk<D, kMix, kProject>(args, walk, mixed, grad);
     }
 
     if constexpr (kMix) {
@@ -302,6 +311,7 @@ cudaError_t generate(const GenerateProblem& problem, void* workspace, int sm_cou
 
   GenerateArgs args{};
   args.family = problem.family;
+  args.keys = problem.family.round_keys();
   args.numel = problem.numel;
   args.slices = p.slices;
   args.k = problem.k;

@@ -53,6 +53,16 @@ NOLA_HOST_DEVICE uint32_t mul_hi(uint32_t a, uint32_t b) {
 #endif
 }
 
+// One Philox4x32 round of (c0, c1, c2, c3) under the round's key (k0, k1), as Random123 defines it.
+NOLA_HOST_DEVICE void philox_round(uint32_t& c0, uint32_t& c1, uint32_t& c2, uint32_t& c3, uint32_t k0, uint32_t k1) {
+  const uint32_t hi0 = mul_hi(kMultiplier0, c0), lo0 = kMultiplier0 * c0;
+  const uint32_t hi1 = mul_hi(kMultiplier1, c2), lo1 = kMultiplier1 * c2;
+  c0 = hi1 ^ c1 ^ k0;
+  c1 = lo1;
+  c2 = hi0 ^ c3 ^ k1;
+  c3 = lo0;
+}
+
 // Philox4x32-Rounds of counter (c0, c1, c2, c3) under key (k0, k1), as Random123 defines it.
 template <int Rounds = kDefaultRounds>
 NOLA_HOST_DEVICE Words philox4x32(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3, uint32_t k0,
@@ -61,15 +71,36 @@ NOLA_HOST_DEVICE Words philox4x32(uint32_t c0, uint32_t c1, uint32_t c2, uint32_
 #pragma unroll
 #endif
   for (int round = 0; round < Rounds; ++round) {
-    const uint32_t hi0 = mul_hi(kMultiplier0, c0), lo0 = kMultiplier0 * c0;
-    const uint32_t hi1 = mul_hi(kMultiplier1, c2), lo1 = kMultiplier1 * c2;
-    c0 = hi1 ^ c1 ^ k0;
-    c1 = lo1;
-    c2 = hi0 ^ c3 ^ k1;
-    c3 = lo0;
+    philox_round(c0, c1, c2, c3, k0, k1);
     k0 += kKeyBump0;
     k1 += kKeyBump1;
   }
+  return Words{{c0, c1, c2, c3}};
+}
+
+// The key of each round (key + round * bump), computed once on the host: a kernel that reads them
+// from its parameters spends no instructions on the key schedule in its loops.
+struct RoundKeys {
+  uint32_t key0[kDefaultRounds], key1[kDefaultRounds];
+
+  NOLA_HOST_DEVICE static RoundKeys of(uint32_t k0, uint32_t k1) {
+    RoundKeys keys{};
+    for (int round = 0; round < kDefaultRounds; ++round) {
+      keys.key0[round] = k0 + static_cast<uint32_t>(round) * kKeyBump0;
+      keys.key1[round] = k1 + static_cast<uint32_t>(round) * kKeyBump1;
+    }
+    return keys;
+  }
+};
+
+// philox4x32 with the round keys given.
+template <int Rounds = kDefaultRounds>
+NOLA_HOST_DEVICE Words philox4x32(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3, const RoundKeys& keys) {
+  static_assert(Rounds <= kDefaultRounds, "RoundKeys holds kDefaultRounds rounds");
+#ifdef __CUDA_ARCH__
+#pragma unroll
+#endif
+  for (int round = 0; round < Rounds; ++round) philox_round(c0, c1, c2, c3, keys.key0[round], keys.key1[round]);
   return Words{{c0, c1, c2, c3}};
 }
 
@@ -87,6 +118,8 @@ struct Family {
   NOLA_HOST_DEVICE Words call(uint32_t call, uint32_t index) const {
     return philox4x32<Rounds>(call, index, stream0, stream1, key0, key1);
   }
+
+  NOLA_HOST_DEVICE RoundKeys round_keys() const { return RoundKeys::of(key0, key1); }
 };
 
 NOLA_HOST_DEVICE float float_from_bits(uint32_t bits) {
