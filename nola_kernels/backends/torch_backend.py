@@ -66,6 +66,12 @@ def _block_sums(terms, size, dim):
     return sums[0] if len(sums) == 1 else torch.cat(sums, dim)
 
 
+def no_work(groups, k, numel):
+    """No rows, no basis matrix or no positions: each result is empty or a sum over nothing (0),
+    given without a launch (and without the per-row budget, which G = 0 would divide by)."""
+    return groups * k * numel == 0
+
+
 def _group_budget(device, groups):
     """The chunk budget shared by the G rows of a grouped call: a block's products are G times
     its entries."""
@@ -83,8 +89,10 @@ def mix_grouped(coeffs, seed, stream, rows, cols, scale, distribution):
     dtype, device = accumulation_dtype(coeffs), coeffs.device
     groups, k = coeffs.shape
     numel = rows * cols
-    weights = (coeffs.to(dtype) * scale).unsqueeze(2)
     out = torch.zeros(groups, numel, dtype=dtype, device=device)
+    if no_work(groups, k, numel):
+        return out.view(groups, rows, cols)
+    weights = (coeffs.to(dtype) * scale).unsqueeze(2)
     budget = _group_budget(device, groups)
     for i0, i1, n0, n1 in iter_blocks(k, numel, distribution, budget, dtype, row_step=BASIS_BLOCK):
         block = _block(seed, stream, i0, i1, n0, n1, distribution, device, dtype)
@@ -109,9 +117,10 @@ def project_grouped(grads, seed, stream, k, scale, distribution):
     """Row g is project(grads[g]) bit for bit: a (G, k) tensor from (G, rows, cols) grads, each
     block of the basis generated once for all G rows."""
     dtype, device = accumulation_dtype(grads), grads.device
-    groups = grads.shape[0]
-    flat = grads.reshape(groups, -1).to(dtype)
-    numel = flat.shape[1]
+    groups, numel = grads.shape[0], grads.shape[1:].numel()
+    if no_work(groups, k, numel):
+        return torch.zeros(groups, k, dtype=dtype, device=device)
+    flat = grads.reshape(groups, numel).to(dtype)
     out = torch.empty(groups, k, dtype=dtype, device=device)
     budget = _group_budget(device, groups)
     for i0, i1, n0, n1 in iter_blocks(k, numel, distribution, budget, dtype, col_step=POSITION_BLOCK):
