@@ -107,19 +107,38 @@ def _split(value):
 
 
 @triton.jit
+def _truncated(value):
+    """value cut to TF32's 11 significant bits (toward 0), in float32: its exponent unchanged."""
+    return (value.to(tl.uint32, bitcast=True) & 0xFFFFE000).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _truncated_split(value):
+    """(high, rest): value = high + rest exactly, high its truncation to TF32 and rest the 13 bits
+    below (TF32's truncation of rest and what that leaves make two more exact TF32 parts).
+    Truncation keeps the exponent, so no finite value becomes infinite. A NaN leaves a NaN rest,
+    which makes the sum NaN even where its high part (a NaN whose payload lies below TF32's bits)
+    reads as infinite; an infinity is its own high part, with rest 0."""
+    high = _truncated(value)
+    return high, tl.where(high == value, 0.0, value - high)
+
+
+@triton.jit
 def _dot(basis, dense, acc, DISTRIBUTION: tl.constexpr):
     """acc + basis @ dense on tensor cores, as precise as float32 (module docstring): TF32
     products of operand parts that are exact in TF32. The generated tile is the left operand,
     which Hopper's wgmma takes at 64 rows and more. Each step's products start from zero and are
     added to acc in float32 (rounded to nearest): tensor cores truncate their own sums, which
     over a whole reduction would drift one way."""
-    high, rest, special = _split(dense)
-    middle = _tf32(rest)
     if is_rademacher(DISTRIBUTION):
+        high, rest = _truncated_split(dense)
+        middle = _truncated(rest)
         step = tl.dot(basis, high, input_precision="tf32")
         step = tl.dot(basis, middle, step, input_precision="tf32")
         return acc + tl.dot(basis, rest - middle, step, input_precision="tf32")
     else:
+        high, rest, special = _split(dense)
+        middle = _tf32(rest)
         basis_high = _tf32(basis)
         step = tl.dot(basis_high, middle, input_precision="tf32")
         # A special value's high part meets only basis_high (never 0): inf * 0 would be NaN.
