@@ -14,9 +14,9 @@ element, which cost more SASS per entry).
   rounding plus the TF32 rounding of its rest (within one float32 ulp of it). Three products, the
   two rests' product dropped (each rest is within 2^-11 of its value, so within 2^-22 of the
   whole): a few float32 roundings per product, of random sign.
-- rademacher: +-1 is exact in TF32, and the dense operand is split into three TF32 parts that add
-  up to it exactly (11 + 11 + the rest's last bits), so every product is exact and only the
-  float32 accumulation rounds.
+- rademacher: +-1 is exact in TF32, and the dense operand is split by truncation into three TF32
+  parts that add up to it exactly (11 + 11 + the last 2 significant bits, normal values), so every
+  product is exact and only the float32 accumulation rounds.
 Sums over the split dimension (k for mix, positions for project) are per-program partials in
 fixed-size steps, added afterwards by torch.sum: no float atomics, the same bits run to run.
 """
@@ -188,8 +188,10 @@ def _project_kernel(
     stop_block = tl.minimum(first_block + blocks_per_group, tl.cdiv(numel, WIDTH))
     for block in range(first_block, stop_block):
         first = block * WIDTH
-        n = first + offsets
-        grads = tl.load(rows_ptr + n[:, None], mask=(n[:, None] < numel) & (g[None, :] < rows), other=0.0)
+        # 32-bit offsets from the block's first position: half the registers of 64-bit ones.
+        left = tl.minimum(numel - first, WIDTH).to(tl.int32)
+        live = (offsets[:, None] < left) & (g[None, :] < rows)
+        grads = tl.load(rows_ptr + first + offsets[:, None], mask=live, other=0.0)
         basis = _tile(seed, stream_lo, stream_hi, indices, first, WIDTH, DISTRIBUTION)
         acc = _dot(basis, grads, acc, DISTRIBUTION)
     out = partial_ptr + (group * rows + g[None, :]) * k + indices[:, None]
