@@ -20,6 +20,8 @@ from nola_kernels import (
     nola_project_grouped,
 )
 from nola_kernels.backends import available_backends, get_backend
+from nola_kernels.lowrank import LowRankSpec
+from nola_kernels.memory import peak_memory
 from nola_kernels.official_rng import (
     GPU_LAYOUTS,
     CudaLayout,
@@ -48,7 +50,7 @@ CASES = [
     (2**40 + 3, CudaLayout(3, 1024), 40, (24, 24)),
 ]
 CASE_IDS = ["H200", "256-threads", "3072-threads"]
-OFFICIAL_BACKENDS = ["torch"]
+OFFICIAL_BACKENDS = [name for name in ("torch", "triton") if name in available_backends(torch.device("cpu"))]
 
 
 def _name(dtype):
@@ -290,6 +292,21 @@ def test_auto_runs_every_op_on_the_cpu():
         assert torch.equal(op(*args, distribution=name), op(*args, distribution=name, backend="torch"))
 
 
+@pytest.mark.parametrize("dtype, k, shape", [(torch.float32, 3, (600, 700)), (torch.float64, 5000, (16, 16))])
+def test_the_pytorch_path_stays_under_its_budget(set_budget, dtype, k, shape):
+    # As tests/test_memory.py for the NOLA-Philox distributions: a matrix larger than the budget,
+    # and many small ones.
+    budget = 1 << 20
+    set_budget(budget)
+    name = official_distribution("H200", torch.bfloat16, "legacy")
+    coeffs, grad = torch.randn(k, dtype=dtype), torch.randn(shape, dtype=dtype)
+    family = dict(distribution=name, backend="torch")
+    _, mix_peak = peak_memory(lambda: nola_mix(coeffs, 1, shape, **family), "cpu")
+    _, project_peak = peak_memory(lambda: nola_project(grad, 1, k, **family), "cpu")
+    assert mix_peak <= budget + shape[0] * shape[1] * dtype.itemsize + k * dtype.itemsize, mix_peak
+    assert project_peak <= budget + 2 * k * dtype.itemsize, project_peak
+
+
 # -- autograd: mix and project are each other's backward --------------------------------------------
 
 
@@ -343,6 +360,18 @@ def test_a_backend_without_official_kernels_is_refused_by_name(name):
         nola_mix(torch.randn(4), 1, (3, 3), distribution=NAME, backend=name)
     with pytest.raises(ValueError, match="in none of its ops"):
         get_backend(name).mix(torch.randn(4), 1, 0, 3, 3, 0.5, NAME)
+
+
+@pytest.mark.skipif("triton" not in available_backends(torch.device("cpu")), reason="needs Triton's interpreter")
+def test_triton_refuses_the_ops_it_does_not_implement():
+    coeffs, grads = torch.randn(2, 4), torch.randn(2, 3, 3)
+    with pytest.raises(ValueError, match="not in mix_grouped"):
+        nola_mix_grouped(coeffs, 1, (3, 3), distribution=NAME, backend="triton")
+    with pytest.raises(ValueError, match="not in project_grouped"):
+        nola_project_grouped(grads, 1, 4, distribution=NAME, backend="triton")
+    spec = LowRankSpec(1, 2, 2, 3, 1.0, NAME)
+    with pytest.raises(ValueError, match="not in lowrank_forward"):
+        get_backend("triton").lowrank_forward(torch.randn(2, 3), coeffs[0], coeffs[1], None, None, spec)
 
 
 def test_cuda_refuses_the_family_before_calling_its_kernels():
