@@ -305,11 +305,13 @@ def official_entries(seed, index, threads, DTYPE: tl.constexpr, LEGACY: tl.const
     in DTYPE ("float32", "bfloat16" or "float16"; LEGACY: a half-precision value that rounds to 1
     stays 1), as float32. Each entry is its own Philox4x32-10 call: a call's four words lie T
     entries apart."""
-    threads = threads.to(tl.int64)  # 4T passes 2^31
-    thread = index % threads
+    # The stripe of T entries that li lies in, li div T, is 4 loop steps + word: one 64-bit
+    # division gives the step li div 4T, the word (li mod 4T) div T and the thread li mod T.
+    stripe = index // threads.to(tl.int64)
+    thread = index - stripe * threads
     zero = tl.zeros(index.shape, tl.uint32)
-    z0, z1, z2, z3 = tl.philox(seed, (index // (4 * threads)).to(tl.uint32), zero, thread.to(tl.uint32), zero, 10)
-    word = _select((index % (4 * threads)) // threads, z0, z1, z2, z3)
+    z0, z1, z2, z3 = tl.philox(seed, (stripe >> 2).to(tl.uint32), zero, thread.to(tl.uint32), zero, 10)
+    word = _select(stripe & 3, z0, z1, z2, z3)
     # fl32(word) * 2^-32 and 2u are exact, so a fused multiply-add rounds as the two steps do.
     u = word.to(tl.float32) * 2.3283064365386963e-10 + 1.1641532182693481e-10
     value = u * 2.0 - 1.0
