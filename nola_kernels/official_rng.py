@@ -4,7 +4,9 @@ uniform_(-1, 1) over the whole (k, out, in) tensor, times 1/sqrt(k).
 Those numbers depend on where they were drawn: mt19937 on the CPU; on a GPU, Philox4x32-10
 spread over a launch grid that depends on the GPU model. `CudaLayout` reproduces a GPU's numbers
 on any device from its SM count (docs/adapters.md gives the formula), under either of torch's
-two rules for a value that rounds to the upper bound (UNIFORM_RULES)."""
+two rules for a value that rounds to the upper bound (UNIFORM_RULES). A GPU's numbers are also
+basis families of the ops (OfficialFamily, named by official_distribution; docs/spec.md,
+"Official CUDA layout families"), which generate them where they are used."""
 
 import dataclasses
 import math

@@ -19,7 +19,7 @@ from nola_kernels import (
     nola_project,
     nola_project_grouped,
 )
-from nola_kernels.backends import available_backends, get_backend
+from nola_kernels.backends import available_backends, get_backend, implements
 from nola_kernels.lowrank import LowRankSpec
 from nola_kernels.memory import peak_memory
 from nola_kernels.official_rng import (
@@ -388,3 +388,20 @@ def test_nola_matmul_refuses_the_family():
     with pytest.raises(ValueError, match="distribution must be one of"):
         nola_matmul(torch.randn(2, 3), torch.randn(4), torch.randn(4), seed_a=1, seed_b=2, rank=2, out_features=3,
                     distribution=NAME)  # fmt: skip
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=_name)
+def test_on_a_gpu_the_entries_are_torchs_own_draw(gpu_backend, dtype):
+    # 1.26M entries: past 4T on every GPU of GPU_LAYOUTS, so every word and two loop steps occur.
+    # The installed torch (>= 2.1) draws under the current rule.
+    seed, k, shape = 8_765_432_109, 6, (300, 700)
+    name = official_distribution(CudaLayout.of_device(), dtype)
+    if not implements(gpu_backend, "mix", name):
+        pytest.skip(f"the {gpu_backend} backend does not implement the official families' mix")
+    torch.manual_seed(seed)
+    drawn = torch.empty(k, *shape, device="cuda", dtype=dtype).uniform_(-1, 1)
+    for i in (0, 3, k - 1):
+        one_hot = _one_hot(k, i).cuda()
+        mixed = nola_mix(one_hot, seed, shape, scale=1.0, distribution=name, backend=gpu_backend)
+        assert torch.equal(_bits(mixed.to(dtype)), _bits(drawn[i])), i

@@ -24,9 +24,9 @@ from ..dtypes import accumulation_dtype
 from ..families import family_block, family_blocks
 
 BASIS_BLOCK = 16
+POSITION_BLOCK = 2048  # a multiple of 128, one Philox call's entries, so blocks cut no call
 # Every op runs the official CUDA layout families too (nola_kernels/families.py).
 OFFICIAL_OPS = ("mix", "project", "mix_grouped", "project_grouped")
-POSITION_BLOCK = 2048  # a multiple of 128, one Philox call's entries, so blocks cut no call
 
 
 def unavailable_reason(device):
