@@ -14,6 +14,7 @@ import warnings
 import torch
 
 from ..dtypes import accumulation_dtype
+from . import check_implemented
 from .torch_backend import no_work
 
 LIBRARY = "nola_kernels._cpu"
@@ -111,6 +112,7 @@ def instruction_set(name):
 
 
 def _problem(seed, stream, k, numel, distribution, scale=1.0, index_start=0, position_start=0, groups=1):
+    check_implemented("cpu", "its kernels", distribution)
     return Problem(
         seed=seed,
         stream=stream,
