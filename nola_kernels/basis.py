@@ -135,7 +135,9 @@ def iter_blocks(k, numel, distribution, budget, dtype=torch.float32, *, row_step
     one Philox call's entries (128 for every distribution) so that no call is computed twice.
     A budget below row_step x col_step entries gets blocks of that size: callers that sum over
     fixed groups of indices or positions need them whole. Blocks of the same rows come in order
-    of n."""
+    of n. No work (k or numel 0) gives no blocks."""
+    if k == 0 or numel == 0:
+        return
     per_entry = _GENERATION_BYTES[distribution]
     if dtype != torch.float32:  # the float32 block and its copy live together
         per_entry = max(per_entry, 4 + dtype.itemsize)

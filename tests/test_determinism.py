@@ -100,6 +100,11 @@ def test_blocks_keep_the_fixed_groups_whole(row_step, col_step, k, numel, budget
     assert covered is None or (covered == 1).all()
 
 
+@pytest.mark.parametrize("k, numel", [(0, 7000), (37, 0), (0, 0)])
+def test_no_work_gives_no_blocks(k, numel):
+    assert list(iter_blocks(k, numel, "uniform", 1 << 20)) == []
+
+
 TOKENS, IN, OUT, RANK, K, L = 9, 300, 70, 4, 37, 20
 
 
