@@ -188,3 +188,13 @@ def test_bad_exclude_modules_are_refused_and_change_nothing(exclude, message):
     with pytest.raises(ValueError, match=message):
         inject(model, ["query", "value"], rank=2, num_basis=8, seed=3, exclude_modules=exclude)
     assert snapshot(model) == before
+
+
+@pytest.mark.parametrize("targets", [["blocks.0.query"], ["query"]])
+def test_a_module_registered_under_two_names_is_refused_and_changes_nothing(targets):
+    model = TinyViT()
+    model.shared_query = model.blocks[0].query
+    before = snapshot(model)
+    with pytest.raises(ValueError, match=r"target_modules: blocks\.0\.query is the same module as shared_query"):
+        inject(model, targets, rank=2, num_basis=8, seed=0)
+    assert snapshot(model) == before

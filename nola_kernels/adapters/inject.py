@@ -79,10 +79,26 @@ def plan_injection(model, target_modules, *, seed, adapter_name="default", backe
             f"no module of the model matches target_modules={target_modules!r} "
             f"(exclude_modules={config.exclude_modules!r})"
         )
+    _check_single_names(model, targets)
     placements = tuple(plan_placement(name, module, config, adapter_name) for name, module in targets.items())
     _check_switch(adapted_modules(model), adapter_name, adding=targets)
     copies = _copy_targets(model, config.modules_to_save, adapter_name, [*adapted_modules(model), *targets])
     return InjectionPlan(adapter_name, config, backend, placements, copies)
+
+
+def _check_single_names(model, targets):
+    """Refuse a target registered under more than one name: its seeds come from its name, and
+    wrapping it under one name would leave the others on the bare module."""
+    names = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        names.setdefault(id(module), []).append(name)
+    for name, module in targets.items():
+        others = [other for other in names[id(module)] if other != name]
+        if others:
+            raise ValueError(
+                f"target_modules: {name} is the same module as {others[0]}; a module registered under "
+                "several names cannot be adapted (give each name its own module)"
+            )
 
 
 def _copy_targets(model, modules_to_save, adapter_name, adapted):
