@@ -14,9 +14,12 @@ $(REQUIREMENTS): requirements-dev.txt
 
 # The editable install also builds the CPU library into nola_kernels/ (setup.py), again whenever
 # its sources change.
+# Each build stamp takes the time its build started: a source edited during the build is newer
+# than the stamp, so the next run builds again.
 $(STAMP): $(REQUIREMENTS) setup.py $(wildcard csrc/cpu/*) csrc/philox.cuh
+	touch $@.started
 	$(PY) -m pip install --quiet --no-build-isolation --no-deps -e .
-	touch $@
+	mv $@.started $@
 
 demo: $(STAMP)
 	$(PY) examples/demo.py
@@ -55,9 +58,11 @@ $(CUDA_VENV)/.installed: requirements-cuda.txt
 	$(CUDA_PY) -m pip install --quiet -r requirements-cuda.txt
 	touch $@
 
-$(CUDA_VENV)/.built: $(CUDA_VENV)/.installed setup.py $(wildcard csrc/* csrc/cpu/* nola_kernels/*.py nola_kernels/backends/*.py)
+# The install copies the package: every Python file of it is a dependency.
+$(CUDA_VENV)/.built: $(CUDA_VENV)/.installed setup.py $(wildcard csrc/* csrc/cpu/*) $(shell find nola_kernels -name '*.py')
+	touch $@.started
 	$(CUDA_BUILD_ENV) NOLA_BUILD_CUDA=1 $(CUDA_PY) -m pip install --quiet --no-build-isolation --no-deps .
-	touch $@
+	mv $@.started $@
 
 # Run from tests/ so that Python imports the installed package (with its extension), not ./nola_kernels.
 cuda-check: $(CUDA_VENV)/.built
