@@ -20,6 +20,22 @@ int nola_philox_words(int rounds, const uint32_t* counter, const uint32_t* key, 
   return 0;
 }
 
+// nola_philox_words through the round keys with counter word 2 folded in (RoundKeys::with_word2),
+// as csrc/generate.cu makes its calls.
+int nola_philox_words_folded(int rounds, const uint32_t* counter, const uint32_t* key, uint32_t* out) {
+  const nola::RoundKeys keys = nola::RoundKeys::with_word2(key[0], key[1], counter[2]);
+  nola::Words words;
+  if (rounds == 7) {
+    words = nola::philox4x32<7>(counter[0], counter[1], 0u, counter[3], keys);
+  } else if (rounds == 10) {
+    words = nola::philox4x32<10>(counter[0], counter[1], 0u, counter[3], keys);
+  } else {
+    return -1;
+  }
+  for (int w = 0; w < 4; ++w) out[w] = words.x[w];
+  return 0;
+}
+
 // The uniform value of one Philox word.
 float nola_uniform_value(uint32_t word) { return nola::uniform_value(word); }
 

@@ -9,6 +9,7 @@ import subprocess
 
 import pytest
 import torch
+from philox_oracle import philox
 from ptxas_report import CSRC, compile_report, format_report, spilling
 from test_philox import KAT
 
@@ -69,6 +70,28 @@ def test_known_answer_vectors(host_basis, rounds, counter, key, expected):
         rounds, (ctypes.c_uint32 * 4)(*counter), (ctypes.c_uint32 * 2)(*key), words
     )
     assert status == 0 and tuple(words) == expected
+
+
+def _folded_words(library, rounds, counter, key):
+    words = (ctypes.c_uint32 * 4)()
+    status = library.nola_philox_words_folded(
+        rounds, (ctypes.c_uint32 * 4)(*counter), (ctypes.c_uint32 * 2)(*key), words
+    )
+    assert status == 0
+    return tuple(words)
+
+
+@pytest.mark.parametrize("rounds, counter, key, expected", KAT)
+def test_round_keys_with_word2_folded_in_keep_the_known_answers(host_basis, rounds, counter, key, expected):
+    assert _folded_words(host_basis, rounds, counter, key) == expected
+
+
+@pytest.mark.parametrize("rounds", [7, 10])
+def test_round_keys_with_word2_folded_in_match_the_oracle(host_basis, rounds):
+    gen = torch.Generator().manual_seed(rounds)
+    for values in torch.randint(0, 2**32, (64, 6), generator=gen, dtype=torch.int64).tolist():
+        counter, key = tuple(values[:4]), tuple(values[4:])
+        assert _folded_words(host_basis, rounds, counter, key) == philox(counter, key, rounds)
 
 
 @pytest.mark.parametrize("word", [0, 1, 255, 256, 511, 512, 2**23, 2**31 - 1, 2**31, 2**32 - 512, 2**32 - 1])
