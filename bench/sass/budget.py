@@ -29,12 +29,6 @@ KNOWN_OVER_BUDGET = {
         "a factor row of 16 calls spans half a warp: 4 shuffle levels per basis index and row for the projection, "
         "and tl.sum's trees over a step's indices and a call's entries"
     ),
-    **{
-        ("triton", "grouped project (12 rows)", distribution): (
-            "the gradients' split checks for inf and NaN and the rounded add of each step, 1.22x: 16 rows share them"
-        )
-        for distribution in ("rademacher", "rademacher_philox7")
-    },
 }
 
 
