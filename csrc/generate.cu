@@ -46,7 +46,7 @@ struct GenerateArgs {
   bool mixed_is_partial;
   const float* grad;
   float* projected_partials;  // (gridDim.x, k)
-  RoundKeys keys;  // the family's round keys
+  RoundKeys keys;  // the family's round keys, its stream word 0 folded in
 };
 
 // One lane's view of one slice: its basis steps (i_begin + step for step = warp, warp + kWarps, ...
@@ -60,35 +60,64 @@ struct LaneWalk {
   float scale;
   bool first_slice;  // this block's first: its partials start from 0
 
-  // Only this warp of this block adds to basis index i_begin + step, slice after slice.
-  __device__ void add_projection(int64_t step, float dot) const {
-    dot = warp_sum(dot);
-    if (lane == 0) {
-      float& partial = partials[step];
+  // Sums each of the dots of kSteps basis steps (first_step + s * kWarps) over the warp and adds
+  // it to its partial; only this warp of this block adds to those indices, slice after slice.
+  // The first log2(kSteps) butterfly levels each halve the steps a lane holds (it keeps one half
+  // and sends the other), so the steps share the shuffles: s ends in the lanes lane / (32 / kSteps)
+  // == s, summed in warp_sum's order.
+  template <int kSteps>
+  __device__ void add_projections(int64_t first_step, float (&dots)[kSteps]) const {
+    constexpr int kLanesPerStep = kWarpSize / kSteps;
+#pragma unroll
+    for (int half = kSteps / 2; half > 0; half /= 2) {
+      const int offset = half * kLanesPerStep;
+      const bool upper = lane & offset;
+#pragma unroll
+      for (int s = 0; s < half; ++s) {
+        const float sent = upper ? dots[s] : dots[s + half];
+        const float kept = upper ? dots[s + half] : dots[s];
+        dots[s] = kept + __shfl_xor_sync(0xffffffffu, sent, offset);
+      }
+    }
+    float dot = dots[0];
+#pragma unroll
+    for (int offset = kLanesPerStep / 2; offset > 0; offset /= 2) dot += __shfl_xor_sync(0xffffffffu, dot, offset);
+    if (lane % kLanesPerStep == 0) {
+      float& partial = partials[first_step + lane / kLanesPerStep * kWarps];
       // A first partial of -0 where 0 + dot gives +0 changes no result: sum_partials adds from +0.
       partial = first_slice ? dot : partial + dot;
     }
   }
 };
 
-// Call c of basis matrix `index`, its round keys read from the kernel's parameters (ptxas would
-// otherwise add them up again in the basis loops, where registers are short).
+// Call c of basis matrix `index`, its round keys (with stream word 0 folded in) read from the
+// kernel's parameters: ptxas would otherwise add them up and redo the stream's first-round
+// product in the basis loops, where registers are short.
 template <Distribution D>
 __device__ __forceinline__ Words basis_call(const GenerateArgs& args, uint32_t c, uint32_t index) {
-  return philox4x32<rounds_of(D)>(c, index, args.family.stream0, args.family.stream1, args.keys);
+  return philox4x32<rounds_of(D)>(c, index, 0u, args.family.stream1, args.keys);
 }
 
-// Uniform and uniform16: each lane makes its kPerLane calls for every basis step.
+// Basis steps per iteration of a uniform walk. A projection's steps share their warp sums'
+// shuffles, at a few registers a step: uniform16's mix+project (2 blocks an SM at up to 128
+// registers) takes two; the other kernels would lose a block an SM.
 template <Distribution D, bool kMix, bool kProject>
-__device__ void uniform_walk(const GenerateArgs& args, const LaneWalk& walk,
-                             float (&mixed)[Items<D>::kPerLane][Items<D>::kEntries],
-                             const float (&grad)[Items<D>::kPerLane][Items<D>::kEntries]) {
+constexpr int kWalkSteps = D == Distribution::kUniform16Philox7 && kMix && kProject ? 2 : 1;
+
+// Uniform and uniform16: kSteps basis steps from first_step, for each of which each lane makes
+// its kPerLane calls.
+template <Distribution D, bool kMix, bool kProject, int kSteps>
+__device__ __forceinline__ void uniform_steps(const GenerateArgs& args, const LaneWalk& walk, int64_t first_step,
+                                              float (&mixed)[Items<D>::kPerLane][Items<D>::kEntries],
+                                              const float (&grad)[Items<D>::kPerLane][Items<D>::kEntries]) {
   using It = Items<D>;
   using Entries = CallEntries<D>;
-#pragma unroll 1  // one basis index per iteration: the SASS budget counts per iteration
-  for (int64_t step = walk.warp; step < walk.steps; step += kWarps) {
+  float dots[kSteps];
+#pragma unroll
+  for (int s = 0; s < kSteps; ++s) {
+    const int64_t step = first_step + s * kWarps;
     const float weight = kMix ? __ldg(walk.coeffs + step) * walk.scale : 0.0f;
-    float dot = 0.0f;
+    dots[s] = 0.0f;
 #pragma unroll
     for (int j = 0; j < It::kPerLane; ++j) {
       const Words words = basis_call<D>(args, static_cast<uint32_t>(walk.first_item + j * kWarpSize),
@@ -96,10 +125,26 @@ __device__ void uniform_walk(const GenerateArgs& args, const LaneWalk& walk,
 #pragma unroll
       for (int e = 0; e < It::kEntries; ++e) {
         if (kMix) mixed[j][e] += weight * Entries::value(words, e);
-        if (kProject) dot += grad[j][e] * Entries::value(words, e);
+        if (kProject) dots[s] += grad[j][e] * Entries::value(words, e);
       }
     }
-    if (kProject) walk.add_projection(step, dot);
+  }
+  if (kProject) walk.add_projections(first_step, dots);
+}
+
+template <Distribution D, bool kMix, bool kProject>
+__device__ void uniform_walk(const GenerateArgs& args, const LaneWalk& walk,
+                             float (&mixed)[Items<D>::kPerLane][Items<D>::kEntries],
+                             const float (&grad)[Items<D>::kPerLane][Items<D>::kEntries]) {
+  constexpr int kSteps = kWalkSteps<D, kMix, kProject>;
+  int64_t step = walk.warp;
+#pragma unroll 1  // kSteps basis indices per iteration: the SASS budget counts per iteration
+  for (; step + (kSteps - 1) * kWarps < walk.steps; step += kSteps * kWarps) {
+    uniform_steps<D, kMix, kProject, kSteps>(args, walk, step, mixed, grad);
+  }
+  if constexpr (kSteps > 1) {
+#pragma unroll 1
+    for (; step < walk.steps; step += kWarps) uniform_steps<D, kMix, kProject, 1>(args, walk, step, mixed, grad);
   }
 }
 
@@ -311,7 +356,7 @@ cudaError_t generate(const GenerateProblem& problem, void* workspace, int sm_cou
 
   GenerateArgs args{};
   args.family = problem.family;
-  args.keys = problem.family.round_keys();
+  args.keys = problem.family.folded_round_keys();
   args.numel = problem.numel;
   args.slices = p.slices;
   args.k = problem.k;

@@ -40,15 +40,14 @@ int nola_philox_words(int rounds, const uint32_t* counter, const uint32_t* key, 
 }
 
 // The same call as the generate.cu kernels make it: counter words 2 and 3 and the key as a basis
-// family, whose round keys the host computes once (RoundKeys).
+// family, whose round keys the host computes once with counter word 2 folded in
+// (Family::folded_round_keys), so the kernels' counter word 2 is 0.
 int nola_philox_round_key_words(int rounds, const uint32_t* counter, const uint32_t* key, uint32_t* out) {
   const nola::Family family{key[0], key[1], counter[2], counter[3]};
-  const nola::RoundKeys keys = family.round_keys();
+  const nola::RoundKeys keys = family.folded_round_keys();
   return store_words(
       rounds,
-      [&](auto r) {
-        return nola::philox4x32<decltype(r)::value>(counter[0], counter[1], family.stream0, family.stream1, keys);
-      },
+      [&](auto r) { return nola::philox4x32<decltype(r)::value>(counter[0], counter[1], 0u, family.stream1, keys); },
       out);
 }
 

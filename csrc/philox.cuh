@@ -93,6 +93,16 @@ struct RoundKeys {
     }
     return keys;
   }
+
+  // The round keys of counters (c0, c1, s0, c3) with word s0 fixed, folded into the first two
+  // rounds' keys so that philox4x32(c0, c1, 0, c3, folded) equals philox4x32(c0, c1, s0, c3, keys):
+  // round 1's product of s0 is then made once, on the host, instead of in every basis loop.
+  NOLA_HOST_DEVICE static RoundKeys with_word2(uint32_t k0, uint32_t k1, uint32_t s0) {
+    RoundKeys keys = of(k0, k1);
+    keys.key0[0] ^= mul_hi(kMultiplier1, s0);  // round 1's c0 = mulhi(M1, s0) ^ c1 ^ key0[0]
+    keys.key0[1] ^= kMultiplier1 * s0;         // round 1's c1 = M1 * s0 only enters round 2's c0
+    return keys;
+  }
 };
 
 // philox4x32 with the round keys given.
@@ -121,7 +131,8 @@ struct Family {
     return philox4x32<Rounds>(call, index, stream0, stream1, key0, key1);
   }
 
-  NOLA_HOST_DEVICE RoundKeys round_keys() const { return RoundKeys::of(key0, key1); }
+  // The round keys with stream0 folded in: call(c, index) is philox4x32(c, index, 0, stream1, these).
+  NOLA_HOST_DEVICE RoundKeys folded_round_keys() const { return RoundKeys::with_word2(key0, key1, stream0); }
 };
 
 NOLA_HOST_DEVICE float float_from_bits(uint32_t bits) {

@@ -1,6 +1,6 @@
 """The CUDA sources without a GPU: the Philox header built for the host (g++) against
 nola_basis bit for bit, its Philox calls (the key schedule added up per round, and the host's
-RoundKeys that the generate.cu kernels read) against the oracle and the known answers, unknown
+folded RoundKeys that the generate.cu kernels read) against the oracle and the known answers, unknown
 distribution codes refused, and every kernel compiled by nvcc for sm_80 and sm_90a without a
 register spill."""
 
@@ -27,7 +27,8 @@ UNKNOWN_CODES = [-1, 4, 2**31 - 1]
 SPEC_WORDS = [(7, (0, 1, 0, 0), (42, 0), (0x7D1A0DF5, 0x41167A22, 0x34BC33BE, 0x912201DA))]
 
 # The header's two ways to run one Philox call: the key schedule added up per round, and the round
-# keys computed once on the host (RoundKeys), as every generate.cu kernel reads them.
+# keys computed once on the host with counter word 2 folded in (Family::folded_round_keys), as
+# every generate.cu kernel reads them.
 PHILOX_CALLS = ["nola_philox_words", "nola_philox_round_key_words"]
 
 

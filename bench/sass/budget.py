@@ -29,10 +29,6 @@ KNOWN_OVER_BUDGET = {
         "a factor row of 16 calls spans half a warp: 4 shuffle levels per basis index and row for the projection, "
         "and tl.sum's trees over a step's indices and a call's entries"
     ),
-    ("cuda", "mix+project", "uniform"): "ptxas rebuilds the lanes' counter words and first-round products in the loop, 1.16x",
-    ("cuda", "mix+project", "uniform16_philox7"): (
-        "ptxas rebuilds the lanes' counter words and first-round products in the loop, and the projection's warp sum, 1.17x"
-    ),
 }
 
 
@@ -190,9 +186,11 @@ def _grouped_triton_loops():
 
 
 # Entries a lane generates per iteration of its basis loop: in generate.cu, one basis index of
-# kPerLane * kEntries entries (uniform: 4 x 4, uniform16: 4 x 8) or four of 32 (rademacher); in
-# philox_rate.cu, kChains calls of 4.
+# kPerLane * kEntries entries (uniform: 4 x 4, uniform16: 4 x 8) or four of 32 (rademacher), times
+# the basis indices an iteration takes (kWalkSteps: uniform16's mix+project, 2); in philox_rate.cu,
+# kChains calls of 4.
 CUDA_ENTRIES_PER_ITERATION = {"uniform": 16, "rademacher": 4 * 32, "uniform16_philox7": 32, "rademacher_philox7": 4 * 32}
+CUDA_STEPS_PER_ITERATION = {("mix+project", "uniform16_philox7"): 2}
 PHILOX_RATE_ENTRIES_PER_ITERATION = 16
 _CUDA_MODES = (("mix", True, False), ("project", False, True), ("mix+project", True, True))
 
@@ -224,8 +222,9 @@ def _cuda_loops():
     for distribution in DISTRIBUTIONS:
         for name, mix, project in _CUDA_MODES:
             wanted = _template("generate_kernel", distribution, mix, project)
-            yield Loop(name, "cuda", distribution, tuple(SHAPES), mix, project,
-                       CUDA_ENTRIES_PER_ITERATION[distribution], _cuda_function(hopper.CSRC / "generate.cu", wanted))  # fmt: skip
+            entries = CUDA_ENTRIES_PER_ITERATION[distribution] * CUDA_STEPS_PER_ITERATION.get((name, distribution), 1)
+            yield Loop(name, "cuda", distribution, tuple(SHAPES), mix, project, entries,
+                       _cuda_function(hopper.CSRC / "generate.cu", wanted))  # fmt: skip
     yield Loop("philox_rate (bound)", "cuda", "uniform", tuple(SHAPES), True, False, PHILOX_RATE_ENTRIES_PER_ITERATION,
                _cuda_function(hopper.CSRC / "philox_rate.cu", "philox_rate_kernel"))  # fmt: skip
 
