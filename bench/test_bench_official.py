@@ -4,7 +4,10 @@ CPU: one LoRA(use_nola=True) forward + backward, time and peak memory.
 
 - official: torch's CPU generator, the whole basis (what the official code does on the CPU);
 - dropin-generator: the drop-in's CPU default, the same numbers, also drawn whole;
-- dropin-H200: the drop-in reproducing an H200's numbers, generated a block at a time.
+- dropin-H200: the drop-in reproducing an H200's numbers through the ops' official family
+  (nola_mix / nola_project; on the CPU the PyTorch path, blocks of its chunk budget);
+- dropin-H200-blocks: the same numbers from the drop-in's own block emulation (block_entries
+  given: BLOCK_ENTRIES["cpu"] entries at a time), what dropin-H200 ran before the family.
 
 On one thread: on a 2-core machine shared with other jobs, two threads' BLAS calls wait on each
 other and the timings say more about the neighbours than about the code.
@@ -21,7 +24,7 @@ import pytest
 import torch
 from workloads import torch_threads
 
-from nola_kernels.compat.official import LoRA
+from nola_kernels.compat.official import BLOCK_ENTRIES, LoRA
 from nola_kernels.memory import peak_memory
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -44,6 +47,10 @@ IMPLEMENTATIONS = {
     "official": lambda c: OfficialLoRA(c.features, c.features, use_nola=True, num_basis=c.k, rank=c.rank, draw=Draw()),
     "dropin-generator": lambda c: LoRA(c.features, c.features, use_nola=True, num_basis=c.k, rank=c.rank),
     "dropin-H200": lambda c: LoRA(c.features, c.features, use_nola=True, num_basis=c.k, rank=c.rank, layout="H200"),
+    "dropin-H200-blocks": lambda c: LoRA(
+        c.features, c.features, use_nola=True, num_basis=c.k, rank=c.rank, layout="H200",
+        block_entries=BLOCK_ENTRIES["cpu"],
+    ),
 }
 
 

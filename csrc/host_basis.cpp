@@ -1,23 +1,55 @@
 // The Philox header built for the host as a C shared library, so tests/test_cuda_host.py can load
 // it with ctypes and compare it with nola_kernels.nola_basis bit for bit.
 #include <cstdint>
+#include <stdexcept>
+#include <type_traits>
 
 #include "philox.cuh"
 
-extern "C" {
+namespace {
 
-// The four words of one Philox4x32 call; returns 0, or -1 for a round count not built here.
-int nola_philox_words(int rounds, const uint32_t* counter, const uint32_t* key, uint32_t* out) {
+// out = the words of call(std::integral_constant<int, Rounds>{}) for Rounds = `rounds`; returns 0,
+// or -1 for a round count not built here.
+template <typename Call>
+int store_words(int rounds, Call&& call, uint32_t* out) {
   nola::Words words;
   if (rounds == 7) {
-    words = nola::philox4x32<7>(counter[0], counter[1], counter[2], counter[3], key[0], key[1]);
+    words = call(std::integral_constant<int, 7>{});
   } else if (rounds == 10) {
-    words = nola::philox4x32<10>(counter[0], counter[1], counter[2], counter[3], key[0], key[1]);
+    words = call(std::integral_constant<int, 10>{});
   } else {
     return -1;
   }
   for (int w = 0; w < 4; ++w) out[w] = words.x[w];
   return 0;
+}
+
+}  // namespace
+
+extern "C" {
+
+// The four words of one Philox4x32 call, the key schedule added up round by round; returns 0, or
+// -1 for a round count not built here.
+int nola_philox_words(int rounds, const uint32_t* counter, const uint32_t* key, uint32_t* out) {
+  return store_words(
+      rounds,
+      [&](auto r) {
+        return nola::philox4x32<decltype(r)::value>(counter[0], counter[1], counter[2], counter[3], key[0], key[1]);
+      },
+      out);
+}
+
+// The same call as the generate.cu kernels make it: counter words 2 and 3 and the key as a basis
+// family, whose round keys the host computes once (RoundKeys).
+int nola_philox_round_key_words(int rounds, const uint32_t* counter, const uint32_t* key, uint32_t* out) {
+  const nola::Family family{key[0], key[1], counter[2], counter[3]};
+  const nola::RoundKeys keys = family.round_keys();
+  return store_words(
+      rounds,
+      [&](auto r) {
+        return nola::philox4x32<decltype(r)::value>(counter[0], counter[1], family.stream0, family.stream1, keys);
+      },
+      out);
 }
 
 // The uniform value of one Philox word.
@@ -30,16 +62,22 @@ float nola_uniform16_value(uint32_t word, int half) { return nola::uniform16_val
 float nola_default_mix_scale(uint64_t k) { return nola::default_mix_scale(k); }
 
 // Entries (i, n) for i in [i_start, i_start + count) and n in [n_start, n_start + numel), row-major;
-// distribution is a nola::Distribution code.
-void nola_basis_block(uint64_t seed, uint64_t stream, uint32_t i_start, uint32_t count, uint64_t n_start,
-                      uint64_t numel, int distribution, float* out) {
+// distribution is a nola::Distribution code. Returns 0, or -1 (nothing written) for a code that
+// names no distribution: the exception must not cross this C interface.
+int nola_basis_block(uint64_t seed, uint64_t stream, uint32_t i_start, uint32_t count, uint64_t n_start,
+                     uint64_t numel, int distribution, float* out) {
   const nola::Family family = nola::Family::of(seed, stream);
-  nola::with_distribution(static_cast<nola::Distribution>(distribution), [&](auto d) {
-    for (uint32_t i = 0; i < count; ++i) {
-      for (uint64_t n = 0; n < numel; ++n) {
-        out[i * numel + n] = nola::basis_entry<decltype(d)::value>(family, i_start + i, n_start + n);
+  try {
+    nola::with_distribution(static_cast<nola::Distribution>(distribution), [&](auto d) {
+      for (uint32_t i = 0; i < count; ++i) {
+        for (uint64_t n = 0; n < numel; ++n) {
+          out[i * numel + n] = nola::basis_entry<decltype(d)::value>(family, i_start + i, n_start + n);
+        }
       }
-    }
-  });
+    });
+  } catch (const std::invalid_argument&) {
+    return -1;
+  }
+  return 0;
 }
 }

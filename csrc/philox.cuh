@@ -6,6 +6,8 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <stdexcept>
+#include <string>
 #include <type_traits>
 
 #ifdef __CUDACC__
@@ -171,19 +173,22 @@ inline float default_mix_scale(uint64_t k) {
   return static_cast<float>(1.0 / std::sqrt(static_cast<double>(k)));
 }
 
-// f(std::integral_constant<Distribution, D>{}) for the runtime distribution D (host code).
+// f(std::integral_constant<Distribution, D>{}) for the runtime distribution D (host code). A code
+// that names no distribution (a raw int cast to Distribution) throws std::invalid_argument rather
+// than generating some other distribution's values.
 template <typename F>
 inline auto with_distribution(Distribution distribution, F&& f) {
   switch (distribution) {
+    case Distribution::kUniform:
+      return f(std::integral_constant<Distribution, Distribution::kUniform>{});
     case Distribution::kRademacher:
       return f(std::integral_constant<Distribution, Distribution::kRademacher>{});
     case Distribution::kUniform16Philox7:
       return f(std::integral_constant<Distribution, Distribution::kUniform16Philox7>{});
     case Distribution::kRademacherPhilox7:
       return f(std::integral_constant<Distribution, Distribution::kRademacherPhilox7>{});
-    default:
-      return f(std::integral_constant<Distribution, Distribution::kUniform>{});
   }
+  throw std::invalid_argument("unknown nola::Distribution code " + std::to_string(static_cast<int>(distribution)));
 }
 
 // Entry e < 2^counter_shift(D) of the words of one call.

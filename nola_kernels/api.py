@@ -4,9 +4,10 @@ torch.library ops (nola_kernels/ops.py), which carry the autograd."""
 import torch
 
 from . import ops
-from .backends import get_backend, resolve_backend
-from .basis import basis_block, chunk_budget, iter_blocks
+from .backends import get_backend, resolve_backend, resolve_family_backend
+from .basis import chunk_budget
 from .dtypes import COEFF_DTYPES
+from .families import family_block, family_blocks
 from .lowrank import LowRankSpec
 from .routing import runs_fused
 from .validation import (
@@ -26,14 +27,16 @@ from .validation import (
 
 
 def nola_basis(seed, k, shape, *, stream=0, distribution="uniform", device=None):
-    """Materialize basis matrices 0..k-1 of family (seed, stream) as a (k, R, C) float32 tensor.
-    For tests, inspection and compatibility only: nothing else holds the whole basis."""
-    seed, stream, distribution = check_family(seed, stream, distribution)
+    """Materialize basis matrices 0..k-1 of family (seed, stream) as a (k, R, C) float32 tensor
+    (unscaled: the ops' scale multiplies these entries). For tests, inspection and compatibility
+    only: nothing else holds the whole basis."""
     k = check_basis_count(k)
     rows, cols = check_shape("shape", shape)
-    out = torch.empty(k, rows * cols, dtype=torch.float32, device=check_device(device))
-    for i0, i1, n0, n1 in iter_blocks(k, rows * cols, distribution, chunk_budget(out.device)):
-        out[i0:i1, n0:n1] = basis_block(seed, stream, i0, i1, n0, n1, distribution, out.device)
+    seed, stream, distribution = check_family(seed, stream, distribution, k, rows * cols)
+    numel = rows * cols
+    out = torch.empty(k, numel, dtype=torch.float32, device=check_device(device))
+    for i0, i1, n0, n1 in family_blocks(k, numel, distribution, chunk_budget(out.device)):
+        out[i0:i1, n0:n1] = family_block(seed, stream, k, numel, i0, i1, n0, n1, distribution, out.device)
     return out.view(k, rows, cols)
 
 
@@ -46,9 +49,9 @@ def nola_mix(coeffs, seed, shape, *, scale=None, stream=0, distribution="uniform
     float32 (float64 for float64 coeffs); differentiable in coeffs; never materializes the basis."""
     check_coeffs("coeffs", coeffs)
     rows, cols = check_shape("shape", shape)
-    seed, stream, distribution = check_family(seed, stream, distribution)
+    seed, stream, distribution = check_family(seed, stream, distribution, coeffs.numel(), rows * cols)
     scale = _mix_scale(scale, coeffs.numel())
-    backend = resolve_backend(backend, coeffs.device)
+    backend = resolve_family_backend(backend, coeffs.device, "mix", distribution)
     return ops.mix(coeffs, seed, stream, rows, cols, scale, distribution, backend)
 
 
@@ -60,9 +63,9 @@ def nola_project(grad, seed, k, *, scale=None, stream=0, distribution="uniform",
         raise ValueError(f"grad must be 2-D (rows, cols), got shape {tuple(grad.shape)}")
     check_shape("grad.shape", grad.shape)
     k = check_basis_count(k)
-    seed, stream, distribution = check_family(seed, stream, distribution)
+    seed, stream, distribution = check_family(seed, stream, distribution, k, grad.numel())
     scale = _mix_scale(scale, k)
-    backend = resolve_backend(backend, grad.device)
+    backend = resolve_family_backend(backend, grad.device, "project", distribution)
     return ops.project(grad, seed, stream, k, scale, distribution, backend)
 
 
@@ -74,9 +77,9 @@ def nola_mix_grouped(coeffs, seed, shape, *, scale=None, stream=0, distribution=
     _check_groups("coeffs", coeffs, ("G", "k"))
     check_coeffs("coeffs[0]", coeffs[0])
     rows, cols = check_shape("shape", shape)
-    seed, stream, distribution = check_family(seed, stream, distribution)
+    seed, stream, distribution = check_family(seed, stream, distribution, coeffs.shape[1], rows * cols)
     scale = _mix_scale(scale, coeffs.shape[1])
-    backend = resolve_backend(backend, coeffs.device)
+    backend = resolve_family_backend(backend, coeffs.device, "mix_grouped", distribution)
     return ops.mix_grouped(coeffs, seed, stream, rows, cols, scale, distribution, backend)
 
 
@@ -89,9 +92,9 @@ def nola_project_grouped(grads, seed, k, *, scale=None, stream=0, distribution="
         raise ValueError(f"grads must have rows >= 1 and cols >= 1, got shape {tuple(grads.shape)}")
     check_shape("grads.shape[1:]", grads.shape[1:])
     k = check_basis_count(k)
-    seed, stream, distribution = check_family(seed, stream, distribution)
+    seed, stream, distribution = check_family(seed, stream, distribution, k, grads[0].numel())
     scale = _mix_scale(scale, k)
-    backend = resolve_backend(backend, grads.device)
+    backend = resolve_family_backend(backend, grads.device, "project_grouped", distribution)
     return ops.project_grouped(grads, seed, stream, k, scale, distribution, backend)
 
 

@@ -4,7 +4,9 @@ uniform_(-1, 1) over the whole (k, out, in) tensor, times 1/sqrt(k).
 Those numbers depend on where they were drawn: mt19937 on the CPU; on a GPU, Philox4x32-10
 spread over a launch grid that depends on the GPU model. `CudaLayout` reproduces a GPU's numbers
 on any device from its SM count (docs/adapters.md gives the formula), under either of torch's
-two rules for a value that rounds to the upper bound (UNIFORM_RULES)."""
+two rules for a value that rounds to the upper bound (UNIFORM_RULES). A GPU's numbers are also
+basis families of the ops (OfficialFamily, named by official_distribution; docs/spec.md,
+"Official CUDA layout families"), which generate them where they are used."""
 
 import dataclasses
 import math
@@ -29,6 +31,12 @@ UNIFORM_RULES = ("current", "legacy")
 GENERATOR = "generator"
 
 
+def launch_threads(numel, resident_threads):
+    """Threads of torch's launch for a fill of `numel` elements on a GPU of `resident_threads`:
+    256 per block, one element per thread up to the cap."""
+    return min(-(-numel // _BLOCK_THREADS) * _BLOCK_THREADS, resident_threads)
+
+
 @dataclasses.dataclass(frozen=True)
 class CudaLayout:
     """A GPU's launch limits, which fix where torch's CUDA uniform_ puts each draw."""
@@ -36,12 +44,15 @@ class CudaLayout:
     multiprocessors: int
     max_threads_per_multiprocessor: int = 2048
 
-    def total_threads(self, numel):
-        """Threads of the launch for a fill of `numel` elements: 256 per block, at most as many
-        blocks as fit on the GPU at once."""
+    @property
+    def resident_threads(self):
+        """The most threads of a fill: 256 per block, as many blocks as fit on the GPU at once."""
         blocks_per_sm = self.max_threads_per_multiprocessor // _BLOCK_THREADS
-        grid = min(-(-numel // _BLOCK_THREADS), self.multiprocessors * blocks_per_sm)
-        return _BLOCK_THREADS * grid
+        return _BLOCK_THREADS * self.multiprocessors * blocks_per_sm
+
+    def total_threads(self, numel):
+        """Threads of the launch for a fill of `numel` elements."""
+        return launch_threads(numel, self.resident_threads)
 
     @classmethod
     def of_device(cls, device=None):
@@ -91,8 +102,14 @@ def cuda_uniform(seed, start, stop, numel, layout, device=None):
     Element li comes from thread li mod T (T = layout.total_threads(numel)) at its loop step
     li div 4T: word (li mod 4T) div T of Philox4x32-10(counter = (step, 0, thread), key = seed);
     u = float(word) * 2^-32 + 2^-33 in (0, 1], value = 2u - 1, and a value of 1 becomes -1."""
-    threads = layout.total_threads(numel)
     index = torch.arange(start, stop, dtype=torch.int64, device=device)
+    return _uniform_at(seed, index, layout.total_threads(numel))
+
+
+def _uniform_at(seed, index, threads):
+    """cuda_uniform's values at the flat indices `index` (an int64 tensor) of a fill by `threads`
+    threads."""
+    device = index.device
     thread = index % threads
     step = index // (4 * threads)
     zero = torch.zeros((), dtype=torch.int64, device=device)
@@ -136,11 +153,17 @@ def official_basis(
     else:
         i0, i1 = basis_range or (0, k)
         per_matrix = shape[0] * shape[1]
-        basis = cuda_uniform(seed, i0 * per_matrix, i1 * per_matrix, k * per_matrix, layout, device).to(dtype)
-        if uniform_rule == "current":
-            basis = torch.where(basis == 1, -1.0, basis).to(dtype)
-        basis = basis.view(i1 - i0, *shape)
+        values = cuda_uniform(seed, i0 * per_matrix, i1 * per_matrix, k * per_matrix, layout, device)
+        basis = _rounded(values, dtype, uniform_rule).view(i1 - i0, *shape)
     return _scaled(basis, k, dtype)
+
+
+def _rounded(values, dtype, uniform_rule):
+    """cuda_uniform's float32 values as uniform_ leaves them in `dtype` under `uniform_rule`."""
+    rounded = values.to(dtype)
+    if uniform_rule == "current":
+        rounded = torch.where(rounded == 1, -1.0, rounded).to(dtype)
+    return rounded
 
 
 def _drawn(generator, count, shape, dtype, device):
@@ -225,3 +248,81 @@ def official_mix(
     for torch's generator on a GPU (OfficialBasis.blocks)."""
     basis = OfficialBasis(seed, coefficients.numel(), tuple(shape), layout, dtype, uniform_rule, block_entries)
     return basis.mix(coefficients.to(device, torch.float32))
+
+
+# The official CUDA layout as basis families of the ops (docs/spec.md, "Official CUDA layout
+# families"): a `distribution` name "official:<dtype>:<rule>:<resident threads>".
+OFFICIAL_PREFIX = "official"
+OFFICIAL_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Threads stay below 2^31 (counter word 3, the thread's high word, is 0) and a basis below 2^40
+# entries (the loop step li div 4T, counter word 0, stays below 2^32; word 1 is 0): beyond any
+# GPU and any basis the official code holds whole.
+MAX_RESIDENT_THREADS = 2**31
+MAX_OFFICIAL_ENTRIES = 2**40
+
+
+@dataclasses.dataclass(frozen=True)
+class OfficialFamily:
+    """The official code's basis as a GPU of `resident_threads` (CudaLayout.resident_threads)
+    draws it in `dtype` under `uniform_rule`; the seed is the ops' seed, the stream 0."""
+
+    resident_threads: int
+    dtype: torch.dtype = torch.float32
+    uniform_rule: str = "current"
+
+    @property
+    def name(self):
+        """The family's `distribution` name, which parse_official reads back."""
+        dtype = str(self.dtype).removeprefix("torch.")
+        return f"{OFFICIAL_PREFIX}:{dtype}:{self.uniform_rule}:{self.resident_threads}"
+
+    def threads(self, entries):
+        """T of a basis of `entries` = k * rows * cols entries (CudaLayout.total_threads)."""
+        return launch_threads(entries, self.resident_threads)
+
+
+def official_distribution(layout, dtype=torch.float32, uniform_rule="current"):
+    """The `distribution` name of the ops for the official basis that `layout` (a CudaLayout or a
+    GPU_LAYOUTS name) draws in `dtype` under `uniform_rule`. float32 values are the same under
+    both rules: its name always says "current"."""
+    layout = resolve_layout(layout)
+    if layout == GENERATOR:
+        raise ValueError(f"layout must be a CudaLayout or one of {sorted(GPU_LAYOUTS)} for an official family, got {GENERATOR!r}")
+    check_uniform_rule(uniform_rule, layout)
+    check_layout_dtype(dtype, layout)
+    rule = "current" if dtype == torch.float32 else uniform_rule
+    return OfficialFamily(layout.resident_threads, dtype, rule).name
+
+
+def parse_official(distribution):
+    """The OfficialFamily that `distribution` names, or None for a name that is not an official
+    family's (no "official:" prefix). A malformed official name is a ValueError."""
+    if not isinstance(distribution, str) or not distribution.startswith(OFFICIAL_PREFIX + ":"):
+        return None
+    parts = distribution.split(":")
+    if len(parts) == 4 and parts[1] in OFFICIAL_DTYPES and parts[2] in UNIFORM_RULES and _is_threads(parts[3]):
+        dtype = OFFICIAL_DTYPES[parts[1]]
+        if dtype != torch.float32 or parts[2] == "current":
+            return OfficialFamily(int(parts[3]), dtype, parts[2])
+    raise ValueError(
+        f"distribution {distribution!r} is not an official family's name: expected "
+        f"'{OFFICIAL_PREFIX}:<dtype>:<rule>:<resident threads>' with dtype one of {list(OFFICIAL_DTYPES)}, "
+        f"rule one of {UNIFORM_RULES} ('current' for float32) and a multiple of {_BLOCK_THREADS} threads in "
+        f"[{_BLOCK_THREADS}, 2**31) written in decimal, as official_distribution(layout, dtype, uniform_rule) builds it"
+    )
+
+
+def _is_threads(text):
+    # Canonical decimal only, so that one family has one name.
+    return text.isdigit() and str(int(text)) == text and 0 < int(text) < MAX_RESIDENT_THREADS and int(text) % _BLOCK_THREADS == 0
+
+
+def official_block(family, seed, k, numel, i_start, i_stop, n_start, n_stop, device=None):
+    """Entries (i, n), i in [i_start, i_stop), n in [n_start, n_stop), of the family's (k, numel)
+    basis: the official code's uniform_(-1, 1) value at li = i * numel + n, in the family's dtype
+    and rule, as float32 of shape (i_stop - i_start, n_stop - n_start), unscaled (official_basis
+    is the ops' default scale times these, rounded to the dtype)."""
+    index = torch.arange(i_start, i_stop, dtype=torch.int64, device=device).unsqueeze(1) * numel
+    index = index + torch.arange(n_start, n_stop, dtype=torch.int64, device=device)
+    values = _uniform_at(seed, index, family.threads(k * numel))
+    return _rounded(values, family.dtype, family.uniform_rule).float()

@@ -36,11 +36,12 @@ from .adapters.base_layer import is_transposed
 from .adapters.checkpoint_file import ROLES
 from .adapters.config import AdapterConfig
 from .adapters.copied import copy_state
+from .adapters.grouping import ungroup
 from .adapters.inject import plan_placement
-from .adapters.layer import NOLALinear
+from .adapters.layer import NOLALinear, check_foldable
 from .adapters.peft_export import PEFT_PREFIX, check_export_directory
 from .spec_version import spec_version_for, spec_version_problem
-from .validation import check_backend_name, check_bool, check_int
+from .validation import check_backend_name, check_bool, check_distribution, check_int
 
 TESTED_PEFT_VERSIONS = ("0.21.2",)
 
@@ -80,8 +81,10 @@ class NolaConfig(PeftConfig):
     layers_pattern and modules_to_save are PEFT's (LoraConfig's). The layout of GPT-2's Conv1D is
     read from the layer, so fan_in_fan_out need not be set; True on a layer that keeps its weight
     (out, in) is refused. spec_version is the basis contract the adapter was trained under: the
-    version its distribution needs (docs/spec.md, "Versioning"), set from the distribution when
-    None; a version that does not define the distribution is refused."""
+    version its distribution needs (docs/spec.md, "Versioning"), derived from the distribution on
+    every read, so that it follows a later change of the distribution; a version given (to the
+    constructor or assigned) is checked, and one that does not define the distribution is
+    refused."""
 
     r: int = 8
     num_basis: int = 256
@@ -113,11 +116,6 @@ class NolaConfig(PeftConfig):
             raise ValueError("target_parameters is not supported by NOLA: adapt modules with target_modules")
         if self.bias != "none":
             raise ValueError(f"bias must be 'none' (NOLA trains no biases), got {self.bias!r}")
-        if self.spec_version is not None:
-            problem = spec_version_problem(self.spec_version, self.distribution)
-            if problem is not None:
-                raise ValueError(problem)
-        self.spec_version = spec_version_for(self.distribution)  # what the config records
         if isinstance(self.target_modules, list | tuple | set):
             self.target_modules = set(self.target_modules)
         if isinstance(self.exclude_modules, list | tuple | set):
@@ -126,6 +124,25 @@ class NolaConfig(PeftConfig):
     def adapter_config(self):
         """The layers' AdapterConfig (the same one inject builds from these settings)."""
         return AdapterConfig(**{ours: _to_adapter(getattr(self, theirs)) for theirs, ours in CONFIG_FIELD_PAIRS})
+
+
+def _recorded_spec_version(config):
+    return spec_version_for(config.distribution)
+
+
+def _check_spec_version(config, version):
+    # Nothing is stored: the distribution alone says which version the config records.
+    if version is not None:
+        problem = spec_version_problem(version, check_distribution(config.distribution))
+        if problem is not None:
+            raise ValueError(problem)
+
+
+# A property over the dataclass field: the constructor (from_pretrained's too) and asdict (what
+# save_pretrained writes) go through it, so a saved config records the version of its distribution.
+NolaConfig.spec_version = property(
+    _recorded_spec_version, _check_spec_version, doc="The basis contract version the distribution needs."
+)
 
 
 # (NolaConfig field, AdapterConfig field): the one table both conversions read.
@@ -191,15 +208,27 @@ class NolaLayer(NOLALinear, BaseTunerLayer):
         return super().forward(x)
 
     def merge(self, safe_merge=False, adapter_names=None):
+        name = self.adapter_to_merge(safe_merge, adapter_names)
+        if name is not None:
+            self.set_active(name)
+            super().merge()
+
+    def adapter_to_merge(self, safe_merge=False, adapter_names=None, where="the layer"):
+        """The adapter merge(safe_merge, adapter_names) folds in (None: nothing to merge), with
+        everything merge would refuse raised now and nothing changed; `where` names the layer."""
         name = _single_adapter(self.active_adapters if adapter_names is None else adapter_names)
         if name is None or name == self.merged_adapter or name not in self.adapters:
-            return
+            return None
+        if self.merged_adapter is not None:
+            raise RuntimeError(
+                f"{where}: adapter {self.merged_adapter!r} is merged: unmerge it before merging {name!r}"
+            )
         if safe_merge:
             adapter = self.adapters[name]
             if not (torch.isfinite(adapter.alpha).all() and torch.isfinite(adapter.beta).all()):
-                raise ValueError(f"adapter {name!r} has non-finite coefficients: refusing to merge it")
-        self.set_active(name)
-        super().merge()
+                raise ValueError(f"{where}: adapter {name!r} has non-finite coefficients: refusing to merge it")
+        check_foldable(where, self)
+        return name
 
     def unmerge(self):
         if self.merged_adapter is None:
@@ -267,6 +296,18 @@ class NolaModel(BaseTuner):
 
     def _post_injection_hook(self, model, config, adapter_name):
         self._placements = {}
+
+    def _unload_and_optionally_merge(self, merge=True, progressbar=False, safe_merge=False, adapter_names=None):
+        """PEFT's unload and merge_and_unload: every merge they would refuse is raised before the
+        first layer changes, then grouped generation is removed (as nola_kernels.unload does), so
+        that the model they give back runs no grouping hook."""
+        if merge:
+            self._check_merge_allowed()
+            for name, layer in self.model.named_modules():
+                if isinstance(layer, NolaLayer):
+                    layer.adapter_to_merge(safe_merge, adapter_names, where=name)
+        ungroup(self)
+        return super()._unload_and_optionally_merge(merge, progressbar, safe_merge, adapter_names)
 
 
 def write_adapter_folder(directory, config, adapters, copies=None):

@@ -12,6 +12,7 @@ import torch
 from .backends import BACKEND_NAMES
 from .basis import DISTRIBUTIONS
 from .dtypes import COEFF_DTYPES, FLOAT_DTYPES
+from .official_rng import MAX_OFFICIAL_ENTRIES, parse_official
 
 SEED_LIMIT = 2**63  # seeds and streams are 64-bit counter/key words kept below int64's limit
 MAX_BASIS_INDEX = 2**32  # the basis index is one 32-bit counter word
@@ -90,9 +91,12 @@ def check_backend_name(value):
     return value
 
 
-def check_distribution(value):
+def check_distribution(value, official=False):
+    """A NOLA-Philox distribution's name; with `official`, the message says that an official
+    family's name (checked by check_family) would do too."""
     if not isinstance(value, str) or value not in DISTRIBUTIONS:
-        raise ValueError(f"distribution must be one of {DISTRIBUTIONS}, got {value!r}")
+        also = " or an official family's name (official_rng.official_distribution)" if official else ""
+        raise ValueError(f"distribution must be one of {DISTRIBUTIONS}{also}, got {value!r}")
     return value
 
 
@@ -163,9 +167,22 @@ def check_same_device(**tensors):
         raise ValueError(f"all tensors must be on one device, got {listed}")
 
 
-def check_family(seed, stream, distribution):
-    """A basis family and its distribution: (seed, stream, distribution)."""
-    return check_seed("seed", seed), check_seed("stream", stream), check_distribution(distribution)
+def check_family(seed, stream, distribution, k, numel):
+    """A basis family and its distribution, (seed, stream, distribution), for a basis of k
+    matrices of numel entries: a NOLA-Philox distribution, or an official CUDA layout family
+    (nola_kernels.official_rng.official_distribution), whose stream is 0 and whose basis holds at
+    most 2^40 entries."""
+    seed, stream = check_seed("seed", seed), check_seed("stream", stream)
+    if parse_official(distribution) is None:
+        return seed, stream, check_distribution(distribution, official=True)
+    if stream != 0:
+        raise ValueError(f"stream must be 0 for an official family (distribution={distribution!r}), got {stream}")
+    if k * numel > MAX_OFFICIAL_ENTRIES:
+        raise ValueError(
+            f"an official family's basis holds at most 2**40 entries (distribution={distribution!r}), "
+            f"got k * rows * cols = {k} * {numel}"
+        )
+    return seed, stream, distribution
 
 
 def check_device(device):

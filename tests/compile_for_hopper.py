@@ -27,6 +27,10 @@ def main():
         for kernel, warps in ((mix_project._mix_kernel, MIX_WARPS), (mix_project._project_kernel, PROJECT_WARPS)):
             flat = dict(BLOCK=flat_block(1, distribution, warps), BLOCK_I=1, DISTRIBUTION=distribution)
             compile_kernel(kernel, "fp32", flat, num_warps=warps)
+    for dtype, legacy in (("float32", False), ("bfloat16", True), ("float16", False)):
+        for kernel, warps in ((mix_project._official_mix_kernel, MIX_WARPS), (mix_project._official_project_kernel, PROJECT_WARPS)):
+            official = dict(BLOCK=mix_project.OFFICIAL_ENTRIES_PER_THREAD * 32 * warps, BLOCK_I=1, DTYPE=dtype, LEGACY=legacy)
+            compile_kernel(kernel, "fp32", official, num_warps=warps)
     # Layer shapes as the launches see them: GPT-2 M and LLaMA-2-7B layouts, unaligned rank-3 and
     # rank-64 layouts, rademacher with whole and partial Philox calls, uniform16 at GPT-2 M (the
     # B side's 128-row slice) and unaligned; then the largest rank the fused path takes in float32

@@ -1,6 +1,7 @@
 """A scalar, pure-Python oracle for Philox4x32 and the NOLA-Philox v1 contract, written straight
 from docs/spec.md with plain ints, independent of the tensor code it checks."""
 
+import struct
 from fractions import Fraction
 
 M0, M1 = 0xD2511F53, 0xCD9E8D57
@@ -33,3 +34,36 @@ def element(seed, stream, i, n, distribution="uniform"):
         return Fraction(m - 2**15, 2**15)
     x = philox((n // 128, i, stream % U32, stream // U32), key, rounds)[(n // 32) % 4]
     return Fraction(1 if (x >> (n % 32)) & 1 == 0 else -1)
+
+
+def _float32(x):
+    """x (a float whose value a double holds exactly) rounded to float32, to nearest even."""
+    return struct.unpack("<f", struct.pack("<f", x))[0]
+
+
+def _bfloat16(x):
+    """A float32 value rounded to bfloat16, to nearest even, on its bits."""
+    bits = struct.unpack("<I", struct.pack("<f", x))[0]
+    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16 << 16
+    return struct.unpack("<f", struct.pack("<I", bits))[0]
+
+
+def _float16(x):
+    return struct.unpack("<e", struct.pack("<e", x))[0]
+
+
+ROUNDINGS = {"float32": lambda x: x, "bfloat16": _bfloat16, "float16": _float16}
+
+
+def official_element(seed, resident_threads, k, numel, i, n, dtype="float32", rule="current"):
+    """Entry (i, n) of an official CUDA layout family's (k, numel) basis (docs/spec.md), unscaled,
+    as a float: torch's CUDA uniform_(-1, 1) value at li = i * numel + n in `dtype` under `rule`."""
+    threads = min(-(-k * numel // 256) * 256, resident_threads)
+    li = i * numel + n
+    word = philox((li // (4 * threads), 0, li % threads, 0), (seed % U32, seed // U32))[(li % (4 * threads)) // threads]
+    u = _float32(_float32(word) * 2.0**-32 + 2.0**-33)
+    value = _float32(2 * u - 1)
+    if value == 1:
+        value = -1.0
+    value = ROUNDINGS[dtype](value)
+    return -1.0 if rule == "current" and value == 1 else value

@@ -73,6 +73,7 @@ CASES = [
     pytest.param(Draw(), dict(block_entries=SMALL), False, id="cpu-default-layout-blocks"),
     pytest.param(Draw(LAYOUT), dict(layout=LAYOUT, block_entries=WHOLE), True, id="gpu-layout-one-block"),
     pytest.param(Draw(LAYOUT), dict(layout=LAYOUT, block_entries=SMALL), False, id="gpu-layout-blocks"),
+    pytest.param(Draw(LAYOUT), dict(layout=LAYOUT), False, id="gpu-layout-ops"),  # the official family of the ops
 ]
 
 

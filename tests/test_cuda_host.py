@@ -1,5 +1,7 @@
 """The CUDA sources without a GPU: the Philox header built for the host (g++) against
-nola_basis bit for bit, and every kernel compiled by nvcc for sm_80 and sm_90a without a
+nola_basis bit for bit, its Philox calls (the key schedule added up per round, and the host's
+RoundKeys that the generate.cu kernels read) against the oracle and the known answers, unknown
+distribution codes refused, and every kernel compiled by nvcc for sm_80 and sm_90a without a
 register spill."""
 
 import ctypes
@@ -9,6 +11,7 @@ import subprocess
 
 import pytest
 import torch
+from philox_oracle import philox
 from ptxas_report import CSRC, compile_report, format_report, spilling
 from test_philox import KAT
 
@@ -17,6 +20,15 @@ from nola_kernels.basis import COUNTER_SHIFT, DISTRIBUTIONS, basis_block
 
 # nola::Distribution (csrc/philox.cuh) of each contract name.
 DISTRIBUTION_CODES = {"uniform": 0, "rademacher": 1, "uniform16_philox7": 2, "rademacher_philox7": 3}
+UNKNOWN_CODES = [-1, 4, 2**31 - 1]
+
+# docs/spec.md's known answers: its two 10-round vectors (in KAT) and the 7-round words behind its
+# table of the _philox7 distributions' values.
+SPEC_WORDS = [(7, (0, 1, 0, 0), (42, 0), (0x7D1A0DF5, 0x41167A22, 0x34BC33BE, 0x912201DA))]
+
+# The header's two ways to run one Philox call: the key schedule added up per round, and the round
+# keys computed once on the host (RoundKeys), as every generate.cu kernel reads them.
+PHILOX_CALLS = ["nola_philox_words", "nola_philox_round_key_words"]
 
 
 @pytest.fixture(scope="module")
@@ -48,13 +60,19 @@ def grouped_entries(tmp_path_factory):
     return ctypes.CDLL(str(library))
 
 
-def _host_block(library, seed, stream, i_start, count, n_start, numel, distribution):
-    out = torch.empty(count, numel, dtype=torch.float32)
-    library.nola_basis_block(
+def _host_block(library, seed, stream, i_start, count, n_start, numel, code):
+    """(status, entries) of nola_basis_block for nola::Distribution `code`: unwritten entries NaN."""
+    out = torch.full((count, numel), float("nan"))
+    status = library.nola_basis_block(
         ctypes.c_uint64(seed), ctypes.c_uint64(stream), ctypes.c_uint32(i_start), ctypes.c_uint32(count),
-        ctypes.c_uint64(n_start), ctypes.c_uint64(numel), ctypes.c_int(DISTRIBUTION_CODES[distribution]),
-        ctypes.c_void_p(out.data_ptr()),
+        ctypes.c_uint64(n_start), ctypes.c_uint64(numel), ctypes.c_int(code), ctypes.c_void_p(out.data_ptr()),
     )  # fmt: skip
+    return status, out
+
+
+def _host_basis_block(library, seed, stream, i_start, count, n_start, numel, distribution):
+    status, out = _host_block(library, seed, stream, i_start, count, n_start, numel, DISTRIBUTION_CODES[distribution])
+    assert status == 0
     return out
 
 
@@ -62,13 +80,31 @@ def _bits(t):
     return t.contiguous().view(torch.int32)
 
 
-@pytest.mark.parametrize("rounds, counter, key, expected", KAT)
-def test_known_answer_vectors(host_basis, rounds, counter, key, expected):
+def _philox_words(library, call, rounds, counter, key):
     words = (ctypes.c_uint32 * 4)()
-    status = host_basis.nola_philox_words(
-        rounds, (ctypes.c_uint32 * 4)(*counter), (ctypes.c_uint32 * 2)(*key), words
-    )
-    assert status == 0 and tuple(words) == expected
+    status = getattr(library, call)(rounds, (ctypes.c_uint32 * 4)(*counter), (ctypes.c_uint32 * 2)(*key), words)
+    return status, tuple(words)
+
+
+@pytest.mark.parametrize("call", PHILOX_CALLS)
+@pytest.mark.parametrize("rounds, counter, key, expected", KAT + SPEC_WORDS)
+def test_known_answer_vectors(host_basis, call, rounds, counter, key, expected):
+    assert _philox_words(host_basis, call, rounds, counter, key) == (0, expected)
+
+
+@pytest.mark.parametrize("call", PHILOX_CALLS)
+@pytest.mark.parametrize("rounds", [7, 10])
+def test_philox_matches_the_oracle_on_random_counters_and_keys(host_basis, call, rounds):
+    generator = torch.Generator().manual_seed(rounds)
+    for words in torch.randint(0, 2**32, (200, 6), generator=generator, dtype=torch.int64).tolist():
+        counter, key = tuple(words[:4]), tuple(words[4:])
+        assert _philox_words(host_basis, call, rounds, counter, key) == (0, philox(counter, key, rounds)), words
+
+
+@pytest.mark.parametrize("call", PHILOX_CALLS)
+@pytest.mark.parametrize("rounds", [0, 6, 11])
+def test_a_round_count_not_built_is_refused(host_basis, call, rounds):
+    assert _philox_words(host_basis, call, rounds, (1, 2, 3, 4), (5, 6)) == (-1, (0, 0, 0, 0))
 
 
 @pytest.mark.parametrize("word", [0, 1, 255, 256, 511, 512, 2**23, 2**31 - 1, 2**31, 2**32 - 512, 2**32 - 1])
@@ -105,7 +141,7 @@ def test_uniform16_value_of_every_half_word(host_basis):
 def test_header_matches_nola_basis(host_basis, distribution, seed, stream, k, shape):
     rows, cols = shape
     expected = nola_basis(seed, k, shape, stream=stream, distribution=distribution).view(k, -1)
-    got = _host_block(host_basis, seed, stream, 0, k, 0, rows * cols, distribution)
+    got = _host_basis_block(host_basis, seed, stream, 0, k, 0, rows * cols, distribution)
     assert torch.equal(_bits(got), _bits(expected))
 
 
@@ -114,7 +150,7 @@ def test_header_matches_far_positions_and_indices(host_basis, distribution):
     # Odd starts, the last basis indices below 2^32 and positions near the 2^34 limit.
     for i_start, n_start in [(2**32 - 3, 5), (7, 2**34 - 300), (1, 131)]:
         expected = basis_block(2**40 + 9, 1, i_start, i_start + 3, n_start, n_start + 257, distribution)
-        got = _host_block(host_basis, 2**40 + 9, 1, i_start, 3, n_start, 257, distribution)
+        got = _host_basis_block(host_basis, 2**40 + 9, 1, i_start, 3, n_start, 257, distribution)
         assert torch.equal(_bits(got), _bits(expected)), (i_start, n_start)
 
 
@@ -131,15 +167,32 @@ def test_grouped_kernels_read_the_basis_from_each_call(grouped_entries, distribu
     calls, count = 5, 3
     if first_call is None:
         first_call = 2**34 // per_call - calls
-    out = torch.empty(count, calls * per_call, dtype=torch.float32)
-    grouped_entries.nola_grouped_entries(
-        ctypes.c_uint64(seed), ctypes.c_uint64(stream), ctypes.c_int(DISTRIBUTION_CODES[distribution]),
-        ctypes.c_uint32(i_start), ctypes.c_uint32(count), ctypes.c_uint64(first_call), ctypes.c_uint64(calls),
-        ctypes.c_void_p(out.data_ptr()),
-    )  # fmt: skip
+    status, out = _grouped_entries(
+        grouped_entries, seed, stream, DISTRIBUTION_CODES[distribution], i_start, count, first_call, calls, per_call
+    )
     n_start = first_call * per_call
     expected = basis_block(seed, stream, i_start, i_start + count, n_start, n_start + calls * per_call, distribution)
-    assert torch.equal(_bits(out), _bits(expected))
+    assert status == 0 and torch.equal(_bits(out), _bits(expected))
+
+
+def _grouped_entries(library, seed, stream, code, i_start, count, first_call, calls, per_call):
+    """(status, entries) of nola_grouped_entries for nola::Distribution `code`, `per_call` entries
+    a call: unwritten entries NaN."""
+    out = torch.full((count, calls * per_call), float("nan"))
+    status = library.nola_grouped_entries(
+        ctypes.c_uint64(seed), ctypes.c_uint64(stream), ctypes.c_int(code), ctypes.c_uint32(i_start),
+        ctypes.c_uint32(count), ctypes.c_uint64(first_call), ctypes.c_uint64(calls), ctypes.c_void_p(out.data_ptr()),
+    )  # fmt: skip
+    return status, out
+
+
+@pytest.mark.parametrize("code", UNKNOWN_CODES)
+def test_an_unknown_distribution_code_is_refused_before_any_entry(host_basis, grouped_entries, code):
+    # A raw code that names no distribution fails; it is not taken for uniform.
+    status, out = _host_block(host_basis, 3, 0, 0, 2, 0, 130, code)
+    assert status == -1 and out.isnan().all()
+    status, out = _grouped_entries(grouped_entries, 3, 0, code, 0, 2, 0, 3, 4)
+    assert status == -1 and out.isnan().all()
 
 
 def test_default_mix_scale_is_the_python_apis_rounding(host_basis):

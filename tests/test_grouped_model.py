@@ -322,6 +322,52 @@ def test_unloading_removes_the_grouping_and_it_can_be_applied_again(remove):
     assert counted_step(model, ids) == {"mix": 0, "project": 0, "mix_grouped": 8, "project_grouped": 8}
 
 
+def test_deleting_the_last_adapter_removes_the_grouping():
+    ids = tokens()
+    model = adapted(gpt2, GPT2_TARGETS, True)
+    group_generation(model.transformer)  # a module inside the model grouped too: also removed
+    step(model, ids)
+    layers = list(adapted_modules(model).values())
+    before = snapshot(model)
+    with pytest.raises(KeyError, match="no adapter named 'other'"):
+        delete_adapter(model, "other")
+    assert snapshot(model) == before and is_grouped(model) and is_grouped(model.transformer)
+
+    delete_adapter(model, "default")
+    assert not adapted_modules(model) and hooked_modules(model) == []
+    assert all(layer.grouped is None for layer in layers)  # the dropped layers let go of their factors
+    with Launches() as launches:
+        logits = plain_logits(model, ids)
+    assert sum(launches.counts.values()) == 0
+    assert torch.equal(logits, plain_logits(gpt2(), ids))
+
+
+def test_deleting_one_of_two_adapters_keeps_the_grouping_of_the_other():
+    ids = tokens()
+    model = gpt2()
+    inject(model, GPT2_TARGETS, rank=2, num_basis=K, seed=5, share_basis=True, adapter_name="first")
+    inject(model, ["c_attn"], rank=2, num_basis=K, seed=5, share_basis=True, adapter_name="second")
+    for name in ("first", "second"):
+        randomize_coefficients(model, name)
+    reference = copy.deepcopy(model)
+    group_generation(model)
+    set_active_adapter(model, "first")
+    step(model, ids)
+    attention = [model.transformer.h[block].attn.c_attn for block in (0, 1)]
+
+    delete_adapter(model, "first")  # c_proj and c_fc go back to their base layers; c_attn keeps "second"
+    delete_adapter(reference, "first")
+    assert list(adapted_modules(model).values()) == attention and is_grouped(model)
+    assert all(layer.grouped is None for layer in attention)  # the deleted adapter's factors are dropped
+    set_active_adapter(model, "second")
+    set_active_adapter(reference, "second")
+    assert counted_step(model, ids) == {"mix": 0, "project": 0, "mix_grouped": 2, "project_grouped": 2}
+    grads, expected = step(model, ids)[1], step(reference, ids)[1]
+    assert grads.keys() == expected.keys()
+    for name, value in expected.items():
+        torch.testing.assert_close(grads[name], value, rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize(
     "remove, merged", [(unload, True), (merge_and_unload, False)], ids=["unload", "merge_and_unload"]
 )

@@ -21,7 +21,7 @@ from nola_kernels import (
     nola_project_grouped,
     ops,
 )
-from nola_kernels.backends import cpu_backend
+from nola_kernels.backends import cpu_backend, torch_backend
 from nola_kernels.basis import DISTRIBUTIONS
 
 # Backends whose row g has the bits of their own per-row mix/project (docs/spec.md, Determinism).
@@ -306,6 +306,21 @@ def test_unavailable_backend_says_why():
         nola_mix_grouped(torch.randn(2, 3), 1, (2, 2), backend="cuda")
     with pytest.raises(BackendUnavailableError, match="backend 'cuda' cannot run on cpu"):
         nola_project_grouped(torch.randn(2, 2, 2), 1, 3, backend="cuda")
+
+
+@pytest.mark.parametrize("backend_module", [torch_backend, pytest.param(cpu_backend, marks=built)], ids=["torch", "cpu"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(
+    "count, k, shape", [(0, 5, (2, 3)), (0, 0, (0, 0)), (2, 0, (2, 3)), (2, 5, (0, 3)), (2, 5, (3, 0))]
+)
+def test_empty_operands_give_empty_results_or_zeros(backend_module, dtype, count, k, shape):
+    """No rows (G = 0), no basis matrix or no positions, called on the backend itself (the API
+    refuses them): an empty result, or zeros (sums over nothing), as the Triton backend gives."""
+    coeffs, grads = torch.randn(count, k, dtype=dtype), torch.randn(count, *shape, dtype=dtype)
+    mixed = backend_module.mix_grouped(coeffs, 9, 0, *shape, 1.0, "uniform")
+    projected = backend_module.project_grouped(grads, 9, 0, k, 1.0, "uniform")
+    assert torch.equal(mixed, torch.zeros(count, *shape, dtype=dtype))
+    assert torch.equal(projected, torch.zeros(count, k, dtype=dtype))
 
 
 @built

@@ -3,6 +3,7 @@ get_peft_model computes what inject computes, bit for bit; save_pretrained / fro
 disable_adapter, merge_and_unload, several adapters, modules_to_save, all-linear,
 layers_to_transform; refused calls change nothing."""
 
+import copy
 import dataclasses
 import json
 import re
@@ -19,6 +20,7 @@ from safetensors.torch import load_file  # noqa: E402
 import nola_kernels  # noqa: E402
 import nola_kernels.peft as nola_peft  # noqa: E402
 from nola_kernels import adapted_modules  # noqa: E402
+from nola_kernels.adapters.grouping import is_grouped  # noqa: E402
 from nola_kernels.peft import NOLA_PEFT_TYPE, NolaConfig, NolaLayer, check_peft_version  # noqa: E402
 
 SETTINGS = dict(r=2, num_basis=16, num_basis_b=12, lora_alpha=4.0, seed=7)
@@ -132,6 +134,40 @@ def test_the_config_records_the_version_its_distribution_needs(distribution, giv
     assert config.spec_version == recorded
 
 
+def test_spec_version_follows_a_later_change_of_the_distribution(tmp_path):
+    config = NolaConfig(target_modules=["q_proj"], **SETTINGS)
+    config.distribution = "uniform16_philox7"
+    assert config.spec_version == "NOLA-Philox v1.1" and config.to_dict()["spec_version"] == "NOLA-Philox v1.1"
+    assert dataclasses.replace(config).spec_version == "NOLA-Philox v1.1"
+    config.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert (saved["distribution"], saved["spec_version"]) == ("uniform16_philox7", "NOLA-Philox v1.1")
+    loaded = NolaConfig.from_pretrained(tmp_path)
+    assert (loaded.distribution, loaded.spec_version) == ("uniform16_philox7", "NOLA-Philox v1.1")
+
+    config.distribution = "rademacher"
+    assert config.spec_version == "NOLA-Philox v1"
+    config.spec_version = "NOLA-Philox v1.1"  # checked; the distribution still says which it records
+    assert config.spec_version == "NOLA-Philox v1"
+    config.distribution = "rademacher_philox7"
+    for version, message in [
+        ("NOLA-Philox v1", "spec_version 'NOLA-Philox v1' does not define distribution 'rademacher_philox7'"),
+        ("NOLA-Philox v0", "spec_version 'NOLA-Philox v0': this library reads"),
+    ]:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            config.spec_version = version
+        assert config.spec_version == "NOLA-Philox v1.1"
+
+
+def test_a_saved_config_without_spec_version_is_read(tmp_path):
+    NolaConfig(target_modules=["q_proj"], distribution="uniform16_philox7", **SETTINGS).save_pretrained(tmp_path)
+    path = tmp_path / "adapter_config.json"
+    saved = json.loads(path.read_text())
+    del saved["spec_version"]
+    path.write_text(json.dumps(saved))
+    assert NolaConfig.from_pretrained(tmp_path).spec_version == "NOLA-Philox v1.1"
+
+
 def test_a_v1_1_distribution_through_save_pretrained_and_from_pretrained(tmp_path):
     settings = dict(target_modules=MODELS["vit"][1], distribution="uniform16_philox7", **SETTINGS)
     tuned = peft.get_peft_model(tiny_vit(), NolaConfig(**settings))
@@ -192,6 +228,65 @@ def test_merge_adapter_unmerge_adapter_and_unload():
     base = tuned.unload()
     assert not adapted_modules(base)
     assert (run(base, "gpt2", x) - run(tiny_gpt2(), "gpt2", x)).abs().max() <= 1e-6
+
+
+def grouped_peft_model():
+    """A trained tiny GPT-2 PeftModel whose base model and a module inside it group generation,
+    after one forward with grad enabled (its layers hold that pass's factors), and an ungrouped
+    copy of it."""
+    tuned = peft.get_peft_model(
+        tiny_gpt2(), NolaConfig(target_modules=["c_attn", "c_proj"], share_basis=True, **SETTINGS)
+    )
+    train(tuned, "gpt2")
+    reference = copy.deepcopy(tuned)
+    nola_kernels.group_generation(tuned.base_model.model)
+    nola_kernels.group_generation(tuned.base_model.model.transformer)
+    run(tuned, "gpt2", inputs("gpt2"))
+    assert all(layer.grouped is not None for layer in adapted_modules(tuned).values())
+    return tuned, reference
+
+
+def hooked_modules(model):
+    return [name for name, module in model.named_modules() if module._forward_pre_hooks or module._forward_hooks]
+
+
+@pytest.mark.parametrize("remove", ["unload", "merge_and_unload"])
+def test_peft_unload_and_merge_and_unload_remove_the_grouping(remove):
+    tuned, reference = grouped_peft_model()
+    model, layers = tuned.base_model.model, list(adapted_modules(tuned).values())
+    assert getattr(tuned, remove)() is model
+    assert hooked_modules(model) == [] and not is_grouped(model) and not is_grouped(model.transformer)
+    assert all(layer.grouped is None for layer in layers)  # the dropped layers let go of their factors
+    x = inputs("gpt2")
+    assert torch.equal(run(model, "gpt2", x), run(getattr(reference, remove)(), "gpt2", x))
+
+
+def test_a_refused_peft_merge_and_unload_changes_nothing():
+    tuned, _ = grouped_peft_model()
+    with torch.no_grad():  # the second layer in module order: the first would be merged already
+        tuned.base_model.model.transformer.h[0].attn.c_proj.adapters["default"].alpha[3] = float("nan")
+    before, factors = snapshot(tuned), [layer.grouped for layer in adapted_modules(tuned).values()]
+    with pytest.raises(
+        ValueError, match=re.escape("transformer.h.0.attn.c_proj: adapter 'default' has non-finite coefficients")
+    ):
+        tuned.merge_and_unload(safe_merge=True)
+    with pytest.raises(ValueError, match="a NOLA layer runs one adapter at a time"):
+        tuned.merge_and_unload(adapter_names=["default", "other"])
+    assert snapshot(tuned) == before and is_grouped(tuned.base_model.model)
+    assert [layer.grouped for layer in adapted_modules(tuned).values()] == factors
+
+
+def test_peft_merge_and_unload_refuses_a_second_merge_before_any_change():
+    tuned, _ = grouped_peft_model()
+    tuned.add_adapter("other", NolaConfig(target_modules=["c_proj"], **SETTINGS))
+    tuned.base_model.merge_adapter(["other"])  # the c_proj layers now hold "other" merged
+    before = snapshot(tuned)
+    with pytest.raises(
+        RuntimeError,
+        match=re.escape("transformer.h.0.attn.c_proj: adapter 'other' is merged: unmerge it before merging 'default'"),
+    ):
+        tuned.merge_and_unload(adapter_names=["default"])
+    assert snapshot(tuned) == before and is_grouped(tuned.base_model.model)
 
 
 def test_several_adapters_switch_and_delete(tmp_path):

@@ -141,20 +141,28 @@ def test_infinities_and_every_nan_propagate_as_in_float32(distribution):
 
 
 @triton.jit
-def _store_parts(values_ptr, parts_ptr, count, BLOCK: tl.constexpr):
-    """The three TF32 parts of grouped's dense-operand split, and the two of its uniform split."""
+def _store_parts(values_ptr, parts_ptr, count, BLOCK: tl.constexpr, TRUNCATED: tl.constexpr):
+    """grouped's splits of an operand: high, the TF32 part of the rest, what that leaves, and the
+    rest; by truncation (the rademacher products' dense operand) or by rounding (the uniform
+    products' operands)."""
     n = tl.arange(0, BLOCK)
     live = n < count
     value = tl.load(values_ptr + n, mask=live)
-    high, rest, _ = grouped._split(value)
-    middle = grouped._tf32(rest)
+    if TRUNCATED:
+        high, rest = grouped._truncated_split(value)
+        middle = grouped._truncated(rest)
+    else:
+        high, rest, _ = grouped._split(value)
+        middle = grouped._tf32(rest)
     for part, part_value in enumerate((high, middle, rest - middle, rest)):
         tl.store(parts_ptr + part * count + n, part_value, mask=live)
 
 
-def _split(values):
+def _split(values, truncated=False):
     parts = torch.full((4, values.numel()), float("nan"))
-    _store_parts[(1,)](values, parts, values.numel(), BLOCK=triton.next_power_of_2(values.numel()))
+    _store_parts[(1,)](
+        values, parts, values.numel(), BLOCK=triton.next_power_of_2(values.numel()), TRUNCATED=truncated
+    )
     return parts.double()
 
 
@@ -162,12 +170,39 @@ def _is_tf32(parts):
     return ((parts.float().view(torch.int32) & 0x1FFF) == 0).all()
 
 
-def test_dense_split_is_three_exact_tf32_parts():
-    values = torch.randn(4096) * torch.exp2(torch.randint(-60, 60, (4096,)).float())
-    high, middle, low, _ = _split(values)
+def _float32_bits(*bits):
+    return torch.tensor(bits, dtype=torch.int64).to(torch.int32).view(torch.float32)
+
+
+def _wide_normals():
+    return torch.randn(4096) * torch.exp2(torch.randint(-60, 60, (4096,)).float())
+
+
+def test_truncated_dense_split_is_three_exact_tf32_parts():
+    # With float32's largest values, which rounding to TF32 would make infinite.
+    values = torch.cat((_wide_normals(), _float32_bits(0x7F7FFFFF, 0xFF7FF800, 0x7F7FF000, 0x7F7FEFFF)))
+    high, middle, low, _ = _split(values, truncated=True)
     assert torch.equal(high + middle + low, values.double())
     assert _is_tf32(torch.stack((high, middle, low)))
-    # The two-part form the uniform products use is within one float32 unit in the last place.
+
+
+def test_truncated_split_keeps_infinities_and_every_nan():
+    """An infinity is its own high part with nothing left; a NaN leaves NaN below its high part
+    (a NaN, or an infinity where its payload lies below TF32's bits)."""
+    infinities = _float32_bits(0x7F800000, 0xFF800000)
+    high, middle, low, _ = _split(infinities, truncated=True)
+    assert torch.equal(high, infinities.double())
+    assert torch.equal(middle, torch.zeros(2, dtype=torch.float64)) and torch.equal(low, middle)
+    nans = _float32_bits(0x7FFFFFFF, 0x7FC00000, 0x7F800001, 0xFF800001, 0xFFFFFFFF)
+    high, middle, low, _ = _split(nans, truncated=True)
+    assert (high.isnan() | high.isinf()).all() and low.isnan().all()
+
+
+def test_rounded_dense_split_is_within_a_unit_in_the_last_place():
+    """The two TF32 parts the uniform products take of the dense operand."""
+    values = _wide_normals()
+    high, middle, _, _ = _split(values)
+    assert _is_tf32(torch.stack((high, middle)))
     assert ((high + middle - values.double()).abs() <= 2.0**-23 * values.double().abs()).all()
 
 

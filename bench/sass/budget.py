@@ -33,12 +33,6 @@ KNOWN_OVER_BUDGET = {
             ("rademacher", "rademacher_philox7"),
         )
     },
-    **{
-        ("triton", "grouped project (12 rows)", distribution): (
-            "the gradients' split checks for inf and NaN and the rounded add of each step, 1.22x: 16 rows share them"
-        )
-        for distribution in ("rademacher", "rademacher_philox7")
-    },
     ("cuda", "mix+project", "uniform"): "ptxas rebuilds the lanes' counter words and first-round products in the loop, 1.16x",
     ("cuda", "mix+project", "uniform16_philox7"): (
         "ptxas rebuilds the lanes' counter words and first-round products in the loop, and the projection's warp sum, 1.17x"

@@ -139,3 +139,12 @@ def ungroup(model):
             del hooks[key]
         if isinstance(module, NOLALinear):
             module.grouped = None
+
+
+def ungroup_emptied(model):
+    """Grouped generation off for every module inside `model` that no longer holds a NOLA layer
+    (after delete_adapter removed its last ones): with no family left, its hooks would only walk
+    the modules at every forward."""
+    for module in model.modules():
+        if _hooks(module) and not adapted_modules(module):
+            ungroup(module)

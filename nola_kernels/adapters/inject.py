@@ -11,7 +11,7 @@ from ..validation import check_backend_name, check_module, check_name, check_see
 from .base_layer import features
 from .config import AdapterConfig
 from .copied import CopiedModule, copied_modules
-from .grouping import ungroup
+from .grouping import ungroup, ungroup_emptied
 from .layer import NOLALinear, adapted_modules, check_factor_shapes, check_foldable
 from .seeds import module_seeds
 
@@ -257,7 +257,8 @@ def _activate(model, adapter_name):
 
 def delete_adapter(model, adapter_name):
     """Remove adapter `adapter_name` from every layer (KeyError if no layer has it); a layer left
-    without adapters becomes its base layer again."""
+    without adapters becomes its base layer again, and a module grouped by group_generation that
+    is left without NOLA layers is ungrouped."""
     check_module("model", model)
     check_name("adapter_name", adapter_name)
     layers = adapted_modules(model)
@@ -269,12 +270,14 @@ def delete_adapter(model, adapter_name):
         if adapter_name in layer.adapters:
             layer.delete_adapter(adapter_name)
         if not layer.adapters:
+            ungroup(layer)  # the dropped layer lets go of its factors
             replace_module(model, name, layer.base_layer)
     for name, copied in copied_modules(model).items():
         if adapter_name in copied.modules_to_save:
             copied.delete_copy(adapter_name)
         if not copied.modules_to_save:
             replace_module(model, name, copied.original_module)
+    ungroup_emptied(model)
 
 
 def unload(model):

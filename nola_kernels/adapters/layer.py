@@ -184,6 +184,8 @@ class NOLALinear(nn.Module):
     def delete_adapter(self, name):
         if name == self.merged_adapter:
             self.unmerge()
+        if self.grouped is not None and self.grouped.adapter is self.adapters[name]:
+            self.grouped = None  # the factors of a grouped pass, which no forward can use now
         del self.adapters[name]
         self.factor_cache.drop(name)
         if self.active_adapter == name:

@@ -26,11 +26,16 @@ A backend module provides:
     prefers_fused(shape: LowRankShape) -> bool      (nola_kernels/lowrank.py)
     lowrank_forward(x, alpha, beta, a0, b0, spec) -> (delta, h)
     lowrank_backward(grad, x, h, alpha, beta, a0, b0, spec) -> (grad_x, grad_alpha, grad_beta, grad_a, grad_b)
+
+Every backend runs the NOLA-Philox distributions; the official CUDA layout families
+(nola_kernels/official_rng.py) only in the ops its OFFICIAL_OPS names (none where absent).
 """
 
 import importlib
 
 import torch
+
+from ..official_rng import parse_official
 
 BACKEND_NAMES = ("torch", "cpu", "triton", "cuda")
 AUTO_ORDER = ("cuda", "cpu", "triton", "torch")
@@ -84,6 +89,34 @@ def resolve_backend(name, device):
     if reason is not None:
         raise BackendUnavailableError(f"backend {name!r} cannot run on {device}: {reason}")
     return name
+
+
+@torch.compiler.assume_constant_result
+def resolve_family_backend(name, device, op, distribution):
+    """resolve_backend for `op` (an op of nola_kernels/ops.py) on `distribution`: "auto" takes the
+    first native backend that implements it; a backend named that does not is a ValueError."""
+    resolved = resolve_backend(name, device)
+    if name == "auto" and not implements(resolved, op, distribution):
+        return next(other for other in native_backends(device) if implements(other, op, distribution))
+    check_implemented(resolved, op, distribution)
+    return resolved
+
+
+def implements(name, op, distribution):
+    """Whether backend `name` (loaded) runs `op` for `distribution`."""
+    return parse_official(distribution) is None or op in getattr(_load(name), "OFFICIAL_OPS", ())
+
+
+def check_implemented(name, op, distribution):
+    """A ValueError naming `distribution` where backend `name` does not run `op` for it."""
+    if implements(name, op, distribution):
+        return
+    official_ops = getattr(_load(name), "OFFICIAL_OPS", ())
+    where = f"in {', '.join(official_ops)} only, not in {op}" if official_ops else "in none of its ops"
+    raise ValueError(
+        f"the {name} backend implements the official CUDA layout families {where} "
+        f"(distribution={distribution!r}); backend='torch' runs every op for them"
+    )
 
 
 def _emulated(name, device):

@@ -14,6 +14,8 @@ import warnings
 import torch
 
 from ..dtypes import accumulation_dtype
+from . import check_implemented
+from .torch_backend import no_work
 
 LIBRARY = "nola_kernels._cpu"
 # NolaCpuDistribution of csrc/cpu/nola_cpu.h.
@@ -110,6 +112,7 @@ def instruction_set(name):
 
 
 def _problem(seed, stream, k, numel, distribution, scale=1.0, index_start=0, position_start=0, groups=1):
+    check_implemented("cpu", "its kernels", distribution)
     return Problem(
         seed=seed,
         stream=stream,
@@ -145,8 +148,10 @@ def mix_grouped(coeffs, seed, stream, rows, cols, scale, distribution):
     """Row g is mix(coeffs[g]) bit for bit: (G, rows, cols) from (G, k) coeffs in one kernel call,
     which generates each basis entry once for all G rows."""
     dtype = accumulation_dtype(coeffs)
-    coeffs = coeffs.to(dtype).contiguous()
     groups, k = coeffs.shape
+    if no_work(groups, k, rows * cols):
+        return torch.zeros(groups, rows, cols, dtype=dtype)
+    coeffs = coeffs.to(dtype).contiguous()
     out = torch.empty(groups, rows, cols, dtype=dtype)
     problem = _problem(seed, stream, k, rows * cols, distribution, scale, groups=groups)
     _run(_kernel("nola_cpu_mix", dtype), problem, coeffs, out)
@@ -162,9 +167,11 @@ def project_grouped(grads, seed, stream, k, scale, distribution):
     """Row g is project(grads[g]) bit for bit: (G, k) from (G, rows, cols) grads in one kernel
     call, which generates each basis entry once for all G rows."""
     dtype = accumulation_dtype(grads)
+    groups, numel = grads.shape[0], grads.shape[1:].numel()
+    if no_work(groups, k, numel):
+        return torch.zeros(groups, k, dtype=dtype)
     grads = grads.to(dtype).contiguous()
-    groups = grads.shape[0]
-    problem = _problem(seed, stream, k, grads[0].numel(), distribution, scale, groups=groups)
+    problem = _problem(seed, stream, k, numel, distribution, scale, groups=groups)
     partials = torch.empty(_library.nola_cpu_project_partials(ctypes.byref(problem)), dtype=dtype)
     out = torch.empty(groups, k, dtype=dtype)
     _run(_kernel("nola_cpu_project", dtype), problem, grads, partials, out)

@@ -11,6 +11,7 @@ import warnings
 import torch
 
 from .. import perf_model
+from . import check_implemented
 
 EXTENSION = "nola_kernels._cuda"
 # The oldest GPU the extension is built for (sm_80; PTX covers the later ones, setup.py).
@@ -52,23 +53,27 @@ def unavailable_reason(device):
 
 def mix(coeffs, seed, stream, rows, cols, scale, distribution):
     """scale * sum_i coeffs[i] * U_i as a (rows, cols) float32 tensor."""
+    check_implemented("cuda", "mix", distribution)
     return _ops.mix(coeffs, seed, stream, rows, cols, scale, distribution)
 
 
 def project(grad, seed, stream, k, scale, distribution):
     """scale * <grad, U_i> for i < k as a (k,) float32 tensor."""
+    check_implemented("cuda", "project", distribution)
     return _ops.project(grad, seed, stream, k, scale, distribution)
 
 
 def mix_grouped(coeffs, seed, stream, rows, cols, scale, distribution):
     """scale * sum_i coeffs[g, i] * U_i for every row g of coeffs (G, k), as a (G, rows, cols)
     float32 tensor; each basis entry is generated once for a chunk of rows (csrc/grouped.cu)."""
+    check_implemented("cuda", "mix_grouped", distribution)
     return _ops.mix_grouped(coeffs, seed, stream, rows, cols, scale, distribution)
 
 
 def project_grouped(grads, seed, stream, k, scale, distribution):
     """scale * <grads[g], U_i> for i < k and every row g of grads (G, rows, cols), as a (G, k)
     float32 tensor."""
+    check_implemented("cuda", "project_grouped", distribution)
     return _ops.project_grouped(grads, seed, stream, k, scale, distribution)
 
 
@@ -82,11 +87,13 @@ def prefers_fused(shape):
 
 def lowrank_forward(x, alpha, beta, a0, b0, spec):
     """(delta, h): h = x A^T in float32 (tokens, rank), delta = scaling * h B^T in x.dtype."""
+    check_implemented("cuda", "lowrank_forward", spec.distribution)
     return _ops.lowrank_forward(x, alpha, beta, a0, b0, *spec.schema_args())
 
 
 def lowrank_backward(grad, x, h, alpha, beta, a0, b0, spec):
     """(grad_x, grad_alpha, grad_beta, grad_a, grad_b) of the forward above; see nola_kernels/ops.py."""
+    check_implemented("cuda", "lowrank_backward", spec.distribution)
     return _ops.lowrank_backward(grad, x, h, alpha, beta, a0, b0, *spec.schema_args())
 
 

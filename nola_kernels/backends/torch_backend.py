@@ -19,11 +19,14 @@ only how many blocks are generated at once.
 
 import torch
 
-from ..basis import basis_block, chunk_budget, iter_blocks
+from ..basis import chunk_budget
 from ..dtypes import accumulation_dtype
+from ..families import family_block, family_blocks
 
 BASIS_BLOCK = 16
 POSITION_BLOCK = 2048  # a multiple of 128, one Philox call's entries, so blocks cut no call
+# Every op runs the official CUDA layout families too (nola_kernels/families.py).
+OFFICIAL_OPS = ("mix", "project", "mix_grouped", "project_grouped")
 
 
 def unavailable_reason(device):
@@ -31,8 +34,8 @@ def unavailable_reason(device):
     return None
 
 
-def _block(seed, stream, i0, i1, n0, n1, distribution, device, dtype):
-    return basis_block(seed, stream, i0, i1, n0, n1, distribution, device).to(dtype)
+def _block(seed, stream, k, numel, i0, i1, n0, n1, distribution, device, dtype):
+    return family_block(seed, stream, k, numel, i0, i1, n0, n1, distribution, device).to(dtype)
 
 
 def _products(block, factors):
@@ -66,6 +69,12 @@ def _block_sums(terms, size, dim):
     return sums[0] if len(sums) == 1 else torch.cat(sums, dim)
 
 
+def no_work(groups, k, numel):
+    """No rows, no basis matrix or no positions: each result is empty or a sum over nothing (0),
+    given without a launch (and without the per-row budget, which G = 0 would divide by)."""
+    return groups * k * numel == 0
+
+
 def _group_budget(device, groups):
     """The chunk budget shared by the G rows of a grouped call: a block's products are G times
     its entries."""
@@ -83,11 +92,13 @@ def mix_grouped(coeffs, seed, stream, rows, cols, scale, distribution):
     dtype, device = accumulation_dtype(coeffs), coeffs.device
     groups, k = coeffs.shape
     numel = rows * cols
-    weights = (coeffs.to(dtype) * scale).unsqueeze(2)
     out = torch.zeros(groups, numel, dtype=dtype, device=device)
+    if no_work(groups, k, numel):
+        return out.view(groups, rows, cols)
+    weights = (coeffs.to(dtype) * scale).unsqueeze(2)
     budget = _group_budget(device, groups)
-    for i0, i1, n0, n1 in iter_blocks(k, numel, distribution, budget, dtype, row_step=BASIS_BLOCK):
-        block = _block(seed, stream, i0, i1, n0, n1, distribution, device, dtype)
+    for i0, i1, n0, n1 in family_blocks(k, numel, distribution, budget, dtype, row_step=BASIS_BLOCK):
+        block = _block(seed, stream, k, numel, i0, i1, n0, n1, distribution, device, dtype)
         terms = _products(block, weights[:, i0:i1])
         _add_in_order(out[:, n0:n1], _block_sums(terms, BASIS_BLOCK, 1).unbind(1))
         del block, terms  # before the next block is generated
@@ -109,16 +120,17 @@ def project_grouped(grads, seed, stream, k, scale, distribution):
     """Row g is project(grads[g]) bit for bit: a (G, k) tensor from (G, rows, cols) grads, each
     block of the basis generated once for all G rows."""
     dtype, device = accumulation_dtype(grads), grads.device
-    groups = grads.shape[0]
-    flat = grads.reshape(groups, -1).to(dtype)
-    numel = flat.shape[1]
+    groups, numel = grads.shape[0], grads.shape[1:].numel()
+    if no_work(groups, k, numel):
+        return torch.zeros(groups, k, dtype=dtype, device=device)
+    flat = grads.reshape(groups, numel).to(dtype)
     out = torch.empty(groups, k, dtype=dtype, device=device)
     budget = _group_budget(device, groups)
-    for i0, i1, n0, n1 in iter_blocks(k, numel, distribution, budget, dtype, col_step=POSITION_BLOCK):
+    for i0, i1, n0, n1 in family_blocks(k, numel, distribution, budget, dtype, col_step=POSITION_BLOCK):
         if n0 == 0:  # the blocks of a row group come in order of n
             position_blocks = -(-numel // POSITION_BLOCK)
             position_sums = torch.empty(groups, i1 - i0, position_blocks, dtype=dtype, device=device)
-        block = _block(seed, stream, i0, i1, n0, n1, distribution, device, dtype)
+        block = _block(seed, stream, k, numel, i0, i1, n0, n1, distribution, device, dtype)
         terms = _products(block, flat[:, None, n0:n1])
         these_blocks = slice(n0 // POSITION_BLOCK, -(-n1 // POSITION_BLOCK))
         position_sums[:, :, these_blocks] = _block_sums(terms, POSITION_BLOCK, 2)

@@ -12,6 +12,7 @@ from ..triton_kernels import grouped as _grouped
 from ..triton_kernels import lowrank as _lowrank
 from ..triton_kernels import mix_project as _mix_project
 from ..triton_kernels.launch import INTERPRETED
+from . import check_implemented
 
 
 def unavailable_reason(device):
@@ -34,6 +35,10 @@ def emulated(device):
     return INTERPRETED
 
 
+# The official CUDA layout families run in the flat mix and project kernels only.
+OFFICIAL_OPS = ("mix", "project")
+
+
 def mix(coeffs, seed, stream, rows, cols, scale, distribution):
     return _mix_project.mix(coeffs, seed, stream, rows, cols, scale, distribution)
 
@@ -43,10 +48,12 @@ def project(grad, seed, stream, k, scale, distribution):
 
 
 def mix_grouped(coeffs, seed, stream, rows, cols, scale, distribution):
+    check_implemented("triton", "mix_grouped", distribution)
     return _grouped.mix_grouped(coeffs, seed, stream, rows, cols, scale, distribution)
 
 
 def project_grouped(grads, seed, stream, k, scale, distribution):
+    check_implemented("triton", "project_grouped", distribution)
     return _grouped.project_grouped(grads, seed, stream, k, scale, distribution)
 
 
@@ -64,8 +71,10 @@ def prefers_fused(shape):
 
 
 def lowrank_forward(x, alpha, beta, a0, b0, spec):
+    check_implemented("triton", "lowrank_forward", spec.distribution)
     return _lowrank.forward(x, alpha, beta, a0, b0, *spec.schema_args())
 
 
 def lowrank_backward(grad, x, h, alpha, beta, a0, b0, spec):
+    check_implemented("triton", "lowrank_backward", spec.distribution)
     return _lowrank.backward(grad, x, h, alpha, beta, a0, b0, *spec.schema_args())

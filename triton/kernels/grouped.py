@@ -14,9 +14,9 @@ element, which cost more SASS per entry).
   rounding plus the TF32 rounding of its rest (within one float32 ulp of it). Three products, the
   two rests' product dropped (each rest is within 2^-11 of its value, so within 2^-22 of the
   whole): a few float32 roundings per product, of random sign.
-- rademacher: +-1 is exact in TF32, and the dense operand is split into three TF32 parts that add
-  up to it exactly (11 + 11 + the rest's last bits), so every product is exact and only the
-  float32 accumulation rounds.
+- rademacher: +-1 is exact in TF32, and the dense operand is split by truncation into three TF32
+  parts that add up to it exactly (11 + 11 + the last 2 significant bits, normal values), so every
+  product is exact and only the float32 accumulation rounds.
 Sums over the split dimension (k for mix, positions for project) are per-program partials in
 fixed-size steps, added afterwards by torch.sum: no float atomics, the same bits run to run.
 """
@@ -107,19 +107,38 @@ def _split(value):
 
 
 @triton.jit
+def _truncated(value):
+    """value cut to TF32's 11 significant bits (toward 0), in float32: its exponent unchanged."""
+    return (value.to(tl.uint32, bitcast=True) & 0xFFFFE000).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _truncated_split(value):
+    """(high, rest): value = high + rest exactly, high its truncation to TF32 and rest the 13 bits
+    below (TF32's truncation of rest and what that leaves make two more exact TF32 parts).
+    Truncation keeps the exponent, so no finite value becomes infinite. A NaN leaves a NaN rest,
+    which makes the sum NaN even where its high part (a NaN whose payload lies below TF32's bits)
+    reads as infinite; an infinity is its own high part, with rest 0."""
+    high = _truncated(value)
+    return high, tl.where(high == value, 0.0, value - high)
+
+
+@triton.jit
 def _dot(basis, dense, acc, DISTRIBUTION: tl.constexpr):
     """acc + basis @ dense on tensor cores, as precise as float32 (module docstring): TF32
     products of operand parts that are exact in TF32. The generated tile is the left operand,
     which Hopper's wgmma takes at 64 rows and more. Each step's products start from zero and are
     added to acc in float32 (rounded to nearest): tensor cores truncate their own sums, which
     over a whole reduction would drift one way."""
-    high, rest, special = _split(dense)
-    middle = _tf32(rest)
     if is_rademacher(DISTRIBUTION):
+        high, rest = _truncated_split(dense)
+        middle = _truncated(rest)
         step = tl.dot(basis, high, input_precision="tf32")
         step = tl.dot(basis, middle, step, input_precision="tf32")
         return acc + tl.dot(basis, rest - middle, step, input_precision="tf32")
     else:
+        high, rest, special = _split(dense)
+        middle = _tf32(rest)
         basis_high = _tf32(basis)
         step = tl.dot(basis_high, middle, input_precision="tf32")
         # A special value's high part meets only basis_high (never 0): inf * 0 would be NaN.
@@ -169,8 +188,10 @@ def _project_kernel(
     stop_block = tl.minimum(first_block + blocks_per_group, tl.cdiv(numel, WIDTH))
     for block in range(first_block, stop_block):
         first = block * WIDTH
-        n = first + offsets
-        grads = tl.load(rows_ptr + n[:, None], mask=(n[:, None] < numel) & (g[None, :] < rows), other=0.0)
+        # 32-bit offsets from the block's first position: half the registers of 64-bit ones.
+        left = tl.minimum(numel - first, WIDTH).to(tl.int32)
+        live = (offsets[:, None] < left) & (g[None, :] < rows)
+        grads = tl.load(rows_ptr + first + offsets[:, None], mask=live, other=0.0)
         basis = _tile(seed, stream_lo, stream_hi, indices, first, WIDTH, DISTRIBUTION)
         acc = _dot(basis, grads, acc, DISTRIBUTION)
     out = partial_ptr + (group * rows + g[None, :]) * k + indices[:, None]

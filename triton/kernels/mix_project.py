@@ -1,14 +1,19 @@
 """nola_mix and nola_project as Triton kernels: the flat positions of the (rows, cols) matrix are
 cut into blocks and the basis indices into splits; each program generates its block of U_i for
-its split of i once, in registers, and never writes the basis."""
+its split of i once, in registers, and never writes the basis. The official CUDA layout
+families (nola_kernels/official_rng.py) have kernels of their own: each entry is its own Philox
+call, at a flat basis index li = i * numel + n."""
 
 import torch
 import triton
 import triton.language as tl
 
+from nola_kernels.official_rng import parse_official
+
 from .launch import (
     BLOCK_I,
     GRID_TARGET_WARPS,
+    INTERPRETED,
     MIN_SPLIT_INDICES,
     MIX_WARPS,
     PROJECT_WARPS,
@@ -18,7 +23,15 @@ from .launch import (
     output_buffer,
     seed_words,
 )
-from .philox_tiles import _words, call_shift, flip_sign, is_rademacher, word_entries, word_entry
+from .philox_tiles import (
+    _words,
+    call_shift,
+    flip_sign,
+    is_rademacher,
+    official_entries,
+    word_entries,
+    word_entry,
+)
 
 
 @triton.jit
@@ -125,6 +138,70 @@ def _project_kernel(
         tl.debug_barrier()  # the next block reads these partials, maybe in other threads
 
 
+@triton.jit
+def _official_mix_kernel(
+    coeffs_ptr, out_ptr, numel, k, per_split, scale, seed, threads,
+    BLOCK: tl.constexpr, BLOCK_I: tl.constexpr, DTYPE: tl.constexpr, LEGACY: tl.constexpr,
+):  # fmt: skip
+    """_mix_kernel for an official family of `threads` threads: out[split, n] = scale * sum over
+    the split's i of coeffs[i] * U_i[n] for the block of n."""
+    n = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    split = tl.program_id(1).to(tl.int64)
+    i_start = split * per_split
+    i_stop = tl.minimum(i_start + per_split, k)
+    acc = tl.zeros((BLOCK,), tl.float32)
+    for first in range(i_start, i_stop, BLOCK_I):
+        indices = first + tl.arange(0, BLOCK_I)
+        coeffs = tl.load(coeffs_ptr + indices, mask=indices < i_stop, other=0.0)
+        entries = official_entries(seed, indices[:, None] * numel + n[None, :], threads, DTYPE, LEGACY)
+        acc += tl.sum(coeffs[:, None] * entries, axis=0)
+    tl.store(out_ptr + split * numel + n, acc * scale, mask=n < numel)
+
+
+@triton.jit
+def _official_project_kernel(
+    grad_ptr, partial_ptr, numel, k, per_split, blocks_per_group, seed, threads,
+    BLOCK: tl.constexpr, BLOCK_I: tl.constexpr, DTYPE: tl.constexpr, LEGACY: tl.constexpr,
+):  # fmt: skip
+    """_project_kernel for an official family of `threads` threads: partial[group, i] = <grad, U_i>
+    over the positions of the group's blocks, for the split's i, the blocks summed in order."""
+    group = tl.program_id(0).to(tl.int64)
+    first_block = group * blocks_per_group
+    stop_block = tl.minimum(first_block + blocks_per_group, tl.cdiv(numel, BLOCK))
+    i_start = tl.program_id(1).to(tl.int64) * per_split
+    i_stop = tl.minimum(i_start + per_split, k)
+    partial_ptr += group * k
+    for block in range(first_block, stop_block):
+        n = block * BLOCK + tl.arange(0, BLOCK)
+        grad = tl.load(grad_ptr + n, mask=n < numel, other=0.0).to(tl.float32)
+        for first in range(i_start, i_stop, BLOCK_I):
+            indices = first + tl.arange(0, BLOCK_I)
+            live = indices < i_stop
+            entries = official_entries(seed, indices[:, None] * numel + n[None, :], threads, DTYPE, LEGACY)
+            projected = tl.sum(entries * grad[None, :], axis=1)
+            if block > first_block:
+                projected += tl.load(partial_ptr + indices, mask=live)
+            tl.store(partial_ptr + indices, projected, mask=live)
+        tl.debug_barrier()  # the next block reads these partials, maybe in other threads
+
+
+# Entries per thread of the official kernels on a GPU: each is a Philox call of its own, so four
+# give independent chains to hide the multiply latency, as the uniform kernels' four calls do.
+OFFICIAL_ENTRIES_PER_THREAD = 4
+
+
+def _generator(distribution, seed, stream, k, numel, warps):
+    """How the flat kernels generate a family: (official, entries per program, the generator's
+    kernel arguments, its compile-time parameters)."""
+    family = parse_official(distribution)
+    if family is None:
+        return False, flat_block(numel, distribution, warps), seed_words(seed, stream), dict(DISTRIBUTION=distribution)
+    # Interpreted blocks do not depend on the distribution.
+    block = flat_block(numel, "uniform", warps) if INTERPRETED else OFFICIAL_ENTRIES_PER_THREAD * 32 * warps
+    constants = dict(DTYPE=str(family.dtype).removeprefix("torch."), LEGACY=family.uniform_rule == "legacy")
+    return True, block, (seed, family.threads(k * numel)), constants
+
+
 def _splits(blocks, warps, k, max_splits):
     """(splits, indices per split): enough warps for the GPU, at least MIN_SPLIT_INDICES basis
     indices per split (whole BLOCK_I steps), at most max_splits splits."""
@@ -144,23 +221,24 @@ PROJECT_PARTIAL_ENTRIES = 1 << 22
 def mix(coeffs, seed, stream, rows, cols, scale, distribution):
     """scale * sum_i coeffs[i] * U_i as (rows, cols) float32; coeffs: float32 (k,)."""
     numel, k = rows * cols, coeffs.numel()
-    block = flat_block(numel, distribution, MIX_WARPS)
+    official, block, generator_args, constants = _generator(distribution, seed, stream, k, numel, MIX_WARPS)
     blocks = ceil_div(numel, block)
     splits, per_split = _splits(blocks, MIX_WARPS, k, max(1, MIX_PARTIAL_ENTRIES // max(1, numel)))
     partial = output_buffer((splits, numel), torch.float32, coeffs.device)
+    kernel = _official_mix_kernel if official else _mix_kernel
     with on_device(coeffs):
-        _mix_kernel[(blocks, splits)](
-            coeffs.contiguous(), partial, numel, k, per_split, scale, *seed_words(seed, stream),
-            BLOCK=block, BLOCK_I=BLOCK_I, DISTRIBUTION=distribution,
-            num_warps=MIX_WARPS,
+        kernel[(blocks, splits)](
+            coeffs.contiguous(), partial, numel, k, per_split, scale, *generator_args,
+            BLOCK=block, BLOCK_I=BLOCK_I, num_warps=MIX_WARPS, **constants,
         )  # fmt: skip
         return (partial[0] if splits == 1 else partial.sum(0)).view(rows, cols)
 
 
-def project_grid(numel, k, distribution):
+def project_grid(numel, k, distribution, block=None):
     """(block, groups, blocks per group, splits, indices per split) of a projection: the position
-    blocks in groups of whole blocks, at most PROJECT_PARTIAL_ENTRIES // k groups."""
-    block = flat_block(numel, distribution, PROJECT_WARPS)
+    blocks (of `block` entries, flat_block's by default) in groups of whole blocks, at most
+    PROJECT_PARTIAL_ENTRIES // k groups."""
+    block = block or flat_block(numel, distribution, PROJECT_WARPS)
     blocks = ceil_div(numel, block)
     blocks_per_group = ceil_div(blocks, max(1, PROJECT_PARTIAL_ENTRIES // k))
     groups = ceil_div(blocks, blocks_per_group)
@@ -172,12 +250,13 @@ def project(grad, seed, stream, k, scale, distribution):
     """scale * <grad, U_i> for i < k as a (k,) float32 tensor; grad: any float dtype but float64."""
     flat = grad.reshape(-1).contiguous()
     numel = flat.numel()
-    block, groups, blocks_per_group, splits, per_split = project_grid(numel, k, distribution)
+    official, block, generator_args, constants = _generator(distribution, seed, stream, k, numel, PROJECT_WARPS)
+    block, groups, blocks_per_group, splits, per_split = project_grid(numel, k, distribution, block)
     partial = output_buffer((groups, k), torch.float32, grad.device)
+    kernel = _official_project_kernel if official else _project_kernel
     with on_device(grad):
-        _project_kernel[(groups, splits)](
-            flat, partial, numel, k, per_split, blocks_per_group, *seed_words(seed, stream),
-            BLOCK=block, BLOCK_I=BLOCK_I, DISTRIBUTION=distribution,
-            num_warps=PROJECT_WARPS,
+        kernel[(groups, splits)](
+            flat, partial, numel, k, per_split, blocks_per_group, *generator_args,
+            BLOCK=block, BLOCK_I=BLOCK_I, num_warps=PROJECT_WARPS, **constants,
         )  # fmt: skip
         return partial.sum(0).mul_(scale)

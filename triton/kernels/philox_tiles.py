@@ -308,3 +308,34 @@ def mixed_tile(
             if PROJECT:
                 _store_row_sums(projection_ptr, indices, live, u * grad[None, :, :])
     return tl.where(valid, acc * scale, 0.0)
+
+
+@triton.jit
+def official_entries(seed, index, threads, DTYPE: tl.constexpr, LEGACY: tl.constexpr):
+    """The official CUDA layout's values (docs/spec.md, "Official CUDA layout families") at the
+    flat basis indices `index` (int64, any shape) of a basis drawn by `threads` threads (T < 2^31),
+    in DTYPE ("float32", "bfloat16" or "float16"; LEGACY: a half-precision value that rounds to 1
+    stays 1), as float32. Each entry is its own Philox4x32-10 call: a call's four words lie T
+    entries apart."""
+    # The stripe of T entries that li lies in, li div T, is 4 loop steps + word: one 64-bit
+    # division gives the step li div 4T, the word (li mod 4T) div T and the thread li mod T.
+    stripe = index // threads.to(tl.int64)
+    thread = index - stripe * threads
+    zero = tl.zeros(index.shape, tl.uint32)
+    z0, z1, z2, z3 = tl.philox(seed, (stripe >> 2).to(tl.uint32), zero, thread.to(tl.uint32), zero, 10)
+    word = _select(stripe & 3, z0, z1, z2, z3)
+    # fl32(word) * 2^-32 and 2u are exact, so a fused multiply-add rounds as the two steps do.
+    u = word.to(tl.float32) * 2.3283064365386963e-10 + 1.1641532182693481e-10
+    value = u * 2.0 - 1.0
+    value = tl.where(value == 1.0, -1.0, value)
+    if DTYPE == "bfloat16":
+        # To nearest even on the bits (the values are finite), the same on a GPU and in the
+        # interpreter, whose cast truncates.
+        bits = value.to(tl.uint32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+        value = bits.to(tl.float32, bitcast=True)
+    elif DTYPE == "float16":
+        value = value.to(tl.float16).to(tl.float32)
+    if not LEGACY:
+        value = tl.where(value == 1.0, -1.0, value)
+    return value

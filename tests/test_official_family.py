@@ -1,0 +1,407 @@
+"""The official CUDA layout as basis families of the ops (docs/spec.md, "Official CUDA layout
+families"): the names, the known answers against the scalar oracle, the bits of the entries
+against official_rng.official_basis on every backend that implements them, mix and project
+against a float64 reference, their autograd, and the refusals."""
+
+import math
+import struct
+
+import pytest
+import torch
+from numerics import rel_err, rounding_bound
+from philox_oracle import official_element
+
+from nola_kernels import (
+    nola_basis,
+    nola_matmul,
+    nola_mix,
+    nola_mix_grouped,
+    nola_project,
+    nola_project_grouped,
+)
+from nola_kernels.backends import available_backends, get_backend, implements
+from nola_kernels.lowrank import LowRankSpec
+from nola_kernels.memory import peak_memory
+from nola_kernels.official_rng import (
+    GPU_LAYOUTS,
+    CudaLayout,
+    OfficialFamily,
+    official_basis,
+    official_block,
+    official_distribution,
+    parse_official,
+)
+
+H200_THREADS = 270336
+DTYPE_RULES = [
+    (torch.float32, "current"),
+    (torch.bfloat16, "current"),
+    (torch.bfloat16, "legacy"),
+    (torch.float16, "current"),
+    (torch.float16, "legacy"),
+]
+# seed, layout, k, shape. The H200 case is small enough that T covers it (word 0 of step 0
+# only); the two small layouts cap T below the basis's size, so every word and several loop steps
+# occur. Each case has bfloat16 entries that round to 1, and the last float16 ones as well, so
+# the rules differ (test_the_rules_differ_in_every_case checks that).
+CASES = [
+    (42, "H200", 5, (12, 37)),
+    (7, CudaLayout(1, 256), 5, (12, 37)),
+    (2**40 + 3, CudaLayout(3, 1024), 40, (24, 24)),
+]
+CASE_IDS = ["H200", "256-threads", "3072-threads"]
+OFFICIAL_BACKENDS = [name for name in ("torch", "triton") if name in available_backends(torch.device("cpu"))]
+
+
+def _name(dtype):
+    return str(dtype).removeprefix("torch.")
+
+
+def _bits(tensor):
+    return tensor.contiguous().view(torch.int16 if tensor.element_size() == 2 else torch.int32)
+
+
+# -- names ---------------------------------------------------------------------------------------
+
+
+def test_names_of_the_gpu_layouts():
+    assert official_distribution("H200") == f"official:float32:current:{H200_THREADS}"
+    assert official_distribution("A100", torch.bfloat16, "legacy") == "official:bfloat16:legacy:221184"
+    assert official_distribution(CudaLayout(82, 1536), torch.float16) == "official:float16:current:125952"
+    # float32 values are the same under both rules: one name.
+    assert official_distribution("V100", torch.float32, "legacy") == "official:float32:current:163840"
+    for layout in GPU_LAYOUTS.values():
+        assert layout.total_threads(1 << 40) == layout.resident_threads
+
+
+@pytest.mark.parametrize("dtype, rule", DTYPE_RULES)
+def test_names_parse_back(dtype, rule):
+    name = official_distribution("H100 SXM", dtype, rule)
+    assert parse_official(name) == OfficialFamily(H200_THREADS, dtype, rule)
+    assert parse_official(name).name == name
+
+
+@pytest.mark.parametrize("name", ["uniform", "rademacher_philox7", "", "officia", None, 3])
+def test_other_names_are_not_official(name):
+    assert parse_official(name) is None
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "official:",
+        "official:float32:current",
+        "official:float32:current:270336:0",
+        "official:float64:current:270336",
+        "official:bf16:current:270336",
+        "official:bfloat16:newest:270336",
+        "official:float32:legacy:270336",  # float32 has the one name
+        "official:float32:current:270337",
+        "official:float32:current:0",
+        "official:float32:current:0270336",
+        "official:float32:current:+270336",
+        "official:float32:current:2147483648",
+    ],
+)
+def test_malformed_official_names_are_refused_naming_distribution(name):
+    with pytest.raises(ValueError, match="distribution"):
+        parse_official(name)
+    with pytest.raises(ValueError, match="distribution"):
+        nola_mix(torch.randn(3), 1, (2, 2), distribution=name, backend="torch")
+
+
+@pytest.mark.parametrize(
+    "layout, dtype, rule, match",
+    [
+        ("generator", torch.float32, "current", "layout"),
+        ("B200", torch.float32, "current", "layout"),
+        ("H200", torch.float64, "current", "dtype"),
+        ("H200", torch.bfloat16, "old", "uniform_rule"),
+    ],
+)
+def test_bad_builder_arguments_are_refused(layout, dtype, rule, match):
+    with pytest.raises(ValueError, match=match):
+        official_distribution(layout, dtype, rule)
+
+
+# -- known answers (docs/spec.md) ------------------------------------------------------------------
+
+# Seed 42 on an H200 (T = 270,336), a (8, 512, 512) basis: (i, n) -> float32 bits, bfloat16
+# ("current", "legacy"), float16. The last entry's bfloat16 value rounds to 1.
+KNOWN_ANSWERS = {
+    (0, 0): (0x3E675780, 0.2255859375, 0.2255859375, 0.2259521484375),
+    (0, 270336): (0xBD80AB70, -0.06298828125, -0.06298828125, -0.06280517578125),
+    (1, 0): (0x3E046078, 0.12890625, 0.12890625, 0.1292724609375),
+    (4, 0): (0x3EF283C0, 0.474609375, 0.474609375, 0.4736328125),
+    (5, 0): (0xBBCA9380, -0.006195068359375, -0.006195068359375, -0.006183624267578125),
+    (7, 262143): (0x3F18A928, 0.59765625, 0.59765625, 0.59619140625),
+    (0, 493): (0x3F7FDC24, -1.0, 1.0, 0.99951171875),
+}
+KNOWN_K, KNOWN_NUMEL = 8, 512 * 512
+
+
+def _float32_of_bits(bits):
+    return struct.unpack("<f", struct.pack("<I", bits))[0]
+
+
+@pytest.mark.parametrize("position", list(KNOWN_ANSWERS))
+def test_known_answers_match_the_oracle_and_the_reference(position):
+    i, n = position
+    bits, bf16_current, bf16_legacy, fp16 = KNOWN_ANSWERS[position]
+    expected = {
+        (torch.float32, "current"): _float32_of_bits(bits),
+        (torch.bfloat16, "current"): bf16_current,
+        (torch.bfloat16, "legacy"): bf16_legacy,
+        (torch.float16, "current"): fp16,
+        (torch.float16, "legacy"): fp16,
+    }
+    for (dtype, rule), value in expected.items():
+        oracle = official_element(42, H200_THREADS, KNOWN_K, KNOWN_NUMEL, i, n, _name(dtype), rule)
+        family = OfficialFamily(H200_THREADS, dtype, rule)
+        reference = official_block(family, 42, KNOWN_K, KNOWN_NUMEL, i, i + 1, n, n + 1)
+        assert oracle == value, (dtype, rule)
+        assert reference.item() == value, (dtype, rule)
+
+
+# -- the entries' bits ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed, layout, k, shape", CASES, ids=CASE_IDS)
+def test_the_rules_differ_in_every_case(seed, layout, k, shape):
+    for dtype in (torch.bfloat16,) + ((torch.float16,) if k == 40 else ()):
+        current = official_basis(seed, k, shape, layout=layout, dtype=dtype, uniform_rule="current")
+        legacy = official_basis(seed, k, shape, layout=layout, dtype=dtype, uniform_rule="legacy")
+        assert not torch.equal(current, legacy), dtype
+
+
+@pytest.mark.parametrize("dtype, rule", DTYPE_RULES)
+@pytest.mark.parametrize("seed, layout, k, shape", CASES, ids=CASE_IDS)
+def test_reference_entries_match_the_oracle_and_official_basis(seed, layout, k, shape, dtype, rule):
+    name = official_distribution(layout, dtype, rule)
+    entries = nola_basis(seed, k, shape, distribution=name)
+    assert entries.dtype == torch.float32 and entries.shape == (k, *shape)
+    # The ops' default scale times the entries, rounded once to the dtype, is the official basis.
+    scale = torch.tensor(1 / math.sqrt(k), dtype=torch.float32)
+    expected = official_basis(seed, k, shape, layout=layout, dtype=dtype, uniform_rule=rule)
+    assert torch.equal(_bits((entries * scale).to(dtype)), _bits(expected))
+    threads = parse_official(name).resident_threads
+    flat = entries.view(k, -1)
+    for i, n in [(0, 0), (k - 1, flat.shape[1] - 1), (k // 2, 123)]:
+        oracle = official_element(seed, threads, k, flat.shape[1], i, n, _name(dtype), rule)
+        assert flat[i, n].item() == oracle, (i, n)
+
+
+def _one_hot(size, index, *shape):
+    one_hot = torch.zeros(size, *shape)
+    one_hot.view(size, -1)[index] = 1.0
+    return one_hot
+
+
+@pytest.mark.parametrize("backend", OFFICIAL_BACKENDS)
+@pytest.mark.parametrize("dtype, rule", DTYPE_RULES)
+@pytest.mark.parametrize("seed, layout, k, shape", CASES, ids=CASE_IDS)
+def test_mix_of_one_hot_coefficients_is_the_official_basis(backend, seed, layout, k, shape, dtype, rule):
+    # One coefficient 1, the others 0: every other term is a signed zero, so the mix is the
+    # scaled entry bit for bit, whatever the order of the sums.
+    name = official_distribution(layout, dtype, rule)
+    expected = official_basis(seed, k, shape, layout=layout, dtype=dtype, uniform_rule=rule)
+    for i in sorted({0, 1, k - 1}):
+        mixed = nola_mix(_one_hot(k, i), seed, shape, distribution=name, backend=backend)
+        assert mixed.dtype == torch.float32 and mixed.shape == shape
+        assert torch.equal(_bits(mixed.to(dtype)), _bits(expected[i])), i
+
+
+@pytest.mark.parametrize("backend", OFFICIAL_BACKENDS)
+@pytest.mark.parametrize("dtype, rule", [(torch.float32, "current"), (torch.bfloat16, "legacy")])
+@pytest.mark.parametrize("seed, layout, k, shape", CASES, ids=CASE_IDS)
+def test_project_of_a_one_hot_gradient_is_the_entries(backend, seed, layout, k, shape, dtype, rule):
+    name = official_distribution(layout, dtype, rule)
+    entries = nola_basis(seed, k, shape, distribution=name).view(k, -1)
+    numel = entries.shape[1]
+    for n in sorted({0, numel // 3, numel - 1}):
+        projected = nola_project(_one_hot(numel, n).view(shape), seed, k, scale=1.0, distribution=name, backend=backend)
+        assert projected.shape == (k,)
+        assert torch.equal(_bits(projected), _bits(entries[:, n])), n
+
+
+# -- mix and project against float64 -------------------------------------------------------------
+
+
+def _reference_basis(seed, k, shape, name):
+    return nola_basis(seed, k, shape, distribution=name).double()
+
+
+@pytest.mark.parametrize("backend", OFFICIAL_BACKENDS)
+@pytest.mark.parametrize("dtype, rule", [(torch.float32, "current"), (torch.bfloat16, "current"), (torch.float16, "legacy")])
+@pytest.mark.parametrize("seed, layout, k, shape", CASES, ids=CASE_IDS)
+def test_mix_and_project_match_float64(backend, seed, layout, k, shape, dtype, rule):
+    name = official_distribution(layout, dtype, rule)
+    basis = _reference_basis(seed, k, shape, name)
+    coeffs, grad = torch.randn(k), torch.randn(shape)
+    mixed = nola_mix(coeffs, seed, shape, distribution=name, backend=backend)
+    expected_mix = torch.einsum("k,krc->rc", coeffs.double(), basis) / math.sqrt(k)
+    assert rel_err(mixed, expected_mix) <= rounding_bound(torch.float32, k)
+    projected = nola_project(grad, seed, k, scale=0.5, distribution=name, backend=backend)
+    expected_project = torch.einsum("krc,rc->k", basis, grad.double()) * 0.5
+    assert rel_err(projected, expected_project) <= rounding_bound(torch.float32, grad.numel())
+
+
+def test_float64_work_is_float64_exact_to_a_tight_bound():
+    seed, layout, k, shape = CASES[1]
+    name = official_distribution(layout, torch.bfloat16, "legacy")
+    basis = _reference_basis(seed, k, shape, name)
+    coeffs = torch.randn(k, dtype=torch.float64)
+    expected = torch.einsum("k,krc->rc", coeffs, basis) * 0.25
+    mixed = nola_mix(coeffs, seed, shape, scale=0.25, distribution=name)
+    assert mixed.dtype == torch.float64
+    assert rel_err(mixed, expected) <= rounding_bound(torch.float64, k)
+
+
+@pytest.mark.parametrize("backend", OFFICIAL_BACKENDS)
+def test_nan_propagates(backend):
+    seed, layout, k, shape = CASES[1]
+    name = official_distribution(layout)
+    coeffs = torch.randn(k)
+    coeffs[2] = float("nan")
+    assert torch.isnan(nola_mix(coeffs, seed, shape, distribution=name, backend=backend)).all()
+    grad = torch.randn(shape)
+    grad[3, 4] = float("nan")
+    assert torch.isnan(nola_project(grad, seed, k, distribution=name, backend=backend)).all()
+
+
+# -- grouped (the PyTorch backend; the others refuse, and "auto" finds one that runs them) ---------
+
+
+def test_grouped_rows_have_the_bits_of_single_calls():
+    seed, layout, k, shape = CASES[2]
+    name = official_distribution(layout, torch.bfloat16, "legacy")
+    coeffs, grads = torch.randn(3, k), torch.randn(3, *shape)
+    mixed = nola_mix_grouped(coeffs, seed, shape, distribution=name, backend="torch")
+    projected = nola_project_grouped(grads, seed, k, distribution=name, backend="torch")
+    for g in range(3):
+        assert torch.equal(mixed[g], nola_mix(coeffs[g], seed, shape, distribution=name, backend="torch"))
+        assert torch.equal(projected[g], nola_project(grads[g], seed, k, distribution=name, backend="torch"))
+    assert torch.equal(mixed, nola_mix_grouped(coeffs, seed, shape, distribution=name))
+
+
+def test_auto_runs_every_op_on_the_cpu():
+    seed, layout, k, shape = CASES[0]
+    name = official_distribution(layout)
+    coeffs, grad = torch.randn(k), torch.randn(shape)
+    for op, args in [(nola_mix, (coeffs, seed, shape)), (nola_project, (grad, seed, k))]:
+        assert torch.equal(op(*args, distribution=name), op(*args, distribution=name, backend="torch"))
+
+
+@pytest.mark.parametrize("dtype, k, shape", [(torch.float32, 3, (600, 700)), (torch.float64, 5000, (16, 16))])
+def test_the_pytorch_path_stays_under_its_budget(set_budget, dtype, k, shape):
+    # As tests/test_memory.py for the NOLA-Philox distributions: a matrix larger than the budget,
+    # and many small ones.
+    budget = 1 << 20
+    set_budget(budget)
+    name = official_distribution("H200", torch.bfloat16, "legacy")
+    coeffs, grad = torch.randn(k, dtype=dtype), torch.randn(shape, dtype=dtype)
+    family = dict(distribution=name, backend="torch")
+    _, mix_peak = peak_memory(lambda: nola_mix(coeffs, 1, shape, **family), "cpu")
+    _, project_peak = peak_memory(lambda: nola_project(grad, 1, k, **family), "cpu")
+    assert mix_peak <= budget + shape[0] * shape[1] * dtype.itemsize + k * dtype.itemsize, mix_peak
+    assert project_peak <= budget + 2 * k * dtype.itemsize, project_peak
+
+
+# -- autograd: mix and project are each other's backward --------------------------------------------
+
+
+def test_gradcheck_in_float64():
+    seed, layout, k, shape = CASES[1]
+    name = official_distribution(layout, torch.float16, "current")
+    coeffs = torch.randn(k, dtype=torch.float64, requires_grad=True)
+    grad = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    family = dict(distribution=name, backend="torch")
+    assert torch.autograd.gradcheck(lambda c: nola_mix(c, seed, shape, **family), (coeffs,))
+    assert torch.autograd.gradgradcheck(lambda c: nola_mix(c, seed, shape, **family), (coeffs,))
+    assert torch.autograd.gradcheck(lambda g: nola_project(g, seed, k, **family), (grad,))
+    grouped = torch.randn(2, k, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda c: nola_mix_grouped(c, seed, shape, **family), (grouped,))
+
+
+@pytest.mark.parametrize("backend", OFFICIAL_BACKENDS)
+def test_backward_of_mix_is_project(backend):
+    seed, layout, k, shape = CASES[2]
+    name = official_distribution(layout, torch.bfloat16, "current")
+    coeffs = torch.randn(k, requires_grad=True)
+    upstream = torch.randn(shape)
+    nola_mix(coeffs, seed, shape, distribution=name, backend=backend).backward(upstream)
+    projected = nola_project(upstream, seed, k, distribution=name, backend=backend)
+    assert torch.equal(coeffs.grad, projected)
+    expected = torch.einsum("krc,rc->k", _reference_basis(seed, k, shape, name), upstream.double()) / math.sqrt(k)
+    assert rel_err(coeffs.grad, expected) <= rounding_bound(torch.float32, upstream.numel())
+
+
+# -- refusals ------------------------------------------------------------------------------------
+
+NAME = f"official:float32:current:{H200_THREADS}"
+
+
+def test_a_stream_is_refused():
+    with pytest.raises(ValueError, match="stream must be 0"):
+        nola_mix(torch.randn(4), 1, (3, 3), stream=1, distribution=NAME)
+    with pytest.raises(ValueError, match="stream must be 0"):
+        nola_basis(1, 4, (3, 3), stream=2, distribution=NAME)
+
+
+def test_a_basis_past_2_40_entries_is_refused_before_any_work():
+    grad = torch.randn(1, 1024)
+    with pytest.raises(ValueError, match=r"2\*\*40 entries"):
+        nola_project(grad, 1, 2**32, distribution=NAME, backend="torch")
+
+
+@pytest.mark.parametrize("name", [n for n in ("cpu",) if n in available_backends(torch.device("cpu"))])
+def test_a_backend_without_official_kernels_is_refused_by_name(name):
+    with pytest.raises(ValueError, match="distribution='official:float32"):
+        nola_mix(torch.randn(4), 1, (3, 3), distribution=NAME, backend=name)
+    with pytest.raises(ValueError, match="in none of its ops"):
+        get_backend(name).mix(torch.randn(4), 1, 0, 3, 3, 0.5, NAME)
+
+
+@pytest.mark.skipif("triton" not in available_backends(torch.device("cpu")), reason="needs Triton's interpreter")
+def test_triton_refuses_the_ops_it_does_not_implement():
+    coeffs, grads = torch.randn(2, 4), torch.randn(2, 3, 3)
+    with pytest.raises(ValueError, match="not in mix_grouped"):
+        nola_mix_grouped(coeffs, 1, (3, 3), distribution=NAME, backend="triton")
+    with pytest.raises(ValueError, match="not in project_grouped"):
+        nola_project_grouped(grads, 1, 4, distribution=NAME, backend="triton")
+    spec = LowRankSpec(1, 2, 2, 3, 1.0, NAME)
+    with pytest.raises(ValueError, match="not in lowrank_forward"):
+        get_backend("triton").lowrank_forward(torch.randn(2, 3), coeffs[0], coeffs[1], None, None, spec)
+
+
+def test_cuda_refuses_the_family_before_calling_its_kernels():
+    from nola_kernels.backends import cuda_backend
+
+    # Its kernels are absent here: the refusal comes first.
+    with pytest.raises(ValueError, match="in none of its ops"):
+        cuda_backend.mix(torch.randn(4), 1, 0, 3, 3, 0.5, NAME)
+    with pytest.raises(ValueError, match="in none of its ops"):
+        cuda_backend.project_grouped(torch.randn(1, 3, 3), 1, 0, 4, 0.5, NAME)
+
+
+def test_nola_matmul_refuses_the_family():
+    with pytest.raises(ValueError, match="distribution must be one of"):
+        nola_matmul(torch.randn(2, 3), torch.randn(4), torch.randn(4), seed_a=1, seed_b=2, rank=2, out_features=3,
+                    distribution=NAME)  # fmt: skip
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=_name)
+def test_on_a_gpu_the_entries_are_torchs_own_draw(gpu_backend, dtype):
+    # 1.26M entries: past 4T on every GPU of GPU_LAYOUTS, so every word and two loop steps occur.
+    # The installed torch (>= 2.1) draws under the current rule.
+    seed, k, shape = 8_765_432_109, 6, (300, 700)
+    name = official_distribution(CudaLayout.of_device(), dtype)
+    if not implements(gpu_backend, "mix", name):
+        pytest.skip(f"the {gpu_backend} backend does not implement the official families' mix")
+    torch.manual_seed(seed)
+    drawn = torch.empty(k, *shape, device="cuda", dtype=dtype).uniform_(-1, 1)
+    for i in (0, 3, k - 1):
+        one_hot = _one_hot(k, i).cuda()
+        mixed = nola_mix(one_hot, seed, shape, scale=1.0, distribution=name, backend=gpu_backend)
+        assert torch.equal(_bits(mixed.to(dtype)), _bits(drawn[i])), i
