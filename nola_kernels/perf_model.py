@@ -5,8 +5,8 @@ instructions and Philox multiplies per generated entry, against the SM's issue a
 GEMMs: FLOPs against the tensor-core or FP32 rate) and its memory traffic (bytes against HBM
 bandwidth), plus a fixed gap per launch; a pass costs the larger of its GPU time and the host
 time of the ops that queue it. The figures are stated in `H100` below; the loop counts in
-`LOOP_COUNTS`: those `make perf-static` measured (`SASS_COUNTS`, bench/results/sass-sm90.json),
-and assumed ones for the loops it does not compile. `bench/perf_model.py` prints the tables; the backends' `prefers_fused` follows `fused_wins`;
+`LOOP_COUNTS`, those `make perf-static` measured (`SASS_COUNTS`, bench/results/sass-sm90.json).
+`bench/perf_model.py` prints the tables; the backends' `prefers_fused` follows `fused_wins`;
 `bench/device_check.sh` measures the same paths so the figures can be corrected.
 """
 
@@ -101,26 +101,25 @@ SASS_COUNTS = {
     ("project", "triton", "uniform16_philox7"): _measured(9.156, 0.08259),
     ("mix", "triton", "rademacher_philox7"): _measured(3.312, 0.00558),
     ("project", "triton", "rademacher_philox7"): _measured(3.453, 0.00558),
-    ("fused A forward", "triton", "uniform"): _measured(18.312, 0.2),
-    ("fused B forward", "triton", "uniform"): _measured(18.375, 0.2),
-    ("fused A backward", "triton", "uniform"): _measured(22.438, 0.2),
-    ("fused B backward", "triton", "uniform"): _measured(20.812, 0.2),
-    ("fused A forward", "triton", "uniform16_philox7"): _measured(9.125, 0.08929),
-    ("fused B forward", "triton", "uniform16_philox7"): _measured(9.094, 0.08929),
-    ("fused A backward", "triton", "uniform16_philox7"): _measured(11.781, 0.08929),
-    ("fused B backward", "triton", "uniform16_philox7"): _measured(11.0, 0.08929),
+    ("fused A forward", "triton", "uniform"): _measured(17.0, 0.19062),
+    ("fused B forward", "triton", "uniform"): _measured(17.0, 0.19062),
+    ("fused A backward", "triton", "uniform"): _measured(19.188, 0.19062),
+    ("fused B backward", "triton", "uniform"): _measured(19.438, 0.19375),
+    ("fused A forward", "triton", "rademacher"): _measured(54.719, 0.75625),
+    ("fused B forward", "triton", "rademacher"): _measured(57.438, 0.75625),
+    ("fused A backward", "triton", "rademacher"): _measured(73.844, 0.94688),
+    ("fused B backward", "triton", "rademacher"): _measured(68.312, 0.75625),
+    ("fused A forward", "triton", "uniform16_philox7"): _measured(8.0, 0.08259),
+    ("fused B forward", "triton", "uniform16_philox7"): _measured(8.25, 0.08929),
+    ("fused A backward", "triton", "uniform16_philox7"): _measured(9.656, 0.08259),
+    ("fused B backward", "triton", "uniform16_philox7"): _measured(10.062, 0.08482),
+    ("fused A forward", "triton", "rademacher_philox7"): _measured(36.812, 0.65179),
+    ("fused B forward", "triton", "rademacher_philox7"): _measured(39.75, 0.65179),
+    ("fused A backward", "triton", "rademacher_philox7"): _measured(51.406, 0.81696),
+    ("fused B backward", "triton", "rademacher_philox7"): _measured(50.281, 0.65179),
 }
-# bench/sass compiles the fused kernels with uniform bases only (v1's and uniform16). Their
-# rademacher tiles (philox_tiles.basis_tile) are the code whose loop the outside review counted in
-# the Triton rademacher mix at 498619d, before the flat kernels left it: that count (10 rounds) is
-# assumed for them, with 7 rounds too.
-_RADEMACHER_TILE = LoopCount(55.6, 1.0, "assumed: the review's count of the Triton rademacher tile (498619d)")
 # The loops the model prices: every kernel of every path, by (kernel, backend, distribution).
-LOOP_COUNTS = SASS_COUNTS | {
-    (kernel, "triton", distribution): _RADEMACHER_TILE
-    for kernel in TRITON_FUSED_KERNELS
-    for distribution in ("rademacher", "rademacher_philox7")
-}
+LOOP_COUNTS = SASS_COUNTS
 
 
 @dataclass(frozen=True)

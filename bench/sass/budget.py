@@ -22,13 +22,17 @@ PHILOX_RATIO = 1.25  # its Philox calls per entry, at most this times the contra
 # Loops over budget for a known reason: reported, but they do not fail the run; one that comes
 # within budget does, until it leaves this list, so the list cannot outlive its reasons.
 KNOWN_OVER_BUDGET = {
-    ("triton", "fused A backward", "uniform"): (
-        "a factor row of 32 calls spans a warp: 5 shuffle levels per basis index and row for the projection"
-    ),
-    ("triton", "fused A backward", "uniform16_philox7"): (
-        "a factor row of 16 calls spans half a warp: 4 shuffle levels per basis index and row for the projection, "
-        "and tl.sum's trees over a step's indices and a call's entries"
-    ),
+    # The fused kernels' rademacher tiles take basis_tile's entry-wise path: a factor row of A
+    # (128 entries) is one call, spread over the threads, each of which makes the call again for
+    # its own entries; B's rows (rank entries) are parts of calls, each entry making its own.
+    # Whole calls in one thread would need its 128 accumulators and 128 gradient entries.
+    **{
+        ("triton", kernel, distribution): "a call per few entries: the tiles take the entry-wise path"
+        for kernel, distribution in itertools.product(
+            ("fused A forward", "fused B forward", "fused A backward", "fused B backward"),
+            ("rademacher", "rademacher_philox7"),
+        )
+    },
 }
 
 
@@ -135,14 +139,9 @@ _FUSED = (
 )
 
 
-# The fused kernels' distributions compiled here: their rademacher factor tiles still take
-# basis_tile's entry-wise path (B's rows are shorter than a call), up to 128x the minimum calls.
-FUSED_DISTRIBUTIONS = ("uniform", "uniform16_philox7")
-
-
 def _fused_loops():
     """lowrank's kernels at each shape as its launch plans them."""
-    for (shape, layer), distribution in itertools.product(SHAPES.items(), FUSED_DISTRIBUTIONS):
+    for (shape, layer), distribution in itertools.product(SHAPES.items(), DISTRIBUTIONS):
         x = torch.empty(layer.tokens, layer.in_features, dtype=layer.dtype, device="meta")
         plan = lowrank._Plan(x, layer.rank, layer.out_features, distribution)
         for name, kernel, side, backward in _FUSED:

@@ -26,7 +26,7 @@ import triton.language as tl
 from nola_kernels.basis import COUNTER_SHIFT
 
 from .launch import FACTOR_BLOCK_I, INTERPRETED, ceil_div, on_device, output_buffer
-from .philox_tiles import mixed_tile
+from .philox_tiles import call_shift, mixed_tile
 
 # Tokens per step of the streamed products: a heuristic of the token count, not a tuning, so
 # that no launch measures configurations (a call captured by a CUDA graph must not), and warps
@@ -57,6 +57,7 @@ def _factor_tile(
     tile = mixed_tile(
         coeffs_ptr, 0, k, scale, seed, 0, 0, row_start, valid, tl.where(valid, grad, 0.0),
         projection_ptr + tl.arange(0, ROWS).to(tl.int64) * k, WIDTH, BLOCK_I, DISTRIBUTION, ALIGNED, PROJECT,
+        32 * factor_warps((ROWS * WIDTH) >> call_shift(DISTRIBUTION)),
     )  # fmt: skip
     if HAS_OFFSET:
         positions = rows[:, None].to(tl.int64) * n_cols + cols[None, :]
@@ -259,19 +260,20 @@ class _Plan:
         self.rank_generated = rank_generated
         self.rank_block = max(16, rank_generated)  # tl.dot needs >= 16
         call = 1 << COUNTER_SHIFT[distribution]
-        # A's slice is a (rank_block, a_slice) tile in registers, B's a (b_slice, rank_block) one:
-        # 64 rows, or up to A's width where the tile needs them for one Philox call per thread of
-        # the fewest warps (uniform16 at rank 8).
+        # Tile rows start on Philox call boundaries when a factor row and the tile width are whole
+        # calls; every call then feeds a run of adjacent entries.
         widest = 128 if self.rank_block <= 32 else 64
         self.a_slice = min(widest, max(16, triton.next_power_of_2(in_features)))
-        b_rows = max(64, min(widest, _MIN_WARPS * 32 * call // rank_generated))
+        a_aligned = in_features % call == 0 and self.a_slice % call == 0
+        b_aligned = rank % call == 0 and rank_generated % call == 0
+        # A's slice is a (rank_block, a_slice) tile in registers, B's a (b_slice, rank_block) one:
+        # 64 rows, or up to A's width where rows of whole calls need them for one Philox call per
+        # thread of the fewest warps (uniform16 at rank 8). Rows of partial calls make a call per
+        # entry however many rows there are (rademacher below rank 128).
+        b_rows = max(64, min(widest, _MIN_WARPS * 32 * call // rank_generated)) if b_aligned else 64
         self.b_slice = min(b_rows, max(16, triton.next_power_of_2(out_features)))
         self.a_parts = ceil_div(in_features, self.a_slice)
         self.b_parts = ceil_div(out_features, self.b_slice)
-        # Tile rows start on Philox call boundaries when a factor row and the tile width are whole
-        # calls; every call then feeds a run of adjacent entries.
-        a_aligned = in_features % call == 0 and self.a_slice % call == 0
-        b_aligned = rank % call == 0 and rank_generated % call == 0
         allow_tf32 = x.dtype == torch.float32 and _tf32_allowed()
         common = dict(
             RANK_BLOCK=self.rank_block, RANK_GEN=rank_generated, BLOCK_I=FACTOR_BLOCK_I, DISTRIBUTION=distribution,
@@ -280,10 +282,10 @@ class _Plan:
         common.update(BLOCK_T=stream_tokens(x.shape[0]), num_stages=2 if INTERPRETED else 3)
         # One Philox call per thread per basis index where the tile has that many.
         self.a_kwargs = dict(
-            common, SLICE=self.a_slice, ALIGNED=a_aligned, num_warps=_warps(rank_generated * self.a_slice // call)
+            common, SLICE=self.a_slice, ALIGNED=a_aligned, num_warps=factor_warps(rank_generated * self.a_slice // call)
         )
         self.b_kwargs = dict(
-            common, SLICE=self.b_slice, ALIGNED=b_aligned, num_warps=_warps(rank_generated * self.b_slice // call)
+            common, SLICE=self.b_slice, ALIGNED=b_aligned, num_warps=factor_warps(rank_generated * self.b_slice // call)
         )
 
 
@@ -294,9 +296,10 @@ def stream_tokens(tokens):
     return _STREAM_T_LARGE if tokens >= _LARGE_TOKENS else _STREAM_T_SMALL
 
 
-def _warps(tile_calls):
-    """4 (tl.dot's warp group on Hopper) to 8 warps: one Philox call per thread where the tile has
-    that many."""
+@triton.constexpr_function
+def factor_warps(tile_calls):
+    """Warps of a program whose factor tile takes `tile_calls` Philox calls per basis index: 4
+    (tl.dot's warp group on Hopper) to 8, one call per thread where the tile has that many."""
     return _MIN_WARPS if INTERPRETED else min(8, max(_MIN_WARPS, tile_calls // 32))
 
 

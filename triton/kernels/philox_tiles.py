@@ -14,6 +14,8 @@ import triton.language as tl
 
 from nola_kernels.basis import COUNTER_SHIFT, PHILOX_ROUNDS
 
+from .launch import INTERPRETED
+
 
 @triton.constexpr_function
 def call_shift(distribution):
@@ -166,87 +168,102 @@ def basis_block(
     return tl.reshape(tile, (BLOCK_I, ROWS, WIDTH))
 
 
+# Philox calls per thread per basis index in mixed_tile's walk over rows of whole calls (fewer
+# where a row has fewer): a row's calls sit 4 to a thread, so its projection on a basis index is
+# mostly summed within threads, and the few threads that share a row add theirs with 2 or 3
+# shuffles.
+_THREAD_CALLS: tl.constexpr = tl.constexpr(4)
+
+
+@triton.constexpr_function
+def _spread_indices(threads, groups, block_i):
+    """Basis indices of a step that the walk spreads over the threads: as many as `threads` have
+    room for beside the `groups` of calls per index (at least 1, at most block_i). The others
+    are unrolled, each thread accumulating them in turn. All of them in the interpreter, whose
+    cost is per operation."""
+    return block_i if INTERPRETED else max(1, min(block_i, threads // groups))
+
+
 @triton.jit
-def _word_columns(tile):
-    """tile (ROWS, 4C) as four (ROWS, C) tensors, word w of call q holding column 4q + w."""
+def _word_values(word, DISTRIBUTION: tl.constexpr):
+    """A uniform or uniform16 word's entries on a new first axis (its word_entries). First, so
+    that the layout of a step's blocks keeps them in the thread that made the word."""
+    lanes = tl.arange(0, word_entries(DISTRIBUTION))[:, None, None, None, None]
+    return word_entry(tl.expand_dims(word, 0), lanes, DISTRIBUTION)
+
+
+@triton.jit
+def _by_word(tile, C: tl.constexpr, E: tl.constexpr):
+    """tile (ROWS, WIDTH) of whole calls as four (E, C, 1, ROWS, WIDTH // (4 C E)) tensors, one per
+    Philox word: [e, c, 0, r, s] holds entry E w + e of call s C + c of row r."""
     ROWS: tl.constexpr = tile.shape[0]
-    CALLS: tl.constexpr = tile.shape[1] // 4
-    even, odd = tl.split(tl.reshape(tile, (ROWS, CALLS, 2, 2)))  # column 4q + 2a + b: b, then a
+    CC: tl.constexpr = tile.shape[1] // (4 * C * E)
+    words = tl.permute(tl.reshape(tile, (ROWS, CC, C, 2, 2, E)), (5, 2, 0, 1, 3, 4))
+    even, odd = tl.split(words)  # word 2a + b: b, then a
     w0, w2 = tl.split(even)
     w1, w3 = tl.split(odd)
-    return w0, w1, w2, w3
+    return tl.expand_dims(w0, 2), tl.expand_dims(w1, 2), tl.expand_dims(w2, 2), tl.expand_dims(w3, 2)
 
 
 @triton.jit
-def _interleaved(w0, w1, w2, w3):
-    """The inverse of _word_columns: four (ROWS, C) tensors as one (ROWS, 4C) tile."""
-    ROWS: tl.constexpr = w0.shape[0]
-    CALLS: tl.constexpr = w0.shape[1]
-    # This nesting puts word w at column 4q + w after the reshape.
-    return tl.reshape(tl.join(tl.join(w0, w2), tl.join(w1, w3)), (ROWS, 4 * CALLS))
+def _from_words(w0, w1, w2, w3):
+    """The inverse of _by_word, the basis axis (of size 1) dropped: (E, C, ROWS, CC) tensors as
+    one (ROWS, WIDTH) tile."""
+    E: tl.constexpr = w0.shape[0]
+    C: tl.constexpr = w0.shape[1]
+    ROWS: tl.constexpr = w0.shape[2]
+    CC: tl.constexpr = w0.shape[3]
+    # This nesting puts word w at index 2a + b of the last two axes (a, b).
+    words = tl.reshape(tl.join(tl.join(w0, w2), tl.join(w1, w3)), (E, C, ROWS, CC, 4))
+    return tl.reshape(tl.permute(words, (2, 3, 1, 4, 0)), (ROWS, CC * C * 4 * E))
 
 
 @triton.jit
 def _store_row_sums(projection_ptr, indices, live, products):
-    """products (BLOCK_I, ROWS, C) summed over C, row r's at projection_ptr[r] + i: a row lies
-    within a warp, so the sums take shuffles, not a block-wide reduction per basis index."""
+    """products (BLOCK_I, ROWS, C) summed over C, row r's at projection_ptr[r] + i."""
     tl.store(projection_ptr[None, :] + indices[:, None], tl.sum(products, axis=2), mask=live[:, None])
 
 
 @triton.jit
-def _mixed_uniform_words(
+def _mixed_calls(
     coeffs_ptr, i_start, i_stop, seed, stream_lo, stream_hi, row_start, grad, projection_ptr,
     WIDTH: tl.constexpr, BLOCK_I: tl.constexpr, DISTRIBUTION: tl.constexpr, PROJECT: tl.constexpr,
+    THREADS: tl.constexpr,
 ):  # fmt: skip
-    """mixed_tile's walk for uniform rows of whole calls, unscaled and unmasked: one accumulator
-    per Philox word, each call's words kept by the thread that made it (no data moves between
-    threads in the loop), the words interleaved once at the end."""
-    call = (row_start[:, None] >> call_shift(DISTRIBUTION)) + tl.arange(0, WIDTH >> call_shift(DISTRIBUTION))[None, :]
-    g0, g1, g2, g3 = _word_columns(grad)
-    acc0 = tl.zeros(call.shape, tl.float32)
+    """mixed_tile's walk for uniform or uniform16 rows of whole calls, unscaled and unmasked. A
+    step's blocks are (E, C, SPREAD, ROWS, CC): the E entries of one Philox word of call s C + c
+    of each row for SPREAD basis indices, one block per word. No data moves between threads
+    within a step but the last levels of each row's projection sum: each thread keeps its calls'
+    words, and the mix keeps one accumulator per spread index, added together once after the
+    walk."""
+    ROWS: tl.constexpr = row_start.shape[0]
+    CALLS: tl.constexpr = WIDTH >> call_shift(DISTRIBUTION)
+    C: tl.constexpr = min(_THREAD_CALLS, CALLS)
+    CC: tl.constexpr = CALLS // C
+    E: tl.constexpr = word_entries(DISTRIBUTION)
+    SPREAD: tl.constexpr = _spread_indices(THREADS, ROWS * CC, BLOCK_I)
+    c = tl.arange(0, C)[:, None, None, None]
+    s = tl.arange(0, CC)[None, None, None, :]
+    call = (row_start[None, None, :, None] >> call_shift(DISTRIBUTION)) + s * C + c
+    g0, g1, g2, g3 = _by_word(grad, C, E)
+    acc0 = tl.zeros((E, C, SPREAD, ROWS, CC), tl.float32)
     acc1, acc2, acc3 = acc0, acc0, acc0
     for first in range(i_start, i_stop, BLOCK_I):
-        indices = first + tl.arange(0, BLOCK_I)
-        live = indices < i_stop
-        z0, z1, z2, z3 = _words(seed, call[None, :, :], indices[:, None, None], stream_lo, stream_hi, DISTRIBUTION)
-        u0, u1, u2, u3 = _uniform(z0), _uniform(z1), _uniform(z2), _uniform(z3)
-        coeffs = tl.load(coeffs_ptr + indices, mask=live, other=0.0)[:, None, None]
-        acc0 += tl.sum(coeffs * u0, axis=0)
-        acc1 += tl.sum(coeffs * u1, axis=0)
-        acc2 += tl.sum(coeffs * u2, axis=0)
-        acc3 += tl.sum(coeffs * u3, axis=0)
-        if PROJECT:
-            dots = u0 * g0[None, :, :] + u1 * g1[None, :, :] + u2 * g2[None, :, :] + u3 * g3[None, :, :]
-            _store_row_sums(projection_ptr, indices, live, dots)
-    return _interleaved(acc0, acc1, acc2, acc3)
-
-
-@triton.jit
-def _mixed_call_entries(
-    coeffs_ptr, i_start, i_stop, seed, stream_lo, stream_hi, row_start, grad, projection_ptr,
-    WIDTH: tl.constexpr, BLOCK_I: tl.constexpr, DISTRIBUTION: tl.constexpr, PROJECT: tl.constexpr,
-):  # fmt: skip
-    """mixed_tile's walk for rows of whole calls of several entries per word (uniform16),
-    unscaled and unmasked: the entries of a call on an axis ahead of the rows and calls, so each
-    thread keeps the calls it makes (one per thread per basis index where the launch gives the
-    warps for it); the accumulators are put in the tile's order once at the end."""
-    ROWS: tl.constexpr = row_start.shape[0]
-    CALL: tl.constexpr = 1 << call_shift(DISTRIBUTION)
-    CALLS: tl.constexpr = WIDTH // CALL
-    call = (row_start[:, None] >> call_shift(DISTRIBUTION)) + tl.arange(0, CALLS)[None, :]
-    entry = tl.arange(0, CALL)[None, :, None, None]
-    if PROJECT:
-        grad = tl.permute(tl.reshape(grad, (ROWS, CALLS, CALL)), (2, 0, 1))[None, :, :, :]
-    acc = tl.zeros((CALL, ROWS, CALLS), tl.float32)
-    for first in range(i_start, i_stop, BLOCK_I):
-        indices = first + tl.arange(0, BLOCK_I)
-        live = indices < i_stop
-        z0, z1, z2, z3 = _words(seed, call[None, None, :, :], indices[:, None, None, None], stream_lo, stream_hi, DISTRIBUTION)
-        u = call_entries(z0, z1, z2, z3, entry, DISTRIBUTION)
-        acc += tl.sum(tl.load(coeffs_ptr + indices, mask=live, other=0.0)[:, None, None, None] * u, axis=0)
-        if PROJECT:
-            _store_row_sums(projection_ptr, indices, live, tl.sum(u * grad, axis=1))
-    return tl.reshape(tl.permute(acc, (1, 2, 0)), (ROWS, WIDTH))
+        for unrolled in tl.static_range(0, BLOCK_I, SPREAD):
+            indices = first + unrolled + tl.arange(0, SPREAD)
+            live = indices < i_stop
+            z0, z1, z2, z3 = _words(seed, call, indices[None, :, None, None], stream_lo, stream_hi, DISTRIBUTION)
+            u0, u1 = _word_values(z0, DISTRIBUTION), _word_values(z1, DISTRIBUTION)
+            u2, u3 = _word_values(z2, DISTRIBUTION), _word_values(z3, DISTRIBUTION)
+            coeffs = tl.load(coeffs_ptr + indices, mask=live, other=0.0)[None, None, :, None, None]
+            acc0 += coeffs * u0
+            acc1 += coeffs * u1
+            acc2 += coeffs * u2
+            acc3 += coeffs * u3
+            if PROJECT:
+                dots = u0 * g0 + u1 * g1 + u2 * g2 + u3 * g3
+                _store_row_sums(projection_ptr, indices, live, tl.sum(tl.sum(dots, axis=0), axis=0))
+    return _from_words(tl.sum(acc0, axis=2), tl.sum(acc1, axis=2), tl.sum(acc2, axis=2), tl.sum(acc3, axis=2))
 
 
 @triton.jit
@@ -267,24 +284,19 @@ def mixed_tile(
     DISTRIBUTION: tl.constexpr,
     ALIGNED: tl.constexpr,
     PROJECT: tl.constexpr,
+    THREADS: tl.constexpr,
 ):
     """scale * sum_{i_start<=i<i_stop} coeffs[i] * U_i over the tile of basis_tile's positions,
     0 where not `valid`, walking BLOCK_I matrices at a time. With PROJECT, the same walk stores
     row r's share of <grad, U_i> at projection_ptr[r] + i (projection_ptr: (ROWS,) pointers), so
     each U_i is generated once for both; `grad` (a tile, or a scalar 0 without PROJECT) must be 0
-    where not valid."""
+    where not valid. THREADS: the program's, which the walk over rows of whole calls lays a
+    step's basis indices out for."""
     if ALIGNED and not is_rademacher(DISTRIBUTION):
-        grad = grad + tl.zeros(valid.shape, tl.float32)
-        if word_entries(DISTRIBUTION) == 1:
-            acc = _mixed_uniform_words(
-                coeffs_ptr, i_start, i_stop, seed, stream_lo, stream_hi, row_start, grad, projection_ptr, WIDTH,
-                BLOCK_I, DISTRIBUTION, PROJECT,
-            )  # fmt: skip
-        else:
-            acc = _mixed_call_entries(
-                coeffs_ptr, i_start, i_stop, seed, stream_lo, stream_hi, row_start, grad, projection_ptr, WIDTH,
-                BLOCK_I, DISTRIBUTION, PROJECT,
-            )  # fmt: skip
+        acc = _mixed_calls(
+            coeffs_ptr, i_start, i_stop, seed, stream_lo, stream_hi, row_start, grad + tl.zeros(valid.shape, tl.float32),
+            projection_ptr, WIDTH, BLOCK_I, DISTRIBUTION, PROJECT, THREADS,
+        )  # fmt: skip
     else:
         acc = tl.zeros(valid.shape, tl.float32)
         for first in range(i_start, i_stop, BLOCK_I):
