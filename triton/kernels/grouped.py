@@ -101,7 +101,7 @@ def _official_threads(k, numel, DISTRIBUTION: tl.constexpr):
     """T of an official family's basis of k * numel entries (CudaLayout.total_threads: whole
     blocks of 256 threads, at most the resident threads); 0 for NOLA-Philox, which has no T."""
     if is_official(DISTRIBUTION):
-        blocks = (k.to(tl.int64) * numel + 255) // 256
+        blocks = (tl.cast(k, tl.int64) * numel + 255) // 256  # k may be a constant 1 (Triton specializes 1)
         return tl.minimum(blocks * 256, resident_threads(DISTRIBUTION))
     else:
         return 0
@@ -223,7 +223,8 @@ def _rounded_basis_dot(basis, dense, acc, REST_SPLIT: tl.constexpr):
     middle = _tf32(rest)
     basis_high = _tf32(basis)
     step = tl.dot(basis_high, middle, input_precision="tf32")
-    # A special value's high part meets only basis_high (never 0): inf * 0 would be NaN.
+    # A special value's high part meets only basis_high, which is 0 only where the entry is (an
+    # official value): inf times a rest of 0 would be NaN where float32 gives an infinity.
     finite_high = tl.where(special, 0.0, high)
     basis_rest = basis - basis_high
     if REST_SPLIT:
