@@ -4,7 +4,7 @@ torch.library ops (nola_kernels/ops.py), which carry the autograd."""
 import torch
 
 from . import ops
-from .backends import get_backend, resolve_backend, resolve_family_backend
+from .backends import get_backend, resolve_family_backend
 from .basis import chunk_budget
 from .dtypes import COEFF_DTYPES
 from .families import family_block, family_blocks
@@ -14,7 +14,6 @@ from .validation import (
     check_basis_count,
     check_coeffs,
     check_device,
-    check_distribution,
     check_family,
     check_float_tensor,
     check_int,
@@ -145,8 +144,9 @@ def nola_matmul(
     check_same_device(x=x, alpha=alpha, beta=beta, a0=a0, b0=b0)
     seed_a, seed_b = check_seed("seed_a", seed_a), check_seed("seed_b", seed_b)
     scaling = check_real("scaling", scaling)
-    distribution = check_distribution(distribution)
-    backend = resolve_backend(backend, x.device)
+    _, _, distribution = check_family(seed_a, 0, distribution, alpha.numel(), a_shape[0] * a_shape[1])
+    check_family(seed_b, 0, distribution, beta.numel(), b_shape[0] * b_shape[1])
+    backend = resolve_family_backend(backend, x.device, "nola_matmul", distribution)
     _check_add_to(add_to, x, out_features)
 
     spec = LowRankSpec(seed_a, seed_b, rank, out_features, scaling, distribution)

@@ -1,9 +1,13 @@
 """The low-rank product shared by nola_matmul and the naive baselines, so all compute alike, and
 the named objects that describe one product below the op schema."""
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+
+from .official_rng import parse_official
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,64 @@ class LowRankShape:
 def with_offset(mixed, offset):
     """A factor: the mixed basis plus its optional fixed offset (a0 or b0)."""
     return mixed if offset is None else mixed + offset
+
+
+def factors(mix, in_features, alpha, beta, a0, b0, spec):
+    """(A, scaling * B) in float32 from `mix`, called as a backend's mix (coeffs, seed, stream,
+    rows, cols, scale, distribution). scaling multiplies B (out x rank, small) before the
+    products, as the reference does; as addmm's alpha it would turn an infinite scaling's
+    inf/NaN pattern into another."""
+    a = mix(alpha, spec.seed_a, 0, spec.rank, in_features, 1.0 / math.sqrt(alpha.numel()), spec.distribution)
+    b = mix(beta, spec.seed_b, 0, spec.out_features, spec.rank, 1.0 / math.sqrt(beta.numel()), spec.distribution)
+    return with_offset(a, a0), with_offset(b, b0) * spec.scaling
+
+
+@dataclass(frozen=True)
+class ComposedProducts:
+    """The fused ops' contract (nola_kernels/ops.py: lowrank_forward, lowrank_backward) met by a
+    backend's `mix` and `project` kernels and torch's matmul, with the composed path's products
+    (lowrank_delta) and the gradients autograd takes through them: the factors and their
+    gradients in float32, the products in x's dtype, the coefficient gradients by `project`
+    (called as a backend's project: grad, seed, stream, k, scale, distribution)."""
+
+    mix: Callable
+    project: Callable
+
+    def forward(self, x, alpha, beta, a0, b0, spec):
+        """(delta, h): h = x A^T as float32 (tokens, rank), delta = h (scaling B)^T in x's dtype."""
+        a, b = factors(self.mix, x.shape[-1], alpha, beta, a0, b0, spec)
+        h = x @ a.to(x.dtype).T
+        return h @ b.to(h.dtype).T, h.float()
+
+    def backward(self, grad, x, h, alpha, beta, a0, b0, spec):
+        """(grad_x, grad_alpha, grad_beta, grad_a, grad_b) of forward: grad_a and grad_b are the
+        gradients of the factors A and B (float32), those of a0 and b0 too."""
+        a, b = factors(self.mix, x.shape[-1], alpha, beta, a0, b0, spec)
+        dtype = x.dtype
+        grad, h = grad.to(dtype), h.to(dtype)
+        grad_h = grad @ b.to(dtype)
+        grad_b = (grad.T @ h).float() * spec.scaling
+        grad_a = (grad_h.T @ x).float()
+        grad_x = grad_h @ a.to(dtype)
+        grad_alpha = self.project(grad_a, spec.seed_a, 0, alpha.numel(), 1.0 / math.sqrt(alpha.numel()), spec.distribution)
+        grad_beta = self.project(grad_b, spec.seed_b, 0, beta.numel(), 1.0 / math.sqrt(beta.numel()), spec.distribution)
+        return grad_x, grad_alpha, grad_beta, grad_a, grad_b
+
+
+def composed_for_official(forward, backward, mix, project):
+    """A backend's (lowrank_forward, lowrank_backward): its fused `forward` and `backward` for the
+    NOLA-Philox distributions and, for the official CUDA layout families, whose layout the fused
+    kernels do not generate, ComposedProducts of its `mix` and `project`."""
+    composed = ComposedProducts(mix, project)
+
+    def routed(fused, composed_op):
+        def op(*args):
+            spec = args[-1]
+            return (fused if parse_official(spec.distribution) is None else composed_op)(*args)
+
+        return op
+
+    return routed(forward, composed.forward), routed(backward, composed.backward)
 
 
 def lowrank_delta(x, a, b, add_to=None):

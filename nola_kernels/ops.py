@@ -15,7 +15,7 @@ import torch
 
 from .backends import get_backend
 from .dtypes import accumulation_dtype
-from .lowrank import LowRankSpec, lowrank_delta, with_offset
+from .lowrank import LowRankSpec, factors, lowrank_delta
 
 
 def default_scale(k):
@@ -118,13 +118,12 @@ _register_adjoints(mix_grouped, project_grouped)
 
 def composed_delta(x, alpha, beta, a0, b0, spec, backend, add_to=None):
     """The composed path: A and B from two mix ops, then torch's matmuls (lowrank_delta), every
-    step differentiable to any order. scaling multiplies B (out x rank, small) before the
-    products, as the reference does; as addmm's alpha it would turn an infinite scaling's
-    inf/NaN pattern into another."""
-    in_features = x.shape[-1]
-    a = mix(alpha, spec.seed_a, 0, spec.rank, in_features, default_scale(alpha.numel()), spec.distribution, backend)
-    b = mix(beta, spec.seed_b, 0, spec.out_features, spec.rank, default_scale(beta.numel()), spec.distribution, backend)
-    return lowrank_delta(x, with_offset(a, a0), with_offset(b, b0) * spec.scaling, add_to)
+    step differentiable to any order."""
+
+    def mix_op(*args):
+        return mix(*args, backend)
+
+    return lowrank_delta(x, *factors(mix_op, x.shape[-1], alpha, beta, a0, b0, spec), add_to)
 
 
 # The fused low-rank product, for backends with fused kernels. x: (tokens, in) contiguous,

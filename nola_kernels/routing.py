@@ -8,6 +8,7 @@ import math
 
 from .dtypes import needs_float64
 from .lowrank import LowRankShape
+from .official_rng import parse_official
 
 PATHS = ("auto", "fused", "composed")
 # Process-wide, not per thread: a plain global is what torch.compile can read (and guard on).
@@ -29,7 +30,8 @@ def lowrank_path(path):
 
 
 def runs_fused(module, x, alpha, beta, a0, b0, spec):
-    """Whether the backend (its module) runs this product fused. Composed, whatever was asked:
+    """Whether the backend (its module) runs this product fused; an official CUDA layout family
+    takes the composed path under "auto". Composed, whatever was asked:
     float64 work (the dtype rule, nola_kernels/dtypes.py) and a scaling that is not finite, whose
     inf/NaN pattern only the composed order (scaling * B first, as the reference) reproduces."""
     if not hasattr(module, "lowrank_forward") or needs_float64(x, alpha, beta, a0, b0):
@@ -39,6 +41,8 @@ def runs_fused(module, x, alpha, beta, a0, b0, spec):
     path = _forced["path"]
     if path != "auto":
         return path == "fused"
+    if parse_official(spec.distribution) is not None:
+        return False  # the fused ops would compose it too (lowrank.ComposedProducts), as one op
     in_features = x.shape[-1]
     shape = LowRankShape(
         x.numel() // in_features, in_features, spec.out_features, spec.rank, alpha.numel(), beta.numel(),

@@ -13,7 +13,8 @@ from sass.hopper import ACTIVATIONS, compile_triton
 
 from nola_kernels.backends.triton_backend import FUSED_MAX_RANK
 from nola_kernels.basis import DISTRIBUTIONS
-from nola_kernels.triton_kernels import lowrank, mix_project
+from nola_kernels.official_rng import official_distribution
+from nola_kernels.triton_kernels import grouped, lowrank, mix_project
 from nola_kernels.triton_kernels.launch import MIX_WARPS, PROJECT_WARPS, flat_block
 
 
@@ -31,6 +32,13 @@ def main():
         for kernel, warps in ((mix_project._official_mix_kernel, MIX_WARPS), (mix_project._official_project_kernel, PROJECT_WARPS)):
             official = dict(BLOCK=mix_project.OFFICIAL_ENTRIES_PER_THREAD * 32 * warps, BLOCK_I=1, DTYPE=dtype, LEGACY=legacy)
             compile_kernel(kernel, "fp32", official, num_warps=warps)
+        # The grouped kernels take the official family's name (float32's four products, the
+        # halves' exact three), at their largest row block.
+        name = official_distribution("H200", getattr(torch, dtype), "legacy" if legacy else "current")
+        for kernel, tiles in ((grouped._mix_kernel, grouped.MIX_TILE), (grouped._project_kernel, grouped.PROJECT_TILE)):
+            block_i, width = tiles[grouped.tile_distribution(name)]
+            constexprs = dict(ROWS=grouped.MAX_ROWS, BLOCK_I=block_i, WIDTH=width, DISTRIBUTION=name)
+            compile_kernel(kernel, "fp32", constexprs, grouped.GROUPED_WARPS, grouped.GROUPED_STAGES)
     # Layer shapes as the launches see them: GPT-2 M and LLaMA-2-7B layouts, unaligned rank-3 and
     # rank-64 layouts, rademacher with whole and partial Philox calls, uniform16 at GPT-2 M (the
     # B side's 128-row slice) and unaligned; then the largest rank the fused path takes in float32

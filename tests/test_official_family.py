@@ -1,7 +1,8 @@
 """The official CUDA layout as basis families of the ops (docs/spec.md, "Official CUDA layout
 families"): the names, the known answers against the scalar oracle, the bits of the entries
-against official_rng.official_basis on every backend that implements them, mix and project
-against a float64 reference, their autograd, and the refusals."""
+against official_rng.official_basis on every backend that implements them, mix and project and
+their grouped forms against a float64 reference, their autograd, nola_matmul (composed of them)
+with its gradients, and the refusals."""
 
 import math
 import struct
@@ -19,7 +20,7 @@ from nola_kernels import (
     nola_project,
     nola_project_grouped,
 )
-from nola_kernels.backends import available_backends, get_backend, implements
+from nola_kernels.backends import available_backends, check_implemented, get_backend, implements
 from nola_kernels.lowrank import LowRankSpec
 from nola_kernels.memory import peak_memory
 from nola_kernels.official_rng import (
@@ -31,6 +32,8 @@ from nola_kernels.official_rng import (
     official_distribution,
     parse_official,
 )
+from nola_kernels.reference import naive_matmul
+from nola_kernels.routing import lowrank_path, runs_fused
 
 H200_THREADS = 270336
 DTYPE_RULES = [
@@ -50,7 +53,8 @@ CASES = [
     (2**40 + 3, CudaLayout(3, 1024), 40, (24, 24)),
 ]
 CASE_IDS = ["H200", "256-threads", "3072-threads"]
-OFFICIAL_BACKENDS = [name for name in ("torch", "triton") if name in available_backends(torch.device("cpu"))]
+# cpu runs the PyTorch backend's code for these families (backends/cpu_backend.py).
+OFFICIAL_BACKENDS = [name for name in ("torch", "cpu", "triton") if name in available_backends(torch.device("cpu"))]
 
 
 def _name(dtype):
@@ -269,19 +273,89 @@ def test_nan_propagates(backend):
     assert torch.isnan(nola_project(grad, seed, k, distribution=name, backend=backend)).all()
 
 
-# -- grouped (the PyTorch backend; the others refuse, and "auto" finds one that runs them) ---------
+# -- grouped -------------------------------------------------------------------------------------
+
+# More rows than a Triton program takes (64): two row blocks.
+MANY_ROWS = 70
 
 
-def test_grouped_rows_have_the_bits_of_single_calls():
+@pytest.mark.parametrize("backend", OFFICIAL_BACKENDS)
+@pytest.mark.parametrize("dtype, rule", DTYPE_RULES)
+def test_grouped_one_hot_rows_are_the_entries(backend, dtype, rule):
+    # Row g of the mix picks basis matrix g mod k, row g of the projection position positions[g]:
+    # every other term is a signed zero, so the results are the entries bit for bit.
+    seed, layout, k, shape = CASES[2]
+    name = official_distribution(layout, dtype, rule)
+    entries = nola_basis(seed, k, shape, distribution=name)
+    picked = torch.arange(MANY_ROWS) % k
+    mixed = nola_mix_grouped(torch.eye(k)[picked], seed, shape, scale=1.0, distribution=name, backend=backend)
+    assert mixed.shape == (MANY_ROWS, *shape)
+    assert torch.equal(_bits(mixed), _bits(entries[picked]))
+    numel = entries[0].numel()
+    positions = torch.randperm(numel)[:MANY_ROWS]
+    grads = torch.eye(numel)[positions].view(MANY_ROWS, *shape)
+    projected = nola_project_grouped(grads, seed, k, scale=1.0, distribution=name, backend=backend)
+    assert projected.shape == (MANY_ROWS, k)
+    assert torch.equal(_bits(projected), _bits(entries.view(k, numel)[:, positions].T.contiguous()))
+
+
+def _check_grouped_against_float64(backend, seed, k, shape, name, groups):
+    """Each row of the grouped ops within twice the bound of the float32 per-row path (docs/spec.md:
+    the grouped ops' precision)."""
+    basis = _reference_basis(seed, k, shape, name)
+    coeffs, grads = torch.randn(groups, k), torch.randn(groups, *shape)
+    family = dict(distribution=name, backend=backend)
+    mixed = nola_mix_grouped(coeffs, seed, shape, **family)
+    projected = nola_project_grouped(grads, seed, k, scale=0.5, **family)
+    expected_mix = torch.einsum("gk,krc->grc", coeffs.double(), basis) / math.sqrt(k)
+    expected_project = torch.einsum("krc,grc->gk", basis, grads.double()) * 0.5
+    assert mixed.dtype == projected.dtype == torch.float32
+    for g in range(groups):
+        assert rel_err(mixed[g], expected_mix[g]) <= 2 * rounding_bound(torch.float32, k), g
+        assert rel_err(projected[g], expected_project[g]) <= 2 * rounding_bound(torch.float32, grads[g].numel()), g
+
+
+@pytest.mark.parametrize("backend", OFFICIAL_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=_name)
+@pytest.mark.parametrize("case", range(len(CASES)), ids=CASE_IDS)
+def test_grouped_ops_match_float64_row_by_row(backend, case, dtype):
+    seed, layout, k, shape = CASES[case]
+    rule = "legacy" if dtype == torch.bfloat16 else "current"
+    _check_grouped_against_float64(backend, seed, k, shape, official_distribution(layout, dtype, rule), 3)
+
+
+@pytest.mark.skipif("triton" not in available_backends(torch.device("cpu")), reason="needs Triton's interpreter")
+def test_triton_grouped_rows_in_two_row_blocks_match_float64():
+    seed, layout, k, shape = CASES[1]
+    name = official_distribution(layout, torch.bfloat16, "current")
+    _check_grouped_against_float64("triton", seed, k, shape, name, MANY_ROWS)
+
+
+@pytest.mark.parametrize("backend", [name for name in OFFICIAL_BACKENDS if name in ("torch", "cpu")])
+def test_grouped_rows_have_the_bits_of_single_calls(backend):
     seed, layout, k, shape = CASES[2]
     name = official_distribution(layout, torch.bfloat16, "legacy")
     coeffs, grads = torch.randn(3, k), torch.randn(3, *shape)
-    mixed = nola_mix_grouped(coeffs, seed, shape, distribution=name, backend="torch")
-    projected = nola_project_grouped(grads, seed, k, distribution=name, backend="torch")
+    family = dict(distribution=name, backend=backend)
+    mixed = nola_mix_grouped(coeffs, seed, shape, **family)
+    projected = nola_project_grouped(grads, seed, k, **family)
     for g in range(3):
         assert torch.equal(mixed[g], nola_mix(coeffs[g], seed, shape, distribution=name, backend="torch"))
         assert torch.equal(projected[g], nola_project(grads[g], seed, k, distribution=name, backend="torch"))
     assert torch.equal(mixed, nola_mix_grouped(coeffs, seed, shape, distribution=name))
+
+
+@pytest.mark.parametrize("backend", OFFICIAL_BACKENDS)
+def test_grouped_nan_stays_in_its_row(backend):
+    seed, layout, k, shape = CASES[1]
+    name = official_distribution(layout, torch.float16, "legacy")
+    coeffs, grads = torch.randn(3, k), torch.randn(3, *shape)
+    coeffs[1, 2] = float("nan")
+    grads[2, 3, 4] = float("nan")
+    mixed = nola_mix_grouped(coeffs, seed, shape, distribution=name, backend=backend)
+    projected = nola_project_grouped(grads, seed, k, distribution=name, backend=backend)
+    assert torch.isnan(mixed[1]).all() and torch.isfinite(mixed[[0, 2]]).all()
+    assert torch.isnan(projected[2]).all() and torch.isfinite(projected[:2]).all()
 
 
 def test_auto_runs_every_op_on_the_cpu():
@@ -336,6 +410,126 @@ def test_backward_of_mix_is_project(backend):
     assert rel_err(coeffs.grad, expected) <= rounding_bound(torch.float32, upstream.numel())
 
 
+# -- the low-rank products: composed of each backend's mix and project and torch's matmul ---------
+
+
+
+
+def _lowrank_inputs(x_dtype, name, lead=(2, 5)):
+    rank, in_features, out_features, k, l = 3, 24, 20, 40, 7  # noqa: E741 (NOLA's name)
+    tensors = dict(
+        x=torch.randn(*lead, in_features).to(x_dtype),
+        alpha=torch.randn(k),
+        beta=torch.randn(l),
+        a0=torch.randn(rank, in_features) / math.sqrt(in_features),
+        b0=torch.randn(out_features, rank),
+    )
+    kwargs = dict(seed_a=2**40 + 11, seed_b=12345, rank=rank, out_features=out_features, scaling=0.75, distribution=name)
+    return tensors, kwargs
+
+
+def _forward_backward(fn, tensors, kwargs, grad_out, **extra):
+    leaves = {name: t.detach().clone().requires_grad_() for name, t in tensors.items()}
+    out = fn(**leaves, **kwargs, **extra)
+    out.backward(grad_out.to(out.dtype))
+    return out.detach(), {name: t.grad for name, t in leaves.items()}
+
+
+def _float64(tensors):
+    return {name: t.double() for name, t in tensors.items()}
+
+
+# Every reduction of the product and its gradients: k, l, in, rank, out and the tokens.
+LOWRANK_BOUND = rounding_bound(torch.float32, 40, 7, 24, 3, 20, 10)
+
+
+@pytest.mark.parametrize("backend", OFFICIAL_BACKENDS)
+@pytest.mark.parametrize("path", ["auto", "fused"])
+@pytest.mark.parametrize("dtype, rule", [(torch.float32, "current"), (torch.bfloat16, "legacy")])
+def test_nola_matmul_and_its_gradients_match_float64(backend, path, dtype, rule):
+    # "fused" reaches the fused ops, which compose the family on a backend that has them.
+    name = official_distribution(CASES[2][1], dtype, rule)
+    tensors, kwargs = _lowrank_inputs(torch.float32, name)
+    grad_out = torch.randn(2, 5, kwargs["out_features"], dtype=torch.float64)
+    with lowrank_path(path):
+        out, grads = _forward_backward(nola_matmul, tensors, kwargs, grad_out, backend=backend)
+    ref_out, ref_grads = _forward_backward(naive_matmul, _float64(tensors), kwargs, grad_out)
+    assert out.dtype == torch.float32 and out.shape == ref_out.shape
+    assert rel_err(out, ref_out) <= LOWRANK_BOUND
+    for key, grad in grads.items():
+        assert grad.dtype == torch.float32, key
+        assert rel_err(grad, ref_grads[key]) <= LOWRANK_BOUND, key
+
+
+@pytest.mark.parametrize("backend", OFFICIAL_BACKENDS)
+@pytest.mark.parametrize("path", ["auto", "fused"])
+def test_low_precision_error_at_most_twice_naive(backend, path):
+    name = official_distribution(CASES[1][1], torch.bfloat16, "current")
+    tensors, kwargs = _lowrank_inputs(torch.bfloat16, name, lead=(4, 16))
+    grad_out = torch.randn(4, 16, kwargs["out_features"], dtype=torch.float64)
+    with lowrank_path(path):
+        out, grads = _forward_backward(nola_matmul, tensors, kwargs, grad_out, backend=backend)
+    naive_out, naive_grads = _forward_backward(naive_matmul, tensors, kwargs, grad_out)
+    ref_out, ref_grads = _forward_backward(naive_matmul, _float64(tensors), kwargs, grad_out)
+    assert out.dtype == torch.bfloat16
+    assert rel_err(out, ref_out) <= 2 * rel_err(naive_out, ref_out)
+    for key, grad in grads.items():
+        assert grad.dtype == tensors[key].dtype, key
+        assert rel_err(grad, ref_grads[key]) <= 2 * rel_err(naive_grads[key], ref_grads[key]), key
+
+
+@pytest.mark.skipif("triton" not in available_backends(torch.device("cpu")), reason="needs Triton's interpreter")
+def test_triton_lowrank_ops_meet_the_fused_contract():
+    # delta and h = x A^T (float32) forward; the factors' gradients (float32) and those of x and
+    # the coefficients backward, against float64 (nola_kernels/ops.py states the contract).
+    name = official_distribution(CASES[0][1], torch.float16, "legacy")
+    tensors, kwargs = _lowrank_inputs(torch.float32, name, lead=(10,))
+    spec = LowRankSpec(kwargs["seed_a"], kwargs["seed_b"], kwargs["rank"], kwargs["out_features"], kwargs["scaling"], name)
+    x, alpha, beta, a0, b0 = tensors.values()
+    triton_backend = get_backend("triton")
+    delta, h = triton_backend.lowrank_forward(x, alpha, beta, a0, b0, spec)
+    grad = torch.randn_like(delta)
+    grad_x, grad_alpha, grad_beta, grad_a, grad_b = triton_backend.lowrank_backward(grad, x, h, alpha, beta, a0, b0, spec)
+    a_basis = _reference_basis(spec.seed_a, 40, (3, 24), name)
+    b_basis = _reference_basis(spec.seed_b, 7, (20, 3), name)
+    a = a0.double() + torch.einsum("k,krc->rc", alpha.double(), a_basis) / math.sqrt(40)
+    b = b0.double() + torch.einsum("k,krc->rc", beta.double(), b_basis) / math.sqrt(7)
+    x64, grad64 = x.double(), grad.double()
+    h64 = x64 @ a.T
+    grad_h = spec.scaling * grad64 @ b
+    grad_a64, grad_b64 = grad_h.T @ x64, spec.scaling * grad64.T @ h64
+    expected = dict(
+        delta=(delta, spec.scaling * h64 @ b.T), h=(h, h64), grad_x=(grad_x, grad_h @ a), grad_a=(grad_a, grad_a64),
+        grad_b=(grad_b, grad_b64), grad_alpha=(grad_alpha, torch.einsum("krc,rc->k", a_basis, grad_a64) / math.sqrt(40)),
+        grad_beta=(grad_beta, torch.einsum("krc,rc->k", b_basis, grad_b64) / math.sqrt(7)),
+    )  # fmt: skip
+    for key, (value, reference) in expected.items():
+        assert value.dtype == torch.float32 and value.shape == reference.shape, key
+        assert rel_err(value, reference) <= LOWRANK_BOUND, key
+
+
+@pytest.mark.skipif("triton" not in available_backends(torch.device("cpu")), reason="needs Triton's interpreter")
+def test_auto_routes_the_family_to_the_composed_path():
+    tensors, kwargs = _lowrank_inputs(torch.float32, NAME)
+    spec = LowRankSpec(*(kwargs[key] for key in ("seed_a", "seed_b", "rank", "out_features", "scaling", "distribution")))
+    args = (get_backend("triton"), *tensors.values(), spec)
+    assert not runs_fused(*args)
+    with lowrank_path("fused"):
+        assert runs_fused(*args)
+
+
+def test_nola_matmul_gradcheck_in_float64():
+    name = official_distribution(CASES[1][1], torch.bfloat16, "legacy")
+    tensors, kwargs = _lowrank_inputs(torch.float64, name, lead=(2, 3))
+    leaves = [t.double().requires_grad_() for t in tensors.values()]
+
+    def delta(x, alpha, beta, a0, b0):
+        return nola_matmul(x, alpha, beta, a0=a0, b0=b0, **kwargs, backend="torch")
+
+    assert torch.autograd.gradcheck(delta, leaves)
+    assert torch.autograd.gradgradcheck(delta, leaves)
+
+
 # -- refusals ------------------------------------------------------------------------------------
 
 NAME = f"official:float32:current:{H200_THREADS}"
@@ -354,24 +548,18 @@ def test_a_basis_past_2_40_entries_is_refused_before_any_work():
         nola_project(grad, 1, 2**32, distribution=NAME, backend="torch")
 
 
-@pytest.mark.parametrize("name", [n for n in ("cpu",) if n in available_backends(torch.device("cpu"))])
-def test_a_backend_without_official_kernels_is_refused_by_name(name):
-    with pytest.raises(ValueError, match="distribution='official:float32"):
-        nola_mix(torch.randn(4), 1, (3, 3), distribution=NAME, backend=name)
-    with pytest.raises(ValueError, match="in none of its ops"):
-        get_backend(name).mix(torch.randn(4), 1, 0, 3, 3, 0.5, NAME)
+@pytest.mark.skipif("cpu" not in available_backends(torch.device("cpu")), reason="needs the CPU library")
+def test_the_cpu_kernels_refuse_the_family_by_name():
+    # The ops run the PyTorch backend's code for these families; the kernels' own basis refuses.
+    with pytest.raises(ValueError, match=r"not in basis_block \(distribution='official:float32"):
+        get_backend("cpu").basis_block(1, 0, 0, 1, 0, 4, NAME)
 
 
-@pytest.mark.skipif("triton" not in available_backends(torch.device("cpu")), reason="needs Triton's interpreter")
-def test_triton_refuses_the_ops_it_does_not_implement():
-    coeffs, grads = torch.randn(2, 4), torch.randn(2, 3, 3)
-    with pytest.raises(ValueError, match="not in mix_grouped"):
-        nola_mix_grouped(coeffs, 1, (3, 3), distribution=NAME, backend="triton")
-    with pytest.raises(ValueError, match="not in project_grouped"):
-        nola_project_grouped(grads, 1, 4, distribution=NAME, backend="triton")
-    spec = LowRankSpec(1, 2, 2, 3, 1.0, NAME)
-    with pytest.raises(ValueError, match="not in lowrank_forward"):
-        get_backend("triton").lowrank_forward(torch.randn(2, 3), coeffs[0], coeffs[1], None, None, spec)
+@pytest.mark.parametrize("name", OFFICIAL_BACKENDS)
+def test_the_backends_that_run_the_family_run_every_op(name):
+    for op in ("mix", "project", "mix_grouped", "project_grouped", "nola_matmul"):
+        assert implements(name, op, NAME), op
+        check_implemented(name, op, NAME)
 
 
 def test_cuda_refuses_the_family_before_calling_its_kernels():
@@ -384,10 +572,20 @@ def test_cuda_refuses_the_family_before_calling_its_kernels():
         cuda_backend.project_grouped(torch.randn(1, 3, 3), 1, 0, 4, 0.5, NAME)
 
 
-def test_nola_matmul_refuses_the_family():
-    with pytest.raises(ValueError, match="distribution must be one of"):
-        nola_matmul(torch.randn(2, 3), torch.randn(4), torch.randn(4), seed_a=1, seed_b=2, rank=2, out_features=3,
-                    distribution=NAME)  # fmt: skip
+def test_cuda_refuses_nola_matmul_for_the_family_by_name():
+    assert not implements("cuda", "nola_matmul", NAME)
+    with pytest.raises(ValueError, match=r"in none of its ops \(distribution='official:float32"):
+        check_implemented("cuda", "nola_matmul", NAME)
+    spec = LowRankSpec(1, 2, 2, 3, 1.0, NAME)
+    with pytest.raises(ValueError, match="in none of its ops"):
+        get_backend("cuda").lowrank_forward(torch.randn(2, 3), torch.randn(4), torch.randn(4), None, None, spec)
+
+
+def test_nola_matmul_refuses_a_basis_past_2_40_entries_naming_distribution():
+    # A: 1024 x 2^20 entries a matrix, 2048 matrices: 2^41 entries.
+    with pytest.raises(ValueError, match=r"2\*\*40 entries \(distribution="):
+        nola_matmul(torch.randn(1, 1 << 20), torch.randn(2048), torch.randn(4), seed_a=1, seed_b=2, rank=1024,
+                    out_features=3, distribution=NAME)  # fmt: skip
 
 
 @pytest.mark.gpu

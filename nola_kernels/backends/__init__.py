@@ -28,7 +28,9 @@ A backend module provides:
     lowrank_backward(grad, x, h, alpha, beta, a0, b0, spec) -> (grad_x, grad_alpha, grad_beta, grad_a, grad_b)
 
 Every backend runs the NOLA-Philox distributions; the official CUDA layout families
-(nola_kernels/official_rng.py) only in the ops its OFFICIAL_OPS names (none where absent).
+(nola_kernels/official_rng.py) only in the ops its OFFICIAL_OPS names (none where absent). A
+backend with fused kernels runs an official family's lowrank ops composed of its own mix and
+project and torch's matmul (nola_kernels.lowrank.composed_for_official).
 """
 
 import importlib
@@ -102,9 +104,18 @@ def resolve_family_backend(name, device, op, distribution):
     return resolved
 
 
+# nola_matmul needs a backend's mix and project (its composed path; for an official family the
+# fused ops are composed of those too, nola_kernels/lowrank.py).
+_OPS_NEEDED = {"nola_matmul": ("mix", "project")}
+
+
 def implements(name, op, distribution):
-    """Whether backend `name` (loaded) runs `op` for `distribution`."""
-    return parse_official(distribution) is None or op in getattr(_load(name), "OFFICIAL_OPS", ())
+    """Whether backend `name` (loaded) runs `op` (an op of nola_kernels/ops.py, or nola_matmul)
+    for `distribution`."""
+    if parse_official(distribution) is None:
+        return True
+    official_ops = getattr(_load(name), "OFFICIAL_OPS", ())
+    return all(needed in official_ops for needed in _OPS_NEEDED.get(op, (op,)))
 
 
 def check_implemented(name, op, distribution):

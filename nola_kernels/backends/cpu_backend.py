@@ -4,6 +4,9 @@ ctypes releases the GIL for each call; the kernels use up to torch.get_num_threa
 
 It has mix and project (and their grouped forms) only: nola_matmul takes the composed path (both factors mixed here, then
 torch's two skinny matmuls), since on the CPU the generation is what costs.
+
+The compiled kernels generate the NOLA-Philox distributions only: for the official CUDA layout
+families these four ops run the PyTorch backend's code (backends/torch_backend.py), with its bits.
 """
 
 import contextlib
@@ -14,7 +17,8 @@ import warnings
 import torch
 
 from ..dtypes import accumulation_dtype
-from . import check_implemented
+from ..official_rng import parse_official
+from . import check_implemented, torch_backend
 from .torch_backend import no_work
 
 LIBRARY = "nola_kernels._cpu"
@@ -81,6 +85,8 @@ def _load(module_name=LIBRARY):
 
 
 _library, _load_error = _load()
+# By the PyTorch backend's code (module docstring).
+OFFICIAL_OPS = ("mix", "project", "mix_grouped", "project_grouped")
 _instruction_set = INSTRUCTION_SETS["best"]
 
 
@@ -112,7 +118,6 @@ def instruction_set(name):
 
 
 def _problem(seed, stream, k, numel, distribution, scale=1.0, index_start=0, position_start=0, groups=1):
-    check_implemented("cpu", "its kernels", distribution)
     return Problem(
         seed=seed,
         stream=stream,
@@ -147,6 +152,8 @@ def mix(coeffs, seed, stream, rows, cols, scale, distribution):
 def mix_grouped(coeffs, seed, stream, rows, cols, scale, distribution):
     """Row g is mix(coeffs[g]) bit for bit: (G, rows, cols) from (G, k) coeffs in one kernel call,
     which generates each basis entry once for all G rows."""
+    if parse_official(distribution) is not None:
+        return torch_backend.mix_grouped(coeffs, seed, stream, rows, cols, scale, distribution)
     dtype = accumulation_dtype(coeffs)
     groups, k = coeffs.shape
     if no_work(groups, k, rows * cols):
@@ -166,6 +173,8 @@ def project(grad, seed, stream, k, scale, distribution):
 def project_grouped(grads, seed, stream, k, scale, distribution):
     """Row g is project(grads[g]) bit for bit: (G, k) from (G, rows, cols) grads in one kernel
     call, which generates each basis entry once for all G rows."""
+    if parse_official(distribution) is not None:
+        return torch_backend.project_grouped(grads, seed, stream, k, scale, distribution)
     dtype = accumulation_dtype(grads)
     groups, numel = grads.shape[0], grads.shape[1:].numel()
     if no_work(groups, k, numel):
@@ -181,6 +190,7 @@ def project_grouped(grads, seed, stream, k, scale, distribution):
 def basis_block(seed, stream, i_start, i_stop, n_start, n_stop, distribution):
     """Entries (i, n) for i in [i_start, i_stop), n in [n_start, n_stop) as the kernels generate
     them: float32 of shape (i_stop - i_start, n_stop - n_start), as nola_kernels.basis.basis_block."""
+    check_implemented("cpu", "basis_block", distribution)
     count, numel = i_stop - i_start, n_stop - n_start
     problem = _problem(seed, stream, count, numel, distribution, index_start=i_start, position_start=n_start)
     out = torch.empty(count, numel, dtype=torch.float32)

@@ -6,13 +6,13 @@ import torch
 import triton
 
 from .. import perf_model
+from ..lowrank import composed_for_official
 
 # Without Triton this raises ImportError, which the backend registry reports as the reason.
 from ..triton_kernels import grouped as _grouped
 from ..triton_kernels import lowrank as _lowrank
 from ..triton_kernels import mix_project as _mix_project
 from ..triton_kernels.launch import INTERPRETED
-from . import check_implemented
 
 
 def unavailable_reason(device):
@@ -35,8 +35,9 @@ def emulated(device):
     return INTERPRETED
 
 
-# The official CUDA layout families run in the flat mix and project kernels only.
-OFFICIAL_OPS = ("mix", "project")
+# The official CUDA layout families run in every op: mix, project and their grouped forms in
+# kernels of their own, the low-rank products composed of those and torch's matmul.
+OFFICIAL_OPS = ("mix", "project", "mix_grouped", "project_grouped", "lowrank_forward", "lowrank_backward")
 
 
 def mix(coeffs, seed, stream, rows, cols, scale, distribution):
@@ -48,12 +49,10 @@ def project(grad, seed, stream, k, scale, distribution):
 
 
 def mix_grouped(coeffs, seed, stream, rows, cols, scale, distribution):
-    check_implemented("triton", "mix_grouped", distribution)
     return _grouped.mix_grouped(coeffs, seed, stream, rows, cols, scale, distribution)
 
 
 def project_grouped(grads, seed, stream, k, scale, distribution):
-    check_implemented("triton", "project_grouped", distribution)
     return _grouped.project_grouped(grads, seed, stream, k, scale, distribution)
 
 
@@ -70,11 +69,13 @@ def prefers_fused(shape):
     return triton.next_power_of_2(shape.rank) <= FUSED_MAX_RANK and perf_model.fused_wins("triton", shape)
 
 
-def lowrank_forward(x, alpha, beta, a0, b0, spec):
-    check_implemented("triton", "lowrank_forward", spec.distribution)
+def _fused_forward(x, alpha, beta, a0, b0, spec):
     return _lowrank.forward(x, alpha, beta, a0, b0, *spec.schema_args())
 
 
-def lowrank_backward(grad, x, h, alpha, beta, a0, b0, spec):
-    check_implemented("triton", "lowrank_backward", spec.distribution)
+def _fused_backward(grad, x, h, alpha, beta, a0, b0, spec):
     return _lowrank.backward(grad, x, h, alpha, beta, a0, b0, *spec.schema_args())
+
+
+# The fused kernels generate NOLA-Philox tiles only: an official family's products are composed.
+lowrank_forward, lowrank_backward = composed_for_official(_fused_forward, _fused_backward, mix, project)

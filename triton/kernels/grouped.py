@@ -17,6 +17,11 @@ element, which cost more SASS per entry).
 - rademacher: +-1 is exact in TF32, and the dense operand is split by truncation into three TF32
   parts that add up to it exactly (11 + 11 + the last 2 significant bits, normal values), so every
   product is exact and only the float32 accumulation rounds.
+- the official CUDA layout families (nola_kernels/official_rng.py): each entry its own Philox
+  call (philox_tiles.official_entries) at flat basis index i * numel + n, in uniform's tiles.
+  bfloat16 and float16 values are exact in TF32: rademacher's products. A float32 value is a
+  multiple of 2^-24 of magnitude at most 1, whose rest after the TF32 rounding may have 12
+  significant bits: the rest is split again (its TF32 rounding and one bit), four products.
 Sums over the split dimension (k for mix, positions for project) are per-program partials in
 fixed-size steps, added afterwards by torch.sum: no float atomics, the same bits run to run.
 """
@@ -27,8 +32,18 @@ import torch
 import triton
 import triton.language as tl
 
+from nola_kernels.official_rng import OFFICIAL_PREFIX
+
 from .launch import GRID_TARGET_WARPS, INTERPRETED, ceil_div, on_device, output_buffer, seed_words
-from .philox_tiles import _words, basis_tile, call_shift, is_rademacher, word_entries, word_entry
+from .philox_tiles import (
+    _words,
+    basis_tile,
+    call_shift,
+    is_rademacher,
+    official_entries,
+    word_entries,
+    word_entry,
+)
 
 GROUPED_WARPS = 4
 # Two stages of the pipelined loads: three would take 256 KiB of shared memory for the 64-row
@@ -47,6 +62,49 @@ PROJECT_TILE = {"uniform": (64, 64), "uniform16_philox7": (64, 64), "rademacher"
 # tiles, and the partials stay within PARTIAL_ENTRIES floats (16 MiB) or the output's size.
 TARGET_PROGRAMS = 4 if INTERPRETED else GRID_TARGET_WARPS // GROUPED_WARPS
 PARTIAL_ENTRIES = 1 << 22
+
+
+def tile_distribution(distribution):
+    """The NOLA-Philox distribution whose tiles and products a family takes: its own, or uniform's
+    for an official family (one float32 value per generated entry, below 1 in magnitude)."""
+    return "uniform" if distribution.startswith(OFFICIAL_PREFIX + ":") else distribution
+
+
+# A kernel's DISTRIBUTION names the family, official ones included ("official:<dtype>:<rule>:
+# <resident threads>", checked by parse_official before any launch); these read it at compile
+# time, with string operations only (Triton's compiler runs no other Python function there).
+layout_of = triton.constexpr_function(tile_distribution)
+
+
+@triton.constexpr_function
+def is_official(distribution):
+    return distribution.startswith(OFFICIAL_PREFIX + ":")
+
+
+@triton.constexpr_function
+def official_dtype(distribution):
+    return distribution.split(":")[1]
+
+
+@triton.constexpr_function
+def official_legacy(distribution):
+    return distribution.split(":")[2] == "legacy"
+
+
+@triton.constexpr_function
+def resident_threads(distribution):
+    return int(distribution.split(":")[3])
+
+
+@triton.jit
+def _official_threads(k, numel, DISTRIBUTION: tl.constexpr):
+    """T of an official family's basis of k * numel entries (CudaLayout.total_threads: whole
+    blocks of 256 threads, at most the resident threads); 0 for NOLA-Philox, which has no T."""
+    if is_official(DISTRIBUTION):
+        blocks = (tl.cast(k, tl.int64) * numel + 255) // 256  # k may be a constant 1 (Triton specializes 1)
+        return tl.minimum(blocks * 256, resident_threads(DISTRIBUTION))
+    else:
+        return 0
 
 
 @triton.jit
@@ -73,10 +131,14 @@ def _offsets(WIDTH: tl.constexpr, DISTRIBUTION: tl.constexpr):
 
 
 @triton.jit
-def _tile(seed, stream_lo, stream_hi, indices, first, WIDTH: tl.constexpr, DISTRIBUTION: tl.constexpr):
+def _tile(seed, stream_lo, stream_hi, threads, indices, first, numel, WIDTH: tl.constexpr, DISTRIBUTION: tl.constexpr):
     """(I, WIDTH) float32: entry [r, j] is U_{indices[r]} at flat position first + _offsets[j]
-    (first: a multiple of WIDTH, itself whole Philox calls)."""
-    if word_entries(DISTRIBUTION) > 1:
+    (first: a multiple of WIDTH, itself whole Philox calls); threads: T of an official family."""
+    if is_official(DISTRIBUTION):
+        positions = first + tl.arange(0, WIDTH)
+        index = indices[:, None] * numel + positions[None, :]
+        return official_entries(seed, index, threads, official_dtype(DISTRIBUTION), official_legacy(DISTRIBUTION))
+    elif word_entries(DISTRIBUTION) > 1:
         SHIFT: tl.constexpr = call_shift(DISTRIBUTION)
         call = (first >> SHIFT) + tl.arange(0, WIDTH >> SHIFT)
         # Calls along the last axis and indices along the middle one, the entries of a word along
@@ -130,20 +192,47 @@ def _dot(basis, dense, acc, DISTRIBUTION: tl.constexpr):
     which Hopper's wgmma takes at 64 rows and more. Each step's products start from zero and are
     added to acc in float32 (rounded to nearest): tensor cores truncate their own sums, which
     over a whole reduction would drift one way."""
-    if is_rademacher(DISTRIBUTION):
-        high, rest = _truncated_split(dense)
-        middle = _truncated(rest)
-        step = tl.dot(basis, high, input_precision="tf32")
-        step = tl.dot(basis, middle, step, input_precision="tf32")
-        return acc + tl.dot(basis, rest - middle, step, input_precision="tf32")
+    if is_official(DISTRIBUTION):
+        if official_dtype(DISTRIBUTION) == "float32":
+            return _rounded_basis_dot(basis, dense, acc, True)
+        else:
+            return _exact_basis_dot(basis, dense, acc)
+    elif is_rademacher(DISTRIBUTION):
+        return _exact_basis_dot(basis, dense, acc)
     else:
-        high, rest, special = _split(dense)
-        middle = _tf32(rest)
-        basis_high = _tf32(basis)
-        step = tl.dot(basis_high, middle, input_precision="tf32")
-        # A special value's high part meets only basis_high (never 0): inf * 0 would be NaN.
-        step = tl.dot(basis - basis_high, tl.where(special, 0.0, high), step, input_precision="tf32")
-        return acc + tl.dot(basis_high, high, step, input_precision="tf32")
+        return _rounded_basis_dot(basis, dense, acc, False)
+
+
+@triton.jit
+def _exact_basis_dot(basis, dense, acc):
+    """_dot of entries exact in TF32 (+-1, bfloat16 and float16 values): the dense operand in
+    three exact parts, so every product is exact."""
+    high, rest = _truncated_split(dense)
+    middle = _truncated(rest)
+    step = tl.dot(basis, high, input_precision="tf32")
+    step = tl.dot(basis, middle, step, input_precision="tf32")
+    return acc + tl.dot(basis, rest - middle, step, input_precision="tf32")
+
+
+@triton.jit
+def _rounded_basis_dot(basis, dense, acc, REST_SPLIT: tl.constexpr):
+    """_dot of entries that are their TF32 rounding plus a rest exact in TF32 or, REST_SPLIT
+    (official float32 values, with a rest of up to 12 significant bits), the rest's own TF32
+    rounding plus one bit: the rests' product with the dense rest is dropped."""
+    high, rest, special = _split(dense)
+    middle = _tf32(rest)
+    basis_high = _tf32(basis)
+    step = tl.dot(basis_high, middle, input_precision="tf32")
+    # A special value's high part meets only basis_high, which is 0 only where the entry is (an
+    # official value): inf times a rest of 0 would be NaN where float32 gives an infinity.
+    finite_high = tl.where(special, 0.0, high)
+    basis_rest = basis - basis_high
+    if REST_SPLIT:
+        rest_high = _tf32(basis_rest)
+        step = tl.dot(basis_rest - rest_high, finite_high, step, input_precision="tf32")
+        basis_rest = rest_high
+    step = tl.dot(basis_rest, finite_high, step, input_precision="tf32")
+    return acc + tl.dot(basis_high, high, step, input_precision="tf32")
 
 
 @triton.jit
@@ -153,6 +242,8 @@ def _mix_kernel(
 ):  # fmt: skip
     """partial[split, g, n] = scale * sum over the split's i of coeffs[g, i] U_i[n], for the
     program's WIDTH positions n and ROWS rows g, BLOCK_I basis indices per step, as U^T coeffs^T."""
+    LAYOUT: tl.constexpr = layout_of(DISTRIBUTION)
+    threads = _official_threads(k, numel, DISTRIBUTION)
     first = tl.program_id(0).to(tl.int64) * WIDTH
     split = tl.program_id(1).to(tl.int64)
     g = tl.program_id(2) * ROWS + tl.arange(0, ROWS)
@@ -163,9 +254,9 @@ def _mix_kernel(
         indices = i0 + tl.arange(0, BLOCK_I)
         live = (indices[:, None] < i_stop) & (g[None, :] < rows)
         coeffs = tl.load(coeffs_ptr + g[None, :].to(tl.int64) * k + indices[:, None], mask=live, other=0.0)
-        basis = _tile(seed, stream_lo, stream_hi, indices, first, WIDTH, DISTRIBUTION)
+        basis = _tile(seed, stream_lo, stream_hi, threads, indices, first, numel, WIDTH, DISTRIBUTION)
         acc = _dot(tl.trans(basis), coeffs, acc, DISTRIBUTION)
-    n = first + _offsets(WIDTH, DISTRIBUTION)
+    n = first + _offsets(WIDTH, LAYOUT)
     out = partial_ptr + (split * rows + g[None, :]) * numel + n[:, None]
     tl.store(out, acc * scale, mask=(n[:, None] < numel) & (g[None, :] < rows))
 
@@ -178,10 +269,12 @@ def _project_kernel(
     """partial[group, g, i] = sum over the group's positions n of grads[g, n] U_i[n], for the
     program's BLOCK_I basis indices i and ROWS rows g, WIDTH positions per step in order, as
     U grads^T."""
+    LAYOUT: tl.constexpr = layout_of(DISTRIBUTION)
+    threads = _official_threads(k, numel, DISTRIBUTION)
     indices = tl.program_id(0).to(tl.int64) * BLOCK_I + tl.arange(0, BLOCK_I)
     group = tl.program_id(1).to(tl.int64)
     g = tl.program_id(2) * ROWS + tl.arange(0, ROWS)
-    offsets = _offsets(WIDTH, DISTRIBUTION)
+    offsets = _offsets(WIDTH, LAYOUT)
     rows_ptr = grads_ptr + g[None, :].to(tl.int64) * numel
     acc = tl.zeros((BLOCK_I, ROWS), tl.float32)
     first_block = group * blocks_per_group
@@ -192,7 +285,7 @@ def _project_kernel(
         left = tl.minimum(numel - first, WIDTH).to(tl.int32)
         live = (offsets[:, None] < left) & (g[None, :] < rows)
         grads = tl.load(rows_ptr + first + offsets[:, None], mask=live, other=0.0)
-        basis = _tile(seed, stream_lo, stream_hi, indices, first, WIDTH, DISTRIBUTION)
+        basis = _tile(seed, stream_lo, stream_hi, threads, indices, first, numel, WIDTH, DISTRIBUTION)
         acc = _dot(basis, grads, acc, DISTRIBUTION)
     out = partial_ptr + (group * rows + g[None, :]) * k + indices[:, None]
     tl.store(out, acc, mask=(indices[:, None] < k) & (g[None, :] < rows))
@@ -218,7 +311,7 @@ def rows_per_program(rows):
 def mix_plan(rows, numel, k, distribution):
     """Splits of k (whole steps) until the grid of (position blocks,
     splits, row blocks) reaches TARGET_PROGRAMS, within the partials' bound."""
-    block_i, width = MIX_TILE[distribution]
+    block_i, width = MIX_TILE[tile_distribution(distribution)]
     row_block = rows_per_program(rows)
     blocks, row_blocks = ceil_div(numel, width), ceil_div(rows, row_block)
     most_splits = min(ceil_div(k, block_i), max(1, PARTIAL_ENTRIES // (rows * numel)))
@@ -230,7 +323,7 @@ def mix_plan(rows, numel, k, distribution):
 def project_plan(rows, numel, k, distribution):
     """Position blocks in groups of whole blocks until the grid of (index
     blocks, groups, row blocks) reaches TARGET_PROGRAMS, within the partials' bound."""
-    block_i, width = PROJECT_TILE[distribution]
+    block_i, width = PROJECT_TILE[tile_distribution(distribution)]
     row_block = rows_per_program(rows)
     index_blocks, blocks, row_blocks = ceil_div(k, block_i), ceil_div(numel, width), ceil_div(rows, row_block)
     most_groups = min(blocks, max(1, PARTIAL_ENTRIES // (rows * k)))
