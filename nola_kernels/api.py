@@ -8,7 +8,7 @@ from .backends import get_backend, resolve_family_backend
 from .basis import chunk_budget
 from .dtypes import COEFF_DTYPES
 from .families import family_block, family_blocks
-from .lowrank import LowRankSpec
+from .lowrank import LowRankSpec, default_scale
 from .routing import runs_fused
 from .validation import (
     check_basis_count,
@@ -40,7 +40,7 @@ def nola_basis(seed, k, shape, *, stream=0, distribution="uniform", device=None)
 
 
 def _mix_scale(scale, k):
-    return ops.default_scale(k) if scale is None else check_real("scale", scale)
+    return default_scale(k) if scale is None else check_real("scale", scale)
 
 
 def nola_mix(coeffs, seed, shape, *, scale=None, stream=0, distribution="uniform", backend="auto"):
@@ -144,8 +144,8 @@ def nola_matmul(
     check_same_device(x=x, alpha=alpha, beta=beta, a0=a0, b0=b0)
     seed_a, seed_b = check_seed("seed_a", seed_a), check_seed("seed_b", seed_b)
     scaling = check_real("scaling", scaling)
-    _, _, distribution = check_family(seed_a, 0, distribution, alpha.numel(), a_shape[0] * a_shape[1])
-    check_family(seed_b, 0, distribution, beta.numel(), b_shape[0] * b_shape[1])
+    _, _, distribution = check_family(seed_a, 0, distribution, alpha.numel(), a_shape[0] * a_shape[1], "A's basis (alpha)")
+    check_family(seed_b, 0, distribution, beta.numel(), b_shape[0] * b_shape[1], "B's basis (beta)")
     backend = resolve_family_backend(backend, x.device, "nola_matmul", distribution)
     _check_add_to(add_to, x, out_features)
 

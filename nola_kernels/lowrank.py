@@ -42,6 +42,11 @@ class LowRankShape:
     distribution: str = "uniform"
 
 
+def default_scale(k):
+    """A basis of k matrices is mixed with scale 1/sqrt(k) unless told otherwise (docs/spec.md)."""
+    return 1.0 / math.sqrt(k)
+
+
 def with_offset(mixed, offset):
     """A factor: the mixed basis plus its optional fixed offset (a0 or b0)."""
     return mixed if offset is None else mixed + offset
@@ -52,8 +57,8 @@ def factors(mix, in_features, alpha, beta, a0, b0, spec):
     rows, cols, scale, distribution). scaling multiplies B (out x rank, small) before the
     products, as the reference does; as addmm's alpha it would turn an infinite scaling's
     inf/NaN pattern into another."""
-    a = mix(alpha, spec.seed_a, 0, spec.rank, in_features, 1.0 / math.sqrt(alpha.numel()), spec.distribution)
-    b = mix(beta, spec.seed_b, 0, spec.out_features, spec.rank, 1.0 / math.sqrt(beta.numel()), spec.distribution)
+    a = mix(alpha, spec.seed_a, 0, spec.rank, in_features, default_scale(alpha.numel()), spec.distribution)
+    b = mix(beta, spec.seed_b, 0, spec.out_features, spec.rank, default_scale(beta.numel()), spec.distribution)
     return with_offset(a, a0), with_offset(b, b0) * spec.scaling
 
 
@@ -84,8 +89,8 @@ class ComposedProducts:
         grad_b = (grad.T @ h).float() * spec.scaling
         grad_a = (grad_h.T @ x).float()
         grad_x = grad_h @ a.to(dtype)
-        grad_alpha = self.project(grad_a, spec.seed_a, 0, alpha.numel(), 1.0 / math.sqrt(alpha.numel()), spec.distribution)
-        grad_beta = self.project(grad_b, spec.seed_b, 0, beta.numel(), 1.0 / math.sqrt(beta.numel()), spec.distribution)
+        grad_alpha = self.project(grad_a, spec.seed_a, 0, alpha.numel(), default_scale(alpha.numel()), spec.distribution)
+        grad_beta = self.project(grad_b, spec.seed_b, 0, beta.numel(), default_scale(beta.numel()), spec.distribution)
         return grad_x, grad_alpha, grad_beta, grad_a, grad_b
 
 

@@ -9,18 +9,11 @@ nola_kernels/dtypes.py). The low-rank ops' schemas take the LowRankSpec's fields
 scalars; backends receive the LowRankSpec.
 """
 
-import math
-
 import torch
 
 from .backends import get_backend
 from .dtypes import accumulation_dtype
 from .lowrank import LowRankSpec, factors, lowrank_delta
-
-
-def default_scale(k):
-    """A basis of k matrices is mixed with scale 1/sqrt(k) unless told otherwise (docs/spec.md)."""
-    return 1.0 / math.sqrt(k)
 
 
 def _backend_for(tensor, backend):

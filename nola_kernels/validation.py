@@ -167,11 +167,11 @@ def check_same_device(**tensors):
         raise ValueError(f"all tensors must be on one device, got {listed}")
 
 
-def check_family(seed, stream, distribution, k, numel):
+def check_family(seed, stream, distribution, k, numel, basis="the basis"):
     """A basis family and its distribution, (seed, stream, distribution), for a basis of k
-    matrices of numel entries: a NOLA-Philox distribution, or an official CUDA layout family
-    (nola_kernels.official_rng.official_distribution), whose stream is 0 and whose basis holds at
-    most 2^40 entries."""
+    matrices of numel entries (`basis` names it in messages): a NOLA-Philox distribution, or an
+    official CUDA layout family (nola_kernels.official_rng.official_distribution), whose stream is
+    0 and whose basis holds at most 2^40 entries."""
     seed, stream = check_seed("seed", seed), check_seed("stream", stream)
     if parse_official(distribution) is None:
         return seed, stream, check_distribution(distribution, official=True)
@@ -179,8 +179,8 @@ def check_family(seed, stream, distribution, k, numel):
         raise ValueError(f"stream must be 0 for an official family (distribution={distribution!r}), got {stream}")
     if k * numel > MAX_OFFICIAL_ENTRIES:
         raise ValueError(
-            f"an official family's basis holds at most 2**40 entries (distribution={distribution!r}), "
-            f"got k * rows * cols = {k} * {numel}"
+            f"an official family's basis holds at most 2**40 entries (distribution={distribution!r}): {basis} has "
+            f"k * rows * cols = {k} * {numel}"
         )
     return seed, stream, distribution
 

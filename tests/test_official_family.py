@@ -279,24 +279,41 @@ def test_nan_propagates(backend):
 MANY_ROWS = 70
 
 
-@pytest.mark.parametrize("backend", OFFICIAL_BACKENDS)
-@pytest.mark.parametrize("dtype, rule", DTYPE_RULES)
-def test_grouped_one_hot_rows_are_the_entries(backend, dtype, rule):
+def _check_grouped_one_hot_rows(backend, dtype, rule, device):
     # Row g of the mix picks basis matrix g mod k, row g of the projection position positions[g]:
-    # every other term is a signed zero, so the results are the entries bit for bit.
+    # every other term is a signed zero, so the results are the entries bit for bit. On a GPU
+    # this checks the float32 values' split for TF32 products too, which the interpreter's
+    # float32 products do not.
     seed, layout, k, shape = CASES[2]
     name = official_distribution(layout, dtype, rule)
     entries = nola_basis(seed, k, shape, distribution=name)
     picked = torch.arange(MANY_ROWS) % k
-    mixed = nola_mix_grouped(torch.eye(k)[picked], seed, shape, scale=1.0, distribution=name, backend=backend)
+    coeffs = torch.eye(k)[picked].to(device)
+    mixed = nola_mix_grouped(coeffs, seed, shape, scale=1.0, distribution=name, backend=backend)
     assert mixed.shape == (MANY_ROWS, *shape)
-    assert torch.equal(_bits(mixed), _bits(entries[picked]))
+    assert torch.equal(_bits(mixed.cpu()), _bits(entries[picked]))
     numel = entries[0].numel()
     positions = torch.randperm(numel)[:MANY_ROWS]
-    grads = torch.eye(numel)[positions].view(MANY_ROWS, *shape)
+    grads = torch.eye(numel)[positions].view(MANY_ROWS, *shape).to(device)
     projected = nola_project_grouped(grads, seed, k, scale=1.0, distribution=name, backend=backend)
     assert projected.shape == (MANY_ROWS, k)
-    assert torch.equal(_bits(projected), _bits(entries.view(k, numel)[:, positions].T.contiguous()))
+    assert torch.equal(_bits(projected.cpu()), _bits(entries.view(k, numel)[:, positions].T.contiguous()))
+
+
+@pytest.mark.parametrize("backend", OFFICIAL_BACKENDS)
+@pytest.mark.parametrize("dtype, rule", DTYPE_RULES)
+def test_grouped_one_hot_rows_are_the_entries(backend, dtype, rule):
+    _check_grouped_one_hot_rows(backend, dtype, rule, "cpu")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype, rule", DTYPE_RULES)
+def test_on_a_gpu_grouped_one_hot_rows_are_the_entries(gpu_backend, dtype, rule):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    if not implements(gpu_backend, "mix_grouped", official_distribution("H200", dtype, rule)):
+        pytest.skip(f"the {gpu_backend} backend does not run the family's grouped ops")
+    _check_grouped_one_hot_rows(gpu_backend, dtype, rule, "cuda")
 
 
 def _check_grouped_against_float64(backend, seed, k, shape, name, groups):
@@ -411,8 +428,6 @@ def test_backward_of_mix_is_project(backend):
 
 
 # -- the low-rank products: composed of each backend's mix and project and torch's matmul ---------
-
-
 
 
 def _lowrank_inputs(x_dtype, name, lead=(2, 5)):
@@ -583,7 +598,7 @@ def test_cuda_refuses_nola_matmul_for_the_family_by_name():
 
 def test_nola_matmul_refuses_a_basis_past_2_40_entries_naming_distribution():
     # A: 1024 x 2^20 entries a matrix, 2048 matrices: 2^41 entries.
-    with pytest.raises(ValueError, match=r"2\*\*40 entries \(distribution="):
+    with pytest.raises(ValueError, match=r"2\*\*40 entries \(distribution=.*\): A's basis \(alpha\) has"):
         nola_matmul(torch.randn(1, 1 << 20), torch.randn(2048), torch.randn(4), seed_a=1, seed_b=2, rank=1024,
                     out_features=3, distribution=NAME)  # fmt: skip
 

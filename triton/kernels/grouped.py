@@ -66,7 +66,7 @@ PARTIAL_ENTRIES = 1 << 22
 
 def tile_distribution(distribution):
     """The NOLA-Philox distribution whose tiles and products a family takes: its own, or uniform's
-    for an official family (one float32 value per generated entry, below 1 in magnitude)."""
+    for an official family (one float32 value per generated entry, at most 1 in magnitude)."""
     return "uniform" if distribution.startswith(OFFICIAL_PREFIX + ":") else distribution
 
 
