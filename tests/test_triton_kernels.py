@@ -21,8 +21,8 @@ triton = pytest.importorskip("triton")
 import triton.language as tl  # noqa: E402
 
 from nola_kernels.triton_kernels import lowrank, mix_project  # noqa: E402
-from nola_kernels.triton_kernels.launch import BLOCK_I, INTERPRETED  # noqa: E402
-from nola_kernels.triton_kernels.philox_tiles import basis_tile  # noqa: E402
+from nola_kernels.triton_kernels.launch import BLOCK_I, FACTOR_BLOCK_I, INTERPRETED  # noqa: E402
+from nola_kernels.triton_kernels.philox_tiles import basis_tile, mixed_tile, projection_units  # noqa: E402
 
 DEVICES = [
     pytest.param("cpu", marks=pytest.mark.skipif("triton" not in available_backends("cpu"), reason="no interpreter")),
@@ -96,6 +96,62 @@ def test_philox7_tiles_match_the_scalar_oracle(device, distribution):
         assert tiles.view(-1)[n].item() == element(seed, stream, 2, n, distribution), n
 
 
+
+@triton.jit
+def _store_mixed_tile(
+    coeffs_ptr, k, grad_ptr, out_ptr, projection_ptr, seed, n_rows, n_cols,
+    ROWS: tl.constexpr, WIDTH: tl.constexpr, BLOCK_I: tl.constexpr, DISTRIBUTION: tl.constexpr,
+    ALIGNED: tl.constexpr, UNITS: tl.constexpr,
+):  # fmt: skip
+    """One factor tile of the fused kernels: the first ROWS x WIDTH entries of an (n_rows, n_cols)
+    mix of coeffs, and its projection partials."""
+    rows = tl.arange(0, ROWS)
+    cols = tl.arange(0, WIDTH)
+    valid = (rows[:, None] < n_rows) & (cols[None, :] < n_cols)
+    positions = rows[:, None] * n_cols + cols[None, :]
+    grad = tl.load(grad_ptr + positions, mask=valid, other=0.0)
+    tile = mixed_tile(
+        coeffs_ptr, 0, k, 1.0, seed, 0, 0, rows.to(tl.int64) * n_cols, valid, grad,
+        projection_ptr + tl.arange(0, UNITS).to(tl.int64) * k, WIDTH, BLOCK_I, DISTRIBUTION, ALIGNED, True, 128,
+    )  # fmt: skip
+    tl.store(out_ptr + positions, tile, mask=valid)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(
+    "case",
+    [
+        # distribution, matrix, tile, aligned: rows of whole calls; rademacher runs of calls (the
+        # tile's last rows past the matrix); the entry-wise path
+        ("rademacher", (8, 128), (8, 128), True),
+        ("rademacher_philox7", (50, 8), (64, 8), True),
+        ("rademacher", (30, 4), (32, 4), True),
+        ("uniform", (8, 128), (8, 128), True),
+        ("uniform16_philox7", (8, 64), (8, 64), True),
+        ("rademacher", (5, 12), (8, 16), False),
+    ],
+    ids=lambda c: f"{c[0]}-{c[1][0]}x{c[1][1]}-{'aligned' if c[3] else 'entrywise'}",
+)
+def test_factor_tiles_mix_one_hot_coefficients_to_the_basis_bit_for_bit(device, case):
+    distribution, shape, (rows, width), aligned = case
+    seed, k = 2**40 + 13, 37
+    basis = nola_basis(seed, k, shape, distribution=distribution)
+    grad = torch.randn(shape, device=device)
+    units = projection_units(rows, width, distribution, aligned)
+    for index in (0, 20, k - 1):
+        coeffs = torch.zeros(k, device=device)
+        coeffs[index] = 1.0
+        out = torch.full(shape, float("nan"), device=device)
+        partials = torch.full((units, k), float("nan"), device=device)
+        _store_mixed_tile[(1,)](
+            coeffs, k, grad, out, partials, seed, *shape, ROWS=rows, WIDTH=width, BLOCK_I=FACTOR_BLOCK_I,
+            DISTRIBUTION=distribution, ALIGNED=aligned, UNITS=units,
+        )  # fmt: skip
+        assert torch.equal(out.cpu(), basis[index]), index
+    expected = torch.einsum("kn,n->k", basis.reshape(k, -1).double(), grad.cpu().reshape(-1).double())
+    assert rel_err(partials.cpu().sum(0), expected) <= 1e-5
+
+
 MIX_CASES = [
     # k, shape: several flat blocks, several basis-index splits, a single entry
     (100, (40, 33)),
@@ -128,6 +184,9 @@ FUSED_CASES = [
     (16, 9, 5, 256, 40, "uniform16_philox7"),
     (8, 6, 512, 100, 300, "uniform16_philox7"),
     (8, 5, 9, 256, 24, "rademacher_philox7"),
+    # rademacher tiles of whole calls: A's rows one call each; B's slices of 64 rows of rank 4, two
+    # calls of 32 rows each, the last slice partial; l over several basis steps, the last partial
+    (4, 6, 70, 128, 150, "rademacher"),
 ]
 
 

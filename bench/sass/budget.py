@@ -21,19 +21,7 @@ PHILOX_RATIO = 1.25  # its Philox calls per entry, at most this times the contra
 
 # Loops over budget for a known reason: reported, but they do not fail the run; one that comes
 # within budget does, until it leaves this list, so the list cannot outlive its reasons.
-KNOWN_OVER_BUDGET = {
-    # The fused kernels' rademacher tiles take basis_tile's entry-wise path: a factor row of A
-    # (128 entries) is one call, spread over the threads, each of which makes the call again for
-    # its own entries; B's rows (rank entries) are parts of calls, each entry making its own.
-    # Whole calls in one thread would need its 128 accumulators and 128 gradient entries.
-    **{
-        ("triton", kernel, distribution): "a call per few entries: the tiles take the entry-wise path"
-        for kernel, distribution in itertools.product(
-            ("fused A forward", "fused B forward", "fused A backward", "fused B backward"),
-            ("rademacher", "rademacher_philox7"),
-        )
-    },
-}
+KNOWN_OVER_BUDGET = {}
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ import triton.language as tl
 from nola_kernels.basis import COUNTER_SHIFT
 
 from .launch import FACTOR_BLOCK_I, INTERPRETED, ceil_div, on_device, output_buffer
-from .philox_tiles import call_shift, mixed_tile
+from .philox_tiles import call_shift, mixed_tile, projection_units
 
 # Tokens per step of the streamed products: a heuristic of the token count, not a tuning, so
 # that no launch measures configurations (a call captured by a CUDA graph must not), and warps
@@ -47,8 +47,8 @@ def _factor_tile(
     DISTRIBUTION: tl.constexpr, ALIGNED: tl.constexpr, PROJECT: tl.constexpr,
 ):  # fmt: skip
     """Rows row0.. (ROWS) and columns col0.. (WIDTH) of a factor offset + mix(coeffs) of shape
-    (n_rows, n_cols), basis stream 0; 0 outside the factor. PROJECT: as mixed_tile, tile row r's
-    share of the projection on basis i at projection_ptr + r * k + i."""
+    (n_rows, n_cols), basis stream 0; 0 outside the factor. PROJECT: as mixed_tile, projection
+    unit u's share of the projection on basis i at projection_ptr + u * k + i."""
     rows = row0 + tl.arange(0, ROWS)
     cols = col0 + tl.arange(0, WIDTH)
     valid = (rows[:, None] < n_rows) & (cols[None, :] < n_cols)
@@ -56,7 +56,8 @@ def _factor_tile(
     # grad past the factor may hold 0 * x: NaN where x is infinite, which projects as 0.
     tile = mixed_tile(
         coeffs_ptr, 0, k, scale, seed, 0, 0, row_start, valid, tl.where(valid, grad, 0.0),
-        projection_ptr + tl.arange(0, ROWS).to(tl.int64) * k, WIDTH, BLOCK_I, DISTRIBUTION, ALIGNED, PROJECT,
+        projection_ptr + tl.arange(0, projection_units(ROWS, WIDTH, DISTRIBUTION, ALIGNED)).to(tl.int64) * k, WIDTH,
+        BLOCK_I, DISTRIBUTION, ALIGNED, PROJECT,
         32 * factor_warps((ROWS * WIDTH) >> call_shift(DISTRIBUTION)),
     )  # fmt: skip
     if HAS_OFFSET:
@@ -203,7 +204,8 @@ def _b_backward(
     _store_rows(grad_b_ptr, grad_b, out_features, outs, ranks, rank, False)
     b = _factor_tile(
         beta_ptr, k, scale, seed, b0_ptr, part * SLICE, out_features, 0, rank,
-        tl.trans(_first_rows(tl.trans(grad_b), RANK_GEN)), beta_partial_ptr + part.to(tl.int64) * SLICE * k,
+        tl.trans(_first_rows(tl.trans(grad_b), RANK_GEN)),
+        beta_partial_ptr + part.to(tl.int64) * projection_units(SLICE, RANK_GEN, DISTRIBUTION, ALIGNED) * k,
         SLICE, RANK_GEN, HAS_OFFSET, BLOCK_I, DISTRIBUTION, ALIGNED, True,
     )  # fmt: skip
     b = tl.trans(_pad_rows(tl.trans(b), RANK_BLOCK))
@@ -231,7 +233,8 @@ def _a_backward(
     _store_rows(grad_a_ptr, grad_a, rank, ranks, cols, in_features, False)
     a = _factor_tile(
         alpha_ptr, k, scale, seed, a0_ptr, 0, rank, part * SLICE, in_features, _first_rows(grad_a, RANK_GEN),
-        alpha_partial_ptr + part.to(tl.int64) * RANK_GEN * k, RANK_GEN, SLICE, HAS_OFFSET, BLOCK_I, DISTRIBUTION, ALIGNED, True,
+        alpha_partial_ptr + part.to(tl.int64) * projection_units(RANK_GEN, SLICE, DISTRIBUTION, ALIGNED) * k,
+        RANK_GEN, SLICE, HAS_OFFSET, BLOCK_I, DISTRIBUTION, ALIGNED, True,
     )  # fmt: skip
     a = _pad_rows(a, RANK_BLOCK)
     _stream_products(
@@ -260,33 +263,47 @@ class _Plan:
         self.rank_generated = rank_generated
         self.rank_block = max(16, rank_generated)  # tl.dot needs >= 16
         call = 1 << COUNTER_SHIFT[distribution]
-        # Tile rows start on Philox call boundaries when a factor row and the tile width are whole
-        # calls; every call then feeds a run of adjacent entries.
+        rademacher = call == 128
+        # Tiles are whole Philox calls when a factor row and the tile width are whole calls, or,
+        # for rademacher B tiles, when the rows are unpadded, a call holds whole rows and the
+        # slice whole calls (a call's rows are then one run); every call then feeds a run of
+        # adjacent entries.
         widest = 128 if self.rank_block <= 32 else 64
         self.a_slice = min(widest, max(16, triton.next_power_of_2(in_features)))
         a_aligned = in_features % call == 0 and self.a_slice % call == 0
-        b_aligned = rank % call == 0 and rank_generated % call == 0
+        b_whole_rows = rank % call == 0 and rank_generated % call == 0
         # A's slice is a (rank_block, a_slice) tile in registers, B's a (b_slice, rank_block) one:
-        # 64 rows, or up to A's width where rows of whole calls need them for one Philox call per
-        # thread of the fewest warps (uniform16 at rank 8). Rows of partial calls make a call per
-        # entry however many rows there are (rademacher below rank 128).
-        b_rows = max(64, min(widest, _MIN_WARPS * 32 * call // rank_generated)) if b_aligned else 64
+        # 64 rows, or up to A's width where uniform rows of whole calls need them for one Philox
+        # call per thread of the fewest warps (uniform16 at rank 8).
+        b_rows = max(64, min(widest, _MIN_WARPS * 32 * call // rank_generated)) if b_whole_rows else 64
         self.b_slice = min(b_rows, max(16, triton.next_power_of_2(out_features)))
+        b_runs = rademacher and rank == rank_generated and call % rank == 0 and self.b_slice * rank % call == 0
+        b_aligned = b_whole_rows or b_runs
         self.a_parts = ceil_div(in_features, self.a_slice)
         self.b_parts = ceil_div(out_features, self.b_slice)
+        # Rows (A) or columns (B) of the projection partials per program.
+        self.a_units = projection_units(rank_generated, self.a_slice, distribution, a_aligned)
+        self.b_units = projection_units(self.b_slice, rank_generated, distribution, b_aligned)
         allow_tf32 = x.dtype == torch.float32 and _tf32_allowed()
         common = dict(
-            RANK_BLOCK=self.rank_block, RANK_GEN=rank_generated, BLOCK_I=FACTOR_BLOCK_I, DISTRIBUTION=distribution,
+            RANK_BLOCK=self.rank_block, RANK_GEN=rank_generated, DISTRIBUTION=distribution,
             PRECISION="tf32" if allow_tf32 else "ieee", EMULATE_BF16=INTERPRETED and x.dtype == torch.bfloat16,
         )  # fmt: skip
         common.update(BLOCK_T=stream_tokens(x.shape[0]), num_stages=2 if INTERPRETED else 3)
-        # One Philox call per thread per basis index where the tile has that many.
-        self.a_kwargs = dict(
-            common, SLICE=self.a_slice, ALIGNED=a_aligned, num_warps=factor_warps(rank_generated * self.a_slice // call)
-        )
-        self.b_kwargs = dict(
-            common, SLICE=self.b_slice, ALIGNED=b_aligned, num_warps=factor_warps(rank_generated * self.b_slice // call)
-        )
+        self.a_kwargs = _factor_kwargs(common, self.a_slice, rank_generated * self.a_slice // call, a_aligned, rademacher)
+        self.b_kwargs = _factor_kwargs(common, self.b_slice, rank_generated * self.b_slice // call, b_aligned, rademacher)
+
+
+def _factor_kwargs(common, slice_width, tile_calls, aligned, rademacher):
+    """One side's launch settings: warps for one Philox call per thread per basis index where the
+    tile has that many calls. An aligned rademacher tile's walk takes as many basis indices per
+    step as give each thread one call, at least the 2 its projection splits a call between
+    (FACTOR_BLOCK_I in the interpreter)."""
+    warps = factor_warps(tile_calls)
+    block_i = FACTOR_BLOCK_I
+    if aligned and rademacher and not INTERPRETED:
+        block_i = max(2, 32 * warps // tile_calls)
+    return dict(common, SLICE=slice_width, ALIGNED=aligned, BLOCK_I=block_i, num_warps=warps)
 
 
 def stream_tokens(tokens):
@@ -341,7 +358,7 @@ def backward(grad, x, h, alpha, beta, a0, b0, seed_a, seed_b, rank, out_features
     b0, has_b0 = _offset(b0, beta)
     grad = grad.to(x.dtype).contiguous()
     grad_b = output_buffer((out_features, rank), torch.float32, x.device)
-    beta_partial = output_buffer((plan.b_parts * plan.b_slice, k_b), torch.float32, x.device)
+    beta_partial = output_buffer((plan.b_parts * plan.b_units, k_b), torch.float32, x.device)
     grad_h_partial = output_buffer((plan.b_parts, tokens, rank), torch.float32, x.device)
     scale_b = 1 / math.sqrt(k_b)
     with on_device(x):
@@ -351,7 +368,7 @@ def backward(grad, x, h, alpha, beta, a0, b0, seed_a, seed_b, rank, out_features
         )  # fmt: skip
         grad_h = grad_h_partial.sum(0)
         grad_a = output_buffer((rank, in_features), torch.float32, x.device)
-        alpha_partial = output_buffer((plan.a_parts * plan.rank_generated, k_a), torch.float32, x.device)
+        alpha_partial = output_buffer((plan.a_parts * plan.a_units, k_a), torch.float32, x.device)
         grad_x = output_buffer((tokens, in_features), x.dtype, x.device)
         scale_a = 1 / math.sqrt(k_a)
         _a_backward[(plan.a_parts,)](

@@ -7,6 +7,8 @@ shift and Philox rounds come from nola_kernels.basis. A tile is ROWS x WIDTH ent
 matrix; row r holds the flat positions row_start[r] + j, j < WIDTH. When every row starts on a
 Philox call boundary (ALIGNED), each call feeds its 4, 8 or 128 adjacent entries; otherwise each
 entry computes its own call and keeps one word (same values, up to 128x the Philox work).
+mixed_tile mixes (and projects) such tiles over a range of basis indices; its walks over tiles of
+whole calls make each call once per basis index, in one thread.
 """
 
 import triton
@@ -266,6 +268,83 @@ def _mixed_calls(
     return _from_words(tl.sum(acc0, axis=2), tl.sum(acc1, axis=2), tl.sum(acc2, axis=2), tl.sum(acc3, axis=2))
 
 
+@triton.constexpr_function
+def projection_units(rows, width, distribution, aligned):
+    """Projection partials a (rows, width) factor tile stores per basis index: one per row, or
+    one per Philox call where the rademacher walk takes it (aligned rademacher tiles)."""
+    call = 1 << COUNTER_SHIFT[distribution]
+    return rows * width // call if aligned and call == 128 else rows
+
+
+@triton.jit
+def _tile_calls(row_start, WIDTH: tl.constexpr, DISTRIBUTION: tl.constexpr):
+    """The Philox calls of a tile of whole calls, in the tile's order of entries."""
+    ROWS: tl.constexpr = row_start.shape[0]
+    SHIFT: tl.constexpr = call_shift(DISTRIBUTION)
+    CALLS: tl.constexpr = (ROWS * WIDTH) >> SHIFT
+    if WIDTH >> SHIFT > 0:
+        calls = (row_start[:, None] >> SHIFT) + tl.arange(0, WIDTH >> SHIFT)[None, :]
+        return tl.reshape(calls, (CALLS,))
+    else:
+        # A call's (1 << SHIFT) // WIDTH rows are one run, the first on the call's boundary.
+        return tl.max(tl.reshape(row_start >> SHIFT, (CALLS, (1 << SHIFT) // WIDTH)), axis=1)
+
+
+@triton.jit
+def _call_parts(tile, SPLIT: tl.constexpr):
+    """tile (ROWS, WIDTH) of whole rademacher calls as a (32, 4 // SPLIT, SPLIT, CALLS) tensor:
+    [b, q, h, c] holds bit b of word SPLIT q + h of call c."""
+    CALLS: tl.constexpr = tile.shape[0] * tile.shape[1] // 128
+    return tl.permute(tl.reshape(tile, (CALLS, 4 // SPLIT, SPLIT, 32)), (3, 1, 2, 0))
+
+
+@triton.jit
+def _from_call_parts(parts, ROWS: tl.constexpr):
+    """The inverse of _call_parts: a (32, 4 // SPLIT, SPLIT, CALLS) tensor as one (ROWS, WIDTH) tile."""
+    CALLS: tl.constexpr = parts.shape[3]
+    return tl.reshape(tl.permute(parts, (3, 1, 2, 0)), (ROWS, CALLS * 128 // ROWS))
+
+
+@triton.jit
+def _rademacher_calls(
+    coeffs_ptr, i_start, i_stop, seed, stream_lo, stream_hi, row_start, grad, projection_ptr,
+    WIDTH: tl.constexpr, BLOCK_I: tl.constexpr, DISTRIBUTION: tl.constexpr, PROJECT: tl.constexpr,
+):  # fmt: skip
+    """mixed_tile's walk for rademacher tiles of whole calls, unscaled and unmasked. A step's
+    block is (32, SPLIT, 4 // SPLIT, SPLIT, BLOCK_I // SPLIT, CALLS): [b, p, q, h, s, c] is bit b
+    of word SPLIT q + h of call c of basis index first + p BLOCK_I // SPLIT + s. Each thread makes
+    one call per step (of one p) and keeps the entries of its words in its registers. Projecting,
+    the SPLIT = 2 threads of an s trade words once per step, so that each keeps part h of both
+    p's calls: 64 accumulators and 64 gradient entries, where a whole call's 128 of each would
+    spill. The mix keeps one accumulator per s, added together once after the walk; the
+    projection is stored per call, the parts' sums added with one shuffle."""
+    ROWS: tl.constexpr = row_start.shape[0]
+    SPLIT: tl.constexpr = 2 if PROJECT else 1
+    tl.static_assert(BLOCK_I % SPLIT == 0, "a projecting walk takes an even BLOCK_I")
+    SPREAD: tl.constexpr = BLOCK_I // SPLIT
+    bits = tl.arange(0, 32)[:, None, None, None, None, None]
+    p = tl.arange(0, SPLIT)[None, :, None, None, None, None]
+    s = tl.arange(0, SPREAD)[None, None, None, None, :, None]
+    call = _tile_calls(row_start, WIDTH, DISTRIBUTION)[None, None, None, None, None, :]
+    CALLS: tl.constexpr = call.shape[5]
+    g = tl.expand_dims(tl.expand_dims(_call_parts(grad, SPLIT), 1), 4)
+    acc = tl.zeros((32, 4 // SPLIT, SPLIT, SPREAD, CALLS), tl.float32)
+    for first in range(i_start, i_stop, BLOCK_I):
+        indices = first + p * SPREAD + s
+        z0, z1, z2, z3 = _words(seed, call, indices, stream_lo, stream_hi, DISTRIBUTION)
+        # The words joined in the thread that made them ([..., a, b]: word 2 a + b), then put on
+        # the block's axes: one exchange for all four.
+        both = tl.join(tl.join(z0, z2), tl.join(z1, z3))
+        words = tl.reshape(tl.permute(both, (0, 1, 6, 7, 2, 3, 4, 5)), (1, SPLIT, 4 // SPLIT, SPLIT, SPREAD, CALLS))
+        coeffs = tl.load(coeffs_ptr + indices, mask=indices < i_stop, other=0.0)
+        acc += tl.sum(flip_sign(coeffs, words, bits), axis=1)
+        if PROJECT:
+            dots = tl.sum(tl.sum(tl.sum(flip_sign(g, words, bits), axis=0), axis=1), axis=1)
+            at = first + tl.arange(0, SPLIT)[:, None, None] * SPREAD + tl.arange(0, SPREAD)[None, :, None]
+            tl.store(projection_ptr[None, None, :] + at, dots, mask=at < i_stop)
+    return _from_call_parts(tl.sum(acc, axis=3), ROWS)
+
+
 @triton.jit
 def mixed_tile(
     coeffs_ptr,
@@ -287,12 +366,20 @@ def mixed_tile(
     THREADS: tl.constexpr,
 ):
     """scale * sum_{i_start<=i<i_stop} coeffs[i] * U_i over the tile of basis_tile's positions,
-    0 where not `valid`, walking BLOCK_I matrices at a time. With PROJECT, the same walk stores
-    row r's share of <grad, U_i> at projection_ptr[r] + i (projection_ptr: (ROWS,) pointers), so
-    each U_i is generated once for both; `grad` (a tile, or a scalar 0 without PROJECT) must be 0
-    where not valid. THREADS: the program's, which the walk over rows of whole calls lays a
-    step's basis indices out for."""
-    if ALIGNED and not is_rademacher(DISTRIBUTION):
+    0 where not `valid`, walking BLOCK_I matrices at a time. ALIGNED promises that the tile is
+    whole Philox calls: every row_start and WIDTH are multiples of the entries per call, or
+    (rademacher) WIDTH divides them and each call's rows are one run, the first on the call's
+    boundary. With PROJECT, the same walk stores unit u's share of <grad, U_i> at
+    projection_ptr[u] + i (projection_ptr: (projection_units,) pointers: the rows, or the calls
+    of an aligned rademacher tile), so each U_i is generated once for both; `grad` (a tile, or a
+    scalar 0 without PROJECT) must be 0 where not valid. THREADS: the program's, which the walk
+    over uniform rows of whole calls lays a step's basis indices out for."""
+    if ALIGNED and is_rademacher(DISTRIBUTION):
+        acc = _rademacher_calls(
+            coeffs_ptr, i_start, i_stop, seed, stream_lo, stream_hi, row_start, grad + tl.zeros(valid.shape, tl.float32),
+            projection_ptr, WIDTH, BLOCK_I, DISTRIBUTION, PROJECT,
+        )  # fmt: skip
+    elif ALIGNED:
         acc = _mixed_calls(
             coeffs_ptr, i_start, i_stop, seed, stream_lo, stream_hi, row_start, grad + tl.zeros(valid.shape, tl.float32),
             projection_ptr, WIDTH, BLOCK_I, DISTRIBUTION, PROJECT, THREADS,
@@ -302,7 +389,7 @@ def mixed_tile(
         for first in range(i_start, i_stop, BLOCK_I):
             indices = first + tl.arange(0, BLOCK_I)
             live = indices < i_stop
-            u = basis_block(seed, stream_lo, stream_hi, indices, row_start, WIDTH, DISTRIBUTION, ALIGNED)
+            u = basis_block(seed, stream_lo, stream_hi, indices, row_start, WIDTH, DISTRIBUTION, False)
             coeffs = tl.load(coeffs_ptr + indices, mask=live, other=0.0)
             acc += tl.sum(coeffs[:, None, None] * u, axis=0)
             if PROJECT:
