@@ -83,3 +83,14 @@ def test_device_paths_runs_on_the_cpu(tmp_path, capsys):
     native = {f"nola-{name}" for name in native_backends(torch.device("cpu"))}
     assert {row["implementation"] for row in rows} == native | {"lora", "official"}
     assert all(row["measured_us"] > 0 for row in rows)
+
+
+def test_a_product_that_adds_into_a_layer_is_routed_by_the_whole_layer():
+    # GPT-2 medium, rademacher, 512 tokens: the fused delta alone is faster by the model, but the
+    # composed path takes the layer's add into its last GEMM and wins the layer.
+    delta = LowRankShape(512, 1024, 1024, 8, 512, 512, torch.float32, "rademacher")
+    layer = LowRankShape(512, 1024, 1024, 8, 512, 512, torch.float32, "rademacher", adds=True)
+    assert model.fused_wins("triton", delta) and not model.fused_wins("triton", layer)
+    for shape in (delta, layer):
+        fused, composed = (model.predict_s(f"triton-{path}", shape, layer=shape.adds) for path in ("fused", "composed"))
+        assert model.fused_wins("triton", shape) == (fused < composed)

@@ -150,7 +150,7 @@ def nola_matmul(
     _check_add_to(add_to, x, out_features)
 
     spec = LowRankSpec(seed_a, seed_b, rank, out_features, scaling, distribution)
-    if not runs_fused(get_backend(backend), x, alpha, beta, a0, b0, spec):
+    if not runs_fused(get_backend(backend), x, alpha, beta, a0, b0, spec, adds=add_to is not None):
         return ops.composed_delta(x, alpha, beta, a0, b0, spec, backend, add_to)
     flat = _autocast_operand(x).reshape(-1, in_features).contiguous()
     delta, _ = ops.lowrank_forward(flat, alpha, beta, a0, b0, *spec.schema_args(), backend)

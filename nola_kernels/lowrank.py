@@ -40,6 +40,9 @@ class LowRankShape:
     l: int  # noqa: E741 (NOLA's name for B's basis size)
     dtype: torch.dtype
     distribution: str = "uniform"
+    # The product adds into a layer's output (nola_matmul's add_to), which the composed path
+    # does inside its last GEMM and the fused path after its op.
+    adds: bool = False
 
 
 def default_scale(k):

@@ -379,12 +379,12 @@ _decisions = {}  # a dict, not functools.lru_cache: torch.compile traces through
 
 def fused_wins(backend, shape):
     """Whether backend's fused path beats its composed path (mix kernels, then cuBLAS) for the
-    delta's forward + backward at `shape` (a LowRankShape), by this model on an H100."""
+    forward + backward at `shape` (a LowRankShape), by this model on an H100: of the delta, or of
+    the whole layer where the product adds into its output (shape.adds)."""
     key = (backend, shape)
     if key not in _decisions:
-        _decisions[key] = shape.tokens > 0 and predict_s(f"{backend}-fused", shape) < predict_s(
-            f"{backend}-composed", shape
-        )
+        fused, composed = (predict_s(f"{backend}-{path}", shape, layer=shape.adds) for path in ("fused", "composed"))
+        _decisions[key] = shape.tokens > 0 and fused < composed
     return _decisions[key]
 
 

@@ -29,8 +29,9 @@ def lowrank_path(path):
         _forced["path"] = previous
 
 
-def runs_fused(module, x, alpha, beta, a0, b0, spec):
-    """Whether the backend (its module) runs this product fused; an official CUDA layout family
+def runs_fused(module, x, alpha, beta, a0, b0, spec, adds=False):
+    """Whether the backend (its module) runs this product fused, `adds` telling whether it adds
+    into a layer's output (nola_matmul's add_to); an official CUDA layout family
     takes the composed path under "auto". Composed, whatever was asked:
     float64 work (the dtype rule, nola_kernels/dtypes.py) and a scaling that is not finite, whose
     inf/NaN pattern only the composed order (scaling * B first, as the reference) reproduces."""
@@ -46,6 +47,6 @@ def runs_fused(module, x, alpha, beta, a0, b0, spec):
     in_features = x.shape[-1]
     shape = LowRankShape(
         x.numel() // in_features, in_features, spec.out_features, spec.rank, alpha.numel(), beta.numel(),
-        x.dtype, spec.distribution,
+        x.dtype, spec.distribution, adds,
     )  # fmt: skip
     return module.prefers_fused(shape)

@@ -8,7 +8,7 @@ import torch
 from numerics import rel_err
 
 from nola_kernels import nola_matmul
-from nola_kernels.backends import get_backend
+from nola_kernels.backends import get_backend, torch_backend
 from nola_kernels.reference import naive_matmul
 from nola_kernels.routing import lowrank_path
 
@@ -263,3 +263,15 @@ def test_cuda_matches_float64_reference(gpu_backend, gpu_path, dtype):
     assert rel_err(out.cpu(), ref_out) <= bound(naive_out, ref_out)
     for name, grad in grads.items():
         assert rel_err(grad.cpu(), ref_grads[name]) <= bound(naive_grads[name], ref_grads[name]), name
+
+
+def test_the_routing_sees_whether_the_product_adds_into_a_layer(monkeypatch):
+    # nola_matmul(add_to=...) asks the backend about the whole layer (LowRankShape.adds).
+    seen = []
+    monkeypatch.setattr(torch_backend, "lowrank_forward", lambda *args: None, raising=False)
+    monkeypatch.setattr(torch_backend, "prefers_fused", lambda shape: seen.append(shape.adds) or False, raising=False)
+    x, alpha, beta = torch.randn(5, 12), torch.randn(6), torch.randn(4)
+    params = dict(seed_a=3, seed_b=4, rank=2, out_features=7, backend="torch")
+    nola_matmul(x, alpha, beta, **params)
+    nola_matmul(x, alpha, beta, **params, add_to=torch.randn(5, 7))
+    assert seen == [False, True]
