@@ -16,6 +16,8 @@ from . import check_implemented
 EXTENSION = "nola_kernels._cuda"
 # The oldest GPU the extension is built for (sm_80; PTX covers the later ones, setup.py).
 MIN_CAPABILITY = (8, 0)
+# The official CUDA layout families run in the mix and project kernels only (csrc/official.cu).
+OFFICIAL_OPS = ("mix", "project")
 
 def _load(module_name=EXTENSION):
     """(the ops namespace, None), or (None, why not). An extension that was built but fails to load
