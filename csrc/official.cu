@@ -1,8 +1,8 @@
 // Mixing and projection over an official CUDA layout family (csrc/official.cuh). Each entry is
 // its own Philox call: a call's four words lie T entries apart, in other basis matrices. The
 // blocks walk slices of positions and their warps take turns over the basis indices as in
-// csrc/generate.cu; a lane owns kPerLane positions (independent Philox chains) and steps their
-// flat indices from one basis index to its warp's next by adding, not dividing.
+// csrc/generate.cu; a lane owns a few positions (independent Philox chains) and steps their flat
+// indices from one basis index to its warp's next by adding, not dividing.
 #include "generate_plan.cuh"
 #include "nola_cuda.h"
 #include "official.cuh"
@@ -13,8 +13,10 @@ namespace {
 
 constexpr int kThreads = kGenerateThreads;
 constexpr int kWarps = kGenerateWarps;
-constexpr int kPerLane = 4;
-constexpr int kSliceEntries = kWarpSize * kPerLane;
+// A lane's positions: 4 mix (independent Philox chains), 8 project, whose warp sum per basis index
+// then serves twice the entries.
+template <bool kProject>
+constexpr int kPositionsPerLane = kProject ? 8 : 4;
 
 struct OfficialArgs {
   RoundKeys keys;  // the seed's
@@ -32,6 +34,7 @@ struct OfficialArgs {
 
 template <OfficialDtype kDtype, bool kLegacy, bool kMix, bool kProject>
 __global__ void __launch_bounds__(kThreads) official_kernel(const OfficialArgs args) {
+  constexpr int kPerLane = kPositionsPerLane<kProject>, kSliceEntries = kWarpSize * kPerLane;
   __shared__ float warp_sums[kMix ? kWarps : 1][kMix ? kSliceEntries : 1];
   const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
   const int64_t i_begin = blockIdx.y * args.k_per_split;
@@ -84,7 +87,9 @@ __global__ void __launch_bounds__(kThreads) official_kernel(const OfficialArgs a
 }
 
 GeneratePlan plan(const OfficialProblem& p, int sm_count) {
-  return generate_plan(kSliceEntries, p.numel, p.k, p.mixed != nullptr, p.projected != nullptr, sm_count);
+  const bool projects = p.projected != nullptr;
+  const int slice_entries = kWarpSize * (projects ? kPositionsPerLane<true> : kPositionsPerLane<false>);
+  return generate_plan(slice_entries, p.numel, p.k, !projects, projects, sm_count);
 }
 
 }  // namespace
