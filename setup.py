@@ -22,6 +22,7 @@ CPU_COMPILE_ARGS = ["-O3", "-std=c++17", "-fopenmp", "-ffp-contract=off"]
 CUDA_SOURCES = [
     "csrc/binding.cpp",
     "csrc/generate.cu",
+    "csrc/official.cu",
     "csrc/grouped.cu",
     "csrc/gemm.cu",
     "csrc/lowrank.cu",

@@ -10,8 +10,10 @@
 #include <torch/library.h>
 
 #include <limits>
+#include <optional>
 #include <string>
 #include <tuple>
+#include <vector>
 
 #include "nola_cuda.h"
 
@@ -26,6 +28,57 @@ nola::Distribution parse_distribution(const std::string& name) {
               "distribution must be 'uniform', 'rademacher', 'uniform16_philox7' or 'rademacher_philox7', got '", name,
               "'");
   return nola::Distribution::kRademacherPhilox7;
+}
+
+// The dtype of an official family's name.
+std::optional<nola::OfficialDtype> official_dtype(const std::string& name) {
+  if (name == "float32") return nola::OfficialDtype::kFloat32;
+  if (name == "bfloat16") return nola::OfficialDtype::kBFloat16;
+  if (name == "float16") return nola::OfficialDtype::kFloat16;
+  return std::nullopt;
+}
+
+// The resident threads of an official family's name, written as official_distribution writes
+// them (decimal, no leading zero, a multiple of 256 in [256, 2^31)); 0 for anything else.
+int64_t official_threads(const std::string& text) {
+  if (text.empty() || text.size() > 10 || text[0] == '0' || text.find_first_not_of("0123456789") != std::string::npos) {
+    return 0;
+  }
+  const int64_t threads = std::stoll(text);
+  return threads < (int64_t{1} << 31) && threads % nola::kOfficialBlockThreads == 0 ? threads : 0;
+}
+
+// An official CUDA layout family's name, "official:<dtype>:<rule>:<resident threads>"
+// (nola_kernels.official_rng.official_distribution), read as parse_official reads it: nothing
+// for a name without the "official:" prefix, an error naming `distribution` for a malformed one.
+std::optional<nola::OfficialFamily> parse_official(const std::string& name, int64_t seed) {
+  if (name.rfind("official:", 0) != 0) return std::nullopt;
+  std::vector<std::string> parts;
+  for (size_t start = 0;; ) {
+    const size_t end = name.find(':', start);
+    parts.push_back(name.substr(start, end == std::string::npos ? std::string::npos : end - start));
+    if (end == std::string::npos) break;
+    start = end + 1;
+  }
+  const auto dtype = parts.size() == 4 ? official_dtype(parts[1]) : std::nullopt;
+  const bool legacy = parts.size() == 4 && parts[2] == "legacy";
+  const bool rule_known = legacy || (parts.size() == 4 && parts[2] == "current");
+  const int64_t threads = parts.size() == 4 ? official_threads(parts[3]) : 0;
+  TORCH_CHECK(dtype && rule_known && !(legacy && *dtype == nola::OfficialDtype::kFloat32) && threads > 0,
+              "distribution '", name,
+              "' is not an official family's name: expected 'official:<dtype>:<rule>:<resident threads>' with dtype "
+              "float32, bfloat16 or float16, rule current or legacy (current for float32) and a multiple of 256 "
+              "threads in [256, 2**31) written in decimal");
+  TORCH_CHECK(seed >= 0, "seed must be non-negative, got ", seed);
+  return nola::OfficialFamily{static_cast<uint64_t>(seed), static_cast<uint32_t>(threads), *dtype, legacy};
+}
+
+// The stream and the size of an official family's basis (nola_kernels.validation.check_family).
+void check_official_basis(const std::string& distribution, int64_t stream, int64_t k, int64_t numel) {
+  TORCH_CHECK(stream == 0, "stream must be 0 for an official family (distribution='", distribution, "'), got ",
+              stream);
+  TORCH_CHECK(numel == 0 || k <= (int64_t{1} << 40) / numel, "an official family's basis holds at most 2**40 "
+              "entries (distribution='", distribution, "'), got k * rows * cols = ", k, " * ", numel);
 }
 
 nola::Dtype kernel_dtype(const at::Tensor& t) {
@@ -96,12 +149,27 @@ void check(cudaError_t status) {
   TORCH_CHECK(status == cudaSuccess, "nola_kernels CUDA launch failed: ", cudaGetErrorString(status));
 }
 
+// One official mix or projection on like's device and stream.
+void run_official(const nola::OfficialProblem& problem, const at::Tensor& like) {
+  const int sms = sm_count(like);
+  const at::Tensor space = workspace(nola::official_workspace_bytes(problem, sms), like);
+  check(nola::official_generate(problem, space.data_ptr(), sms, current_stream()));
+}
+
 at::Tensor mix(const at::Tensor& coeffs_in, int64_t seed, int64_t stream, int64_t rows, int64_t cols, double scale,
                const std::string& distribution) {
   const c10::cuda::CUDAGuard guard(coeffs_in.device());
   const at::Tensor coeffs = coeffs_in.to(at::kFloat).contiguous();
   const int64_t numel = checked_numel(rows, cols);
+  const auto official = parse_official(distribution, seed);
+  if (official) check_official_basis(distribution, stream, coeffs.numel(), numel);
   at::Tensor out = at::empty({rows, cols}, coeffs.options());
+  if (official) {
+    const nola::OfficialProblem problem{*official, numel, coeffs.numel(), static_cast<float>(scale),
+                                        coeffs.data_ptr<float>(), out.data_ptr<float>(), nullptr, nullptr};
+    run_official(problem, coeffs);
+    return out;
+  }
   const nola::GenerateProblem problem{family(seed, stream), parse_distribution(distribution), numel,
                                       checked_basis_count(coeffs.numel(), "k"), static_cast<float>(scale),
                                       coeffs.data_ptr<float>(), nullptr, out.data_ptr<float>(), nullptr, nullptr};
@@ -116,7 +184,15 @@ at::Tensor project(const at::Tensor& grad_in, int64_t seed, int64_t stream, int6
                    const std::string& distribution) {
   const c10::cuda::CUDAGuard guard(grad_in.device());
   const at::Tensor grad = grad_in.to(at::kFloat).contiguous();
+  const auto official = parse_official(distribution, seed);
+  if (official) check_official_basis(distribution, stream, k, grad.numel());
   at::Tensor out = at::empty({checked_basis_count(k, "k")}, grad.options());
+  if (official) {
+    const nola::OfficialProblem problem{*official, checked_numel(grad.numel(), 1), k, static_cast<float>(scale),
+                                        nullptr, nullptr, grad.data_ptr<float>(), out.data_ptr<float>()};
+    run_official(problem, grad);
+    return out;
+  }
   const nola::GenerateProblem problem{family(seed, stream), parse_distribution(distribution),
                                       checked_numel(grad.numel(), 1), k, static_cast<float>(scale), nullptr,
                                       nullptr, nullptr, grad.data_ptr<float>(), out.data_ptr<float>()};

@@ -7,8 +7,7 @@
 // values in registers through the basis loop. The warps' mixed sums meet in shared memory; each
 // projection sum belongs to one warp, which adds it to its block's partial. A second kernel adds
 // the partials in a fixed order.
-#include <algorithm>
-
+#include "generate_plan.cuh"
 #include "grouped_entries.cuh"
 #include "nola_cuda.h"
 #include "partials.cuh"
@@ -16,14 +15,8 @@
 namespace nola {
 namespace {
 
-constexpr int kThreads = 256;
-constexpr int kWarps = kThreads / kWarpSize;
-// Fewer basis indices than this per k-split (4 per warp) spend more on partial sums than they save.
-constexpr int kMinIndicesPerSplit = 4 * kWarps;
-// The partials stay under 16 MiB: the mix partials of a k-split, and the projection partials
-// (blocks x k; past this many basis indices, fewer blocks and a wider k-split fill the GPU).
-constexpr int64_t kMaxMixPartialEntries = 1 << 22;
-constexpr int64_t kMaxProjectPartialEntries = 1 << 22;
+constexpr int kThreads = kGenerateThreads;
+constexpr int kWarps = kGenerateWarps;
 
 // A lane's "item" is the run of positions it fills from one Philox call: the call's 4 (uniform)
 // or 8 (uniform16) entries, or one word's 32 bits (rademacher: the four lanes of a call group
@@ -146,10 +139,6 @@ __device__ void uniform_walk(const GenerateArgs& args, const LaneWalk& walk,
 #pragma unroll 1
     for (; step < walk.steps; step += kWarps) uniform_steps<D, kMix, kProject, 1>(args, walk, step, mixed, grad);
   }
-}
-
-__device__ __forceinline__ uint32_t word_at(const Words& w, int x) {
-  return x & 2 ? (x & 1 ? w.x[3] : w.x[2]) : (x & 1 ? w.x[1] : w.x[0]);
 }
 
 // Rademacher: the 4 lanes of a call group (lane = 4 g + w fills word w of one call) take four
@@ -282,38 +271,9 @@ int64_t entries_per_slice(Distribution distribution) {
   });
 }
 
-struct GeneratePlan {
-  int64_t slices, blocks;  // block b walks slices b, b + blocks, ...
-  int splits;
-  int64_t k_per_split;
-  size_t mix_partial_bytes, project_partial_bytes;
-};
-
-// No positions: no launch and no workspace (generate() only zeroes the projection).
-GeneratePlan plan(Distribution distribution, int64_t numel, int64_t k, bool mixes, bool projects, int sm_count) {
-  GeneratePlan result{};
-  if (numel == 0) return result;
-  const int64_t wanted_blocks = 4LL * sm_count;  // as many as run at once at about 64 registers
-  result.slices = ceil_div(numel, entries_per_slice(distribution));
-  result.blocks = std::min(result.slices, wanted_blocks);
-  if (projects) {
-    result.blocks = std::min(result.blocks, std::max<int64_t>(1, kMaxProjectPartialEntries / std::max<int64_t>(1, k)));
-  }
-  int64_t splits = 1;
-  if (result.blocks < wanted_blocks) {
-    splits = std::min(ceil_div(wanted_blocks, result.blocks), ceil_div(k, kMinIndicesPerSplit));
-    if (mixes) splits = std::min(splits, kMaxMixPartialEntries / numel);
-  }
-  // k = 0 still launches one split: the mix is then the offset alone.
-  result.k_per_split = std::max<int64_t>(1, ceil_div(k, std::max<int64_t>(1, splits)));
-  result.splits = static_cast<int>(std::max<int64_t>(1, ceil_div(k, result.k_per_split)));
-  if (mixes && result.splits > 1) result.mix_partial_bytes = align_bytes(sizeof(float) * result.splits * numel);
-  if (projects) result.project_partial_bytes = align_bytes(sizeof(float) * result.blocks * k);
-  return result;
-}
-
 GeneratePlan plan(const GenerateProblem& p, int sm_count) {
-  return plan(p.distribution, p.numel, p.k, p.mixed != nullptr, p.projected != nullptr, sm_count);
+  return generate_plan(entries_per_slice(p.distribution), p.numel, p.k, p.mixed != nullptr, p.projected != nullptr,
+                       sm_count);
 }
 
 template <Distribution D, bool kMix, bool kProject>
@@ -337,7 +297,7 @@ void launch_parts(const GeneratePlan& plan, const GenerateArgs& args, cudaStream
 
 size_t generate_workspace_bytes(Distribution distribution, int64_t numel, int64_t k, bool mixes, bool projects,
                                 int sm_count) {
-  const GeneratePlan p = plan(distribution, numel, k, mixes, projects, sm_count);
+  const GeneratePlan p = generate_plan(entries_per_slice(distribution), numel, k, mixes, projects, sm_count);
   return p.mix_partial_bytes + p.project_partial_bytes;
 }
 

@@ -115,10 +115,6 @@ __device__ void uniform_mix_walk(const Family& family, uint32_t call, uint32_t f
   }
 }
 
-__device__ __forceinline__ uint32_t word_at(const Words& w, int x) {
-  return x & 2 ? (x & 1 ? w.x[3] : w.x[2]) : (x & 1 ? w.x[1] : w.x[0]);
-}
-
 // The lanes of a call group (lane = 4 q + word) take 4 basis indices at a time: lane `word` makes
 // the call of index first + word; in round r it reads its word of the call that lane
 // (word + r) & 3 made, so every call is made once. Steps past count have zero weights.

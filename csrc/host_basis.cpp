@@ -1,9 +1,11 @@
-// The Philox header built for the host as a C shared library, so tests/test_cuda_host.py can load
-// it with ctypes and compare it with nola_kernels.nola_basis bit for bit.
+// The Philox and official-family headers built for the host as a C shared library, so
+// tests/test_cuda_host.py can load it with ctypes and compare it with nola_kernels.nola_basis and
+// nola_kernels.official_rng bit for bit.
 #include <cstdint>
 #include <stdexcept>
 #include <type_traits>
 
+#include "official.cuh"
 #include "philox.cuh"
 
 namespace {
@@ -71,6 +73,30 @@ int nola_basis_block(uint64_t seed, uint64_t stream, uint32_t i_start, uint32_t 
       for (uint32_t i = 0; i < count; ++i) {
         for (uint64_t n = 0; n < numel; ++n) {
           out[i * numel + n] = nola::basis_entry<decltype(d)::value>(family, i_start + i, n_start + n);
+        }
+      }
+    });
+  } catch (const std::invalid_argument&) {
+    return -1;
+  }
+  return 0;
+}
+
+// Entries (i, n) for i in [i_start, i_start + count) and n in [n_start, n_start + block_numel) of
+// an official family's (k, numel) basis, row-major and unscaled: one cursor a position, stepped
+// from matrix to matrix as csrc/official.cu steps them. Returns 0, or -1 (nothing written) for a
+// dtype code that names no nola::OfficialDtype.
+int nola_official_block(const nola::OfficialFamily* family, uint64_t k, uint64_t numel, uint32_t i_start,
+                        uint32_t count, uint64_t n_start, uint64_t block_numel, float* out) {
+  const nola::RoundKeys keys = family->round_keys();
+  const uint32_t threads = family->threads(k * numel);
+  const nola::OfficialCursor stride = nola::OfficialCursor::at(numel, threads);
+  try {
+    nola::with_official_rounding(*family, [&](auto dtype, auto legacy) {
+      for (uint64_t n = 0; n < block_numel; ++n) {
+        nola::OfficialCursor cursor = nola::OfficialCursor::at(i_start * numel + n_start + n, threads);
+        for (uint32_t i = 0; i < count; ++i, cursor.advance(stride, threads)) {
+          out[i * block_numel + n] = nola::official_entry<decltype(dtype)::value, decltype(legacy)::value>(keys, cursor);
         }
       }
     });

@@ -9,6 +9,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "official.cuh"
 #include "philox.cuh"
 
 namespace nola {
@@ -34,6 +35,24 @@ struct GenerateProblem {
 size_t generate_workspace_bytes(Distribution distribution, int64_t numel, int64_t k, bool mixes, bool projects,
                                 int sm_count);
 cudaError_t generate(const GenerateProblem& problem, void* workspace, int sm_count, cudaStream_t stream);
+
+// One mix or projection over an official CUDA layout family (csrc/official.cu): entry n of basis
+// matrix i is the family's entry at flat index i * numel + n of a (k, numel) draw. Exactly one of
+// mixed (mixed = scale * sum_i coeffs[i] U_i) and projected (projected[i] = scale * <grad, U_i>)
+// is set, with its input.
+struct OfficialProblem {
+  OfficialFamily family;
+  int64_t numel;
+  int64_t k;  // k * numel at most 2^40
+  float scale;
+  const float* coeffs;  // (k,)
+  float* mixed;         // (numel,)
+  const float* grad;    // (numel,)
+  float* projected;     // (k,)
+};
+
+size_t official_workspace_bytes(const OfficialProblem& problem, int sm_count);
+cudaError_t official_generate(const OfficialProblem& problem, void* workspace, int sm_count, cudaStream_t stream);
 
 // Grouped generation over one basis family: G rows of coefficients or gradients share every
 // generated entry (csrc/grouped.cu). mix_grouped: mixed[g, n] = scale * sum_i coeffs[g, i] U_i[n],

@@ -47,6 +47,12 @@ struct Words {
   uint32_t x[4];
 };
 
+// Word x (0..3) of a call's words, by selects: an indexed read of a register array would go
+// through local memory on the GPU.
+NOLA_HOST_DEVICE uint32_t word_at(const Words& w, int x) {
+  return x & 2 ? (x & 1 ? w.x[3] : w.x[2]) : (x & 1 ? w.x[1] : w.x[0]);
+}
+
 NOLA_HOST_DEVICE uint32_t mul_hi(uint32_t a, uint32_t b) {
 #ifdef __CUDA_ARCH__
   return __umulhi(a, b);

@@ -93,6 +93,8 @@ SASS_COUNTS = {
     ("mix", "cuda", "rademacher_philox7"): _measured(3.562, 0.00558),
     ("project", "cuda", "rademacher_philox7"): _measured(3.578, 0.00558),
     ("mix+project", "cuda", "rademacher_philox7"): _measured(6.781, 0.00558),
+    ("mix", "cuda", "official:float32"): _measured(64.25, 1.0),
+    ("project", "cuda", "official:float32"): _measured(67.0, 1.0),
     ("mix", "triton", "uniform"): _measured(17.188, 0.19062),
     ("project", "triton", "uniform"): _measured(18.5, 0.19062),
     ("mix", "triton", "rademacher"): _measured(3.445, 0.00625),

@@ -1,5 +1,6 @@
 """The CUDA backend module on any machine: how it reports a missing or broken extension, its
-choice of the fused path, and (where the extension is built) its ops under torch.ops."""
+choice of the fused path, its refusal of the official families in the grouped ops, and (where
+the extension is built) its ops under torch.ops."""
 
 import warnings
 
@@ -7,8 +8,9 @@ import pytest
 import torch
 
 from nola_kernels import perf_model
-from nola_kernels.backends import cuda_backend
+from nola_kernels.backends import cuda_backend, implements
 from nola_kernels.lowrank import LowRankShape
+from nola_kernels.official_rng import official_distribution
 
 OPS = ("mix", "project", "mix_grouped", "project_grouped", "lowrank_forward", "lowrank_backward", "philox_rate")
 built = pytest.mark.skipif(cuda_backend._ops is None, reason="the CUDA extension is not built here")
@@ -67,3 +69,16 @@ def test_ops_are_registered_under_torch_ops():
         schema = getattr(namespace, name).default._schema
         assert schema.name == f"nola_kernels_cuda::{name}"
     assert cuda_backend.unavailable_reason(torch.device("cpu")) == "the CUDA kernels run on CUDA tensors only"
+
+
+def test_the_official_families_are_refused_by_name_in_the_grouped_ops():
+    # The refusal comes before any kernel (here none may be built). nola_matmul runs them:
+    # composed of the mix and project kernels and torch's matmul.
+    name = official_distribution("H200", torch.bfloat16, "legacy")
+    assert implements("cuda", "nola_matmul", name)
+    only = "in mix, project, lowrank_forward, lowrank_backward only"
+    with pytest.raises(ValueError, match=f"{only}, not in mix_grouped"):
+        cuda_backend.mix_grouped(torch.randn(2, 4), 1, 0, 3, 3, 0.5, name)
+    with pytest.raises(ValueError, match=f"{only}, not in project_grouped"):
+        cuda_backend.project_grouped(torch.randn(1, 3, 3), 1, 0, 4, 0.5, name)
+

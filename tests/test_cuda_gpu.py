@@ -1,5 +1,6 @@
 """The CUDA backend on a GPU: the basis bit for bit, mix and project (and their grouped forms) against
-the materialized basis, the fused low-rank kernels against float64 and against the naive path on the
+the materialized basis, the official CUDA layout families' mix and project against their entries bit for bit and
+against float64, the fused low-rank kernels against float64 and against the naive path on the
 same GPU, determinism, and compute-sanitizer on a small case. Skipped without CUDA or without the built extension."""
 
 import math
@@ -23,6 +24,7 @@ from nola_kernels import (
 from nola_kernels.backends import cuda_backend
 from nola_kernels.basis import DISTRIBUTIONS, V1_DISTRIBUTIONS
 from nola_kernels.lowrank import LowRankSpec
+from nola_kernels.official_rng import CudaLayout, official_block, official_distribution, parse_official
 from nola_kernels.reference import naive_matmul
 
 _UNAVAILABLE = cuda_backend.unavailable_reason(torch.device("cuda")) if torch.cuda.is_available() else None
@@ -99,6 +101,97 @@ def test_empty_matrices_and_out_of_range_arguments():
         ops.mix(alpha, 1, 0, 2, 2, 1.0, "uniform16")
     with pytest.raises(RuntimeError, match="alpha must be on cuda"):
         ops.lowrank_forward(x, alpha.cpu(), beta, None, None, 1, 2, 2, 5, 1.0, "uniform")
+
+
+# -- the official CUDA layout families (csrc/official.cu) -------------------------------------------
+
+OFFICIAL_DTYPE_RULES = [
+    (torch.float32, "current"), (torch.bfloat16, "current"), (torch.bfloat16, "legacy"),
+    (torch.float16, "current"), (torch.float16, "legacy"),
+]  # fmt: skip
+# seed, layout, k, shape: T covering the basis, T capping it (every word and several loop steps),
+# a k-split of a small matrix, and a long matrix of few indices.
+OFFICIAL_CASES = [
+    (42, "H200", 5, (12, 37)),
+    (7, CudaLayout(1, 256), 5, (12, 37)),
+    (2**40 + 3, CudaLayout(3, 1024), 600, (24, 24)),
+    (8_765_432_109, "H200", 3, (700, 900)),
+]
+
+
+def _official(layout, dtype, rule, seed, k, shape):
+    name = official_distribution(layout, dtype, rule)
+    family = parse_official(name)
+    numel = shape[0] * shape[1]
+    return name, official_block(family, seed, k, numel, 0, k, 0, numel, device="cuda")
+
+
+@pytest.mark.parametrize("dtype, rule", OFFICIAL_DTYPE_RULES, ids=lambda v: str(v).removeprefix("torch."))
+@pytest.mark.parametrize("seed, layout, k, shape", OFFICIAL_CASES)
+def test_official_one_hot_mix_and_project_are_the_entries_bit_for_bit(seed, layout, k, shape, dtype, rule):
+    name, entries = _official(layout, dtype, rule, seed, k, shape)
+    numel = entries.shape[1]
+    for i in sorted({0, k // 2, k - 1}):
+        one_hot = torch.zeros(k, device="cuda")
+        one_hot[i] = 1.0
+        _poison_allocator()
+        mixed = cuda_backend.mix(one_hot, seed, 0, *shape, 1.0, name)
+        assert torch.equal(_bits(mixed.view(-1)), _bits(entries[i])), i
+    for n in sorted({0, numel // 3, numel - 1}):
+        one_hot = torch.zeros(shape, device="cuda")
+        one_hot.view(-1)[n] = 1.0
+        _poison_allocator()
+        projected = cuda_backend.project(one_hot, seed, 0, k, 1.0, name)
+        assert torch.equal(_bits(projected), _bits(entries[:, n])), n
+
+
+@pytest.mark.parametrize("dtype, rule", OFFICIAL_DTYPE_RULES, ids=lambda v: str(v).removeprefix("torch."))
+@pytest.mark.parametrize("seed, layout, k, shape", OFFICIAL_CASES)
+def test_official_mix_and_project_match_float64_and_the_torch_backend(seed, layout, k, shape, dtype, rule):
+    name, entries = _official(layout, dtype, rule, seed, k, shape)
+    basis = entries.double().view(k, *shape)
+    coeffs, grad = torch.randn(k, device="cuda"), torch.randn(shape, device="cuda")
+    mixed = nola_mix(coeffs, seed, shape, distribution=name, backend="cuda")
+    projected = nola_project(grad, seed, k, scale=0.25, distribution=name, backend="cuda")
+    assert rel_err(mixed, torch.einsum("k,krc->rc", coeffs.double(), basis) / math.sqrt(k)) <= 1e-5
+    assert rel_err(projected, torch.einsum("krc,rc->k", basis, grad.double()) * 0.25) <= 1e-5
+    # The torch backend orders its sums otherwise: the two float32 results differ by both errors.
+    assert rel_err(mixed, nola_mix(coeffs, seed, shape, distribution=name, backend="torch")) <= 2e-5
+    assert rel_err(projected, nola_project(grad, seed, k, scale=0.25, distribution=name, backend="torch")) <= 2e-5
+    # The sums' order is fixed by the shapes and the GPU: a rerun gives the same bits.
+    assert torch.equal(mixed, nola_mix(coeffs, seed, shape, distribution=name, backend="cuda"))
+    assert torch.equal(projected, nola_project(grad, seed, k, scale=0.25, distribution=name, backend="cuda"))
+
+
+def test_official_nan_propagates_and_the_ops_differentiate():
+    name, k, shape = official_distribution("H200", torch.bfloat16, "legacy"), 7, (9, 31)
+    coeffs = torch.randn(k, device="cuda")
+    coeffs[2] = float("nan")
+    assert torch.isnan(cuda_backend.mix(coeffs, 3, 0, *shape, 0.5, name)).all()
+    grad = torch.randn(shape, device="cuda")
+    grad[4, 5] = float("nan")
+    assert torch.isnan(cuda_backend.project(grad, 3, 0, k, 0.5, name)).all()
+    coeffs = torch.randn(k, device="cuda", requires_grad=True)
+    mixed = nola_mix(coeffs, 3, shape, distribution=name, backend="cuda")
+    weights = torch.randn_like(mixed)
+    mixed.backward(weights)
+    assert torch.equal(coeffs.grad, cuda_backend.project(weights, 3, 0, k, 1 / math.sqrt(k), name))
+
+
+def test_official_empty_shapes_and_bad_arguments():
+    ops, name = torch.ops.nola_kernels_cuda, official_distribution("H200")
+    assert ops.mix(torch.randn(5, device="cuda"), 1, 0, 0, 5, 1.0, name).shape == (0, 5)
+    assert torch.equal(ops.mix(torch.empty(0, device="cuda"), 1, 0, 3, 4, 1.0, name), torch.zeros(3, 4, device="cuda"))
+    assert torch.equal(ops.project(torch.empty(0, 5, device="cuda"), 1, 0, 3, 1.0, name), torch.zeros(3, device="cuda"))
+    for bad in ["official:float64:current:270336", "official:float32:legacy:270336", "official:bfloat16:old:256",
+                "official:float16:current:300", "official:float16:current:0256", "official:float16:current:2147483648",
+                "official:float16:current", "official:float16:current:256:1"]:  # fmt: skip
+        with pytest.raises(RuntimeError, match=f"distribution '{bad}' is not an official family's name"):
+            ops.mix(torch.randn(3, device="cuda"), 1, 0, 2, 2, 1.0, bad)
+    with pytest.raises(RuntimeError, match="stream must be 0 for an official family"):
+        ops.project(torch.randn(2, 2, device="cuda"), 1, 1, 3, 1.0, name)
+    with pytest.raises(RuntimeError, match="at most 2\\*\\*40 entries"):
+        ops.project(torch.randn(2**10, device="cuda"), 1, 0, 2**31, 1.0, name)
 
 
 GROUPED = [

@@ -7,16 +7,33 @@ register spill."""
 import ctypes
 import math
 import shutil
+import struct
 import subprocess
 
 import pytest
 import torch
 from philox_oracle import philox
 from ptxas_report import CSRC, compile_report, format_report, spilling
+from test_official_family import (
+    CASE_IDS,
+    CASES,
+    DTYPE_RULES,
+    H200_THREADS,
+    KNOWN_ANSWERS,
+    KNOWN_K,
+    KNOWN_NUMEL,
+)
 from test_philox import KAT
 
 from nola_kernels import nola_basis
 from nola_kernels.basis import COUNTER_SHIFT, DISTRIBUTIONS, basis_block
+from nola_kernels.official_rng import (
+    OfficialFamily,
+    official_basis,
+    official_block,
+    official_distribution,
+    parse_official,
+)
 
 # nola::Distribution (csrc/philox.cuh) of each contract name.
 DISTRIBUTION_CODES = {"uniform": 0, "rademacher": 1, "uniform16_philox7": 2, "rademacher_philox7": 3}
@@ -78,7 +95,7 @@ def _host_basis_block(library, seed, stream, i_start, count, n_start, numel, dis
 
 
 def _bits(t):
-    return t.contiguous().view(torch.int32)
+    return t.contiguous().view(torch.int16 if t.element_size() == 2 else torch.int32)
 
 
 def _philox_words(library, call, rounds, counter, key):
@@ -286,3 +303,86 @@ def test_every_kernel_compiles_without_register_spills(ptxas_entries):
     for kernel in ("mix_grouped_kernel", "project_grouped_kernel"):
         assert any(kernel in name for name in grouped), kernel
     assert not spilling(ptxas_entries), "\n".join(format_report(spilling(ptxas_entries)))
+
+
+# -- the official CUDA layout families (csrc/official.cuh) ------------------------------------------
+
+# nola::OfficialDtype (csrc/official.cuh) of each dtype.
+OFFICIAL_DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
+
+
+class _OfficialFamily(ctypes.Structure):
+    """nola::OfficialFamily."""
+
+    _fields_ = [("seed", ctypes.c_uint64), ("resident_threads", ctypes.c_uint32), ("dtype", ctypes.c_int),
+                ("legacy", ctypes.c_bool)]  # fmt: skip
+
+
+def _official_block(library, seed, family, k, numel, i_start, i_stop, n_start, n_stop, dtype_code=None):
+    """(status, entries) of nola_official_block: unwritten entries NaN."""
+    code = OFFICIAL_DTYPE_CODES[family.dtype] if dtype_code is None else dtype_code
+    request = _OfficialFamily(seed, family.resident_threads, code, family.uniform_rule == "legacy")
+    out = torch.full((i_stop - i_start, n_stop - n_start), float("nan"))
+    status = library.nola_official_block(
+        ctypes.byref(request), ctypes.c_uint64(k), ctypes.c_uint64(numel), ctypes.c_uint32(i_start),
+        ctypes.c_uint32(i_stop - i_start), ctypes.c_uint64(n_start), ctypes.c_uint64(n_stop - n_start),
+        ctypes.c_void_p(out.data_ptr()),
+    )  # fmt: skip
+    return status, out
+
+
+@pytest.mark.parametrize("dtype, rule", DTYPE_RULES)
+@pytest.mark.parametrize("seed, layout, k, shape", CASES, ids=CASE_IDS)
+def test_official_entries_match_the_reference_and_official_basis(host_basis, seed, layout, k, shape, dtype, rule):
+    family = parse_official(official_distribution(layout, dtype, rule))
+    numel = shape[0] * shape[1]
+    status, got = _official_block(host_basis, seed, family, k, numel, 0, k, 0, numel)
+    assert status == 0
+    assert torch.equal(_bits(got), _bits(official_block(family, seed, k, numel, 0, k, 0, numel)))
+    # The ops' default scale times the entries, rounded once to the dtype, is the official basis.
+    scale = torch.tensor(1 / math.sqrt(k), dtype=torch.float32)
+    expected = official_basis(seed, k, shape, layout=layout, dtype=dtype, uniform_rule=rule).view(k, numel)
+    assert torch.equal(_bits((got * scale).to(dtype)), _bits(expected))
+
+
+@pytest.mark.parametrize("dtype, rule", DTYPE_RULES)
+def test_official_entries_of_a_block_inside_the_basis(host_basis, dtype, rule):
+    # A block that starts past matrix 0 and position 0, cursors stepping over the threads' wrap.
+    family = OfficialFamily(2048, dtype, rule)
+    k, numel = 9, 1111
+    status, got = _official_block(host_basis, 2**40 + 9, family, k, numel, 3, 8, 517, 1000)
+    assert status == 0
+    assert torch.equal(_bits(got), _bits(official_block(family, 2**40 + 9, k, numel, 3, 8, 517, 1000)))
+
+
+@pytest.mark.parametrize("position", list(KNOWN_ANSWERS))
+def test_official_entries_have_the_spec_known_answers(host_basis, position):
+    # The last known answer's bfloat16 value rounds to 1: -1 under the current rule, 1 under the legacy one.
+    i, n = position
+    bits, bf16_current, bf16_legacy, fp16 = KNOWN_ANSWERS[position]
+    expected = {(torch.float32, "current"): struct.unpack("<f", struct.pack("<I", bits))[0],
+                (torch.bfloat16, "current"): bf16_current, (torch.bfloat16, "legacy"): bf16_legacy,
+                (torch.float16, "current"): fp16, (torch.float16, "legacy"): fp16}  # fmt: skip
+    for (dtype, rule), value in expected.items():
+        family = OfficialFamily(H200_THREADS, dtype, rule)
+        status, got = _official_block(host_basis, 42, family, KNOWN_K, KNOWN_NUMEL, i, i + 1, n, n + 1)
+        assert status == 0 and got.item() == value, (dtype, rule)
+
+
+def test_official_entries_rounding_to_one_follow_the_rule(host_basis):
+    # Half-precision draws that round up to 1: -1 under the current rule, 1 under the legacy one.
+    k, numel = 4, 40000
+    for dtype in (torch.bfloat16, torch.float16):
+        blocks = {}
+        for rule in ("current", "legacy"):
+            status, blocks[rule] = _official_block(host_basis, 5, OfficialFamily(4096, dtype, rule), k, numel, 0, k, 0, numel)
+            assert status == 0
+        rounded_to_one = blocks["legacy"] == 1
+        assert rounded_to_one.any(), dtype
+        assert (blocks["current"][rounded_to_one] == -1).all(), dtype
+        assert torch.equal(blocks["current"][~rounded_to_one], blocks["legacy"][~rounded_to_one]), dtype
+
+
+def test_an_unknown_official_dtype_code_is_refused_before_any_entry(host_basis):
+    status, out = _official_block(host_basis, 3, OfficialFamily(256), 2, 10, 0, 2, 0, 10, dtype_code=3)
+    assert status == -1 and out.isnan().all()

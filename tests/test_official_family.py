@@ -577,25 +577,6 @@ def test_the_backends_that_run_the_family_run_every_op(name):
         check_implemented(name, op, NAME)
 
 
-def test_cuda_refuses_the_family_before_calling_its_kernels():
-    from nola_kernels.backends import cuda_backend
-
-    # Its kernels are absent here: the refusal comes first.
-    with pytest.raises(ValueError, match="in none of its ops"):
-        cuda_backend.mix(torch.randn(4), 1, 0, 3, 3, 0.5, NAME)
-    with pytest.raises(ValueError, match="in none of its ops"):
-        cuda_backend.project_grouped(torch.randn(1, 3, 3), 1, 0, 4, 0.5, NAME)
-
-
-def test_cuda_refuses_nola_matmul_for_the_family_by_name():
-    assert not implements("cuda", "nola_matmul", NAME)
-    with pytest.raises(ValueError, match=r"in none of its ops \(distribution='official:float32"):
-        check_implemented("cuda", "nola_matmul", NAME)
-    spec = LowRankSpec(1, 2, 2, 3, 1.0, NAME)
-    with pytest.raises(ValueError, match="in none of its ops"):
-        get_backend("cuda").lowrank_forward(torch.randn(2, 3), torch.randn(4), torch.randn(4), None, None, spec)
-
-
 def test_nola_matmul_refuses_a_basis_past_2_40_entries_naming_distribution():
     # A: 1024 x 2^20 entries a matrix, 2048 matrices: 2^41 entries.
     with pytest.raises(ValueError, match=r"2\*\*40 entries \(distribution=.*\): A's basis \(alpha\) has"):

@@ -82,8 +82,18 @@ class Row:
         return self.within_budget == bool(self.known_over_budget)
 
 
+# The official CUDA layout families' loops (csrc/official.cu), in float32 (the drop-in's path through
+# the ops): each entry is its own Philox4x32-10 call, so their minimum is one call per entry.
+OFFICIAL_FLOAT32 = "official:float32"
+_OFFICIAL_ROUNDS = 10
+
+
 def _entries_per_call(distribution):
-    return 1 << COUNTER_SHIFT[distribution]
+    return 1 if distribution == OFFICIAL_FLOAT32 else 1 << COUNTER_SHIFT[distribution]
+
+
+def _rounds(distribution):
+    return _OFFICIAL_ROUNDS if distribution == OFFICIAL_FLOAT32 else PHILOX_ROUNDS[distribution]
 
 
 def _triton(kernel, activation, constexprs, num_warps, num_stages=3):
@@ -212,6 +222,11 @@ def _cuda_loops():
             entries = CUDA_ENTRIES_PER_ITERATION[distribution] * CUDA_STEPS_PER_ITERATION.get((name, distribution), 1)
             yield Loop(name, "cuda", distribution, tuple(SHAPES), mix, project, entries,
                        _cuda_function(hopper.CSRC / "generate.cu", wanted))  # fmt: skip
+    # A lane's positions per basis index (csrc/official.cu, kPositionsPerLane): 4 mix, 8 project.
+    for name, mix, project in _CUDA_MODES[:2]:
+        wanted = f"official_kernel<(OfficialDtype)0, false, {str(mix).lower()}, {str(project).lower()}>"
+        yield Loop(name, "cuda", OFFICIAL_FLOAT32, tuple(SHAPES), mix, project, 8 if project else 4,
+                   _cuda_function(hopper.CSRC / "official.cu", wanted))  # fmt: skip
     yield Loop("philox_rate (bound)", "cuda", "uniform", tuple(SHAPES), True, False, PHILOX_RATE_ENTRIES_PER_ITERATION,
                _cuda_function(hopper.CSRC / "philox_rate.cu", "philox_rate_kernel"))  # fmt: skip
 
@@ -251,7 +266,10 @@ def _cuda_reference(loop):
     if _is_grouped(loop):
         wanted = _grouped_template(loop.mix, loop.distribution, loop.rows, "reference")
         return _cuda_function(Path(__file__).with_name("references.cu"), wanted)
-    wanted = _template("reference_kernel", loop.distribution, loop.mix, loop.project)
+    if loop.distribution == OFFICIAL_FLOAT32:
+        wanted = f"official_reference_kernel<{str(loop.mix).lower()}, {str(loop.project).lower()}>"
+    else:
+        wanted = _template("reference_kernel", loop.distribution, loop.mix, loop.project)
     return _cuda_function(Path(__file__).with_name("references.cu"), wanted)
 
 
@@ -263,7 +281,7 @@ def _measure(compile_loop):
 def _row(loop, count, reference):
     entries = loop.entries_per_iteration
     sass_per_entry = count.instructions / (entries * loop.rows)
-    calls_per_entry = count.philox_calls(PHILOX_ROUNDS[loop.distribution]) / entries
+    calls_per_entry = count.philox_calls(_rounds(loop.distribution)) / entries
     bound = (reference.instructions / _reference_entries(loop) + loop.rows - loop.reference_rows) / loop.rows
     minimum_calls = 1 / _entries_per_call(loop.distribution)
     return Row(
@@ -275,7 +293,9 @@ def _row(loop, count, reference):
 
 
 # Entries per thread per iteration of references.cu (Reference<D>::kCalls * kEntries).
-CUDA_REFERENCE_ENTRIES = {"uniform": 16, "rademacher": 128, "uniform16_philox7": 32, "rademacher_philox7": 128}
+CUDA_REFERENCE_ENTRIES = {
+    "uniform": 16, "rademacher": 128, "uniform16_philox7": 32, "rademacher_philox7": 128, OFFICIAL_FLOAT32: 4,
+}  # fmt: skip
 
 
 def _reference_entries(loop):

@@ -1,9 +1,11 @@
 // Reference loops for the SASS budget, in CUDA: per basis index, the Philox calls of the entries a
 // thread owns (the contract's minimum: one call per 4 uniform, 8 uniform16 or 128 rademacher
-// entries, with the distribution's rounds, every call made by the thread that uses it), the
+// entries, with the distribution's rounds, every call made by the thread that uses it; one call per
+// entry for the official CUDA layout families), the
 // entries' values, and one FMA (mix) or one multiply-add into a running sum (projection) per
 // entry; nothing else. Compiled with the flags of csrc/, never launched.
 #include "grouped_entries.cuh"
+#include "official.cuh"
 #include "philox.cuh"
 
 namespace nola {
@@ -166,5 +168,44 @@ template __global__ void project_grouped_reference<Distribution::kUniform, 16>(F
 template __global__ void project_grouped_reference<Distribution::kRademacher, 4>(Family, uint32_t, const float*, float*);
 template __global__ void project_grouped_reference<Distribution::kUniform16Philox7, 16>(Family, uint32_t, const float*, float*);
 template __global__ void project_grouped_reference<Distribution::kRademacherPhilox7, 4>(Family, uint32_t, const float*, float*);
+
+// The official CUDA layout families' reference (csrc/official.cu, float32): per basis index, a
+// thread's 4 entries of one matrix, each its own Philox4x32-10 call (the family's minimum: a
+// call's other words lie T entries away, in other matrices), each entry's flat index stepped by
+// one matrix (numel entries, split as (stripes, threads) of the draw: no division), the float32
+// draw and one FMA per entry.
+template <bool kMix, bool kProject>
+__global__ void official_reference_kernel(RoundKeys keys, uint32_t threads, OfficialCursor matrix, uint32_t k,
+                                          const float* coeffs, const float* grad, float* out) {
+  constexpr int kEntries = 4;
+  const uint32_t first = (blockIdx.x * blockDim.x + threadIdx.x) * kEntries;
+  OfficialCursor cursors[kEntries];
+  float mixed[kEntries], g[kEntries];
+#pragma unroll
+  for (int j = 0; j < kEntries; ++j) {
+    cursors[j] = OfficialCursor::at(first + j, threads);
+    mixed[j] = 0.0f;
+    g[j] = kProject ? grad[first + j] : 0.0f;
+  }
+  float dot = 0.0f;
+#pragma unroll 1
+  for (uint32_t i = 0; i < k; ++i) {
+    const float weight = kMix ? __ldg(coeffs + i) : 0.0f;
+#pragma unroll
+    for (int j = 0; j < kEntries; ++j) {
+      const float value = official_entry<OfficialDtype::kFloat32, false>(keys, cursors[j]);
+      if (kMix) mixed[j] += weight * value;
+      if (kProject) dot += g[j] * value;
+      cursors[j].advance(matrix, threads);
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < kEntries; ++j) out[first + j] = mixed[j] + dot;
+}
+
+template __global__ void official_reference_kernel<true, false>(RoundKeys, uint32_t, OfficialCursor, uint32_t,
+                                                                const float*, const float*, float*);
+template __global__ void official_reference_kernel<false, true>(RoundKeys, uint32_t, OfficialCursor, uint32_t,
+                                                                const float*, const float*, float*);
 
 }  // namespace nola

@@ -11,11 +11,15 @@ import warnings
 import torch
 
 from .. import perf_model
+from ..lowrank import composed_for_official
 from . import check_implemented
 
 EXTENSION = "nola_kernels._cuda"
 # The oldest GPU the extension is built for (sm_80; PTX covers the later ones, setup.py).
 MIN_CAPABILITY = (8, 0)
+# The official CUDA layout families run in the mix and project kernels (csrc/official.cu), and
+# the low-rank products compose them.
+OFFICIAL_OPS = ("mix", "project", "lowrank_forward", "lowrank_backward")
 
 def _load(module_name=EXTENSION):
     """(the ops namespace, None), or (None, why not). An extension that was built but fails to load
@@ -85,16 +89,18 @@ def prefers_fused(shape):
     return perf_model.fused_wins("cuda", shape)
 
 
-def lowrank_forward(x, alpha, beta, a0, b0, spec):
+def _fused_forward(x, alpha, beta, a0, b0, spec):
     """(delta, h): h = x A^T in float32 (tokens, rank), delta = scaling * h B^T in x.dtype."""
-    check_implemented("cuda", "lowrank_forward", spec.distribution)
     return _ops.lowrank_forward(x, alpha, beta, a0, b0, *spec.schema_args())
 
 
-def lowrank_backward(grad, x, h, alpha, beta, a0, b0, spec):
+def _fused_backward(grad, x, h, alpha, beta, a0, b0, spec):
     """(grad_x, grad_alpha, grad_beta, grad_a, grad_b) of the forward above; see nola_kernels/ops.py."""
-    check_implemented("cuda", "lowrank_backward", spec.distribution)
     return _ops.lowrank_backward(grad, x, h, alpha, beta, a0, b0, *spec.schema_args())
+
+
+# The fused kernels generate NOLA-Philox tiles only: an official family's products are composed.
+lowrank_forward, lowrank_backward = composed_for_official(_fused_forward, _fused_backward, mix, project)
 
 
 def philox_rate(like, calls, seed):
