@@ -314,7 +314,7 @@ def parse_official(distribution):
 
 def _is_threads(text):
     # Canonical decimal only, so that one family has one name.
-    return text.isdigit() and str(int(text)) == text and 0 < int(text) < MAX_RESIDENT_THREADS and int(text) % _BLOCK_THREADS == 0
+    return text.isascii() and text.isdigit() and str(int(text)) == text and 0 < int(text) < MAX_RESIDENT_THREADS and int(text) % _BLOCK_THREADS == 0
 
 
 def official_block(family, seed, k, numel, i_start, i_stop, n_start, n_stop, device=None):

@@ -355,6 +355,16 @@ def test_official_entries_of_a_block_inside_the_basis(host_basis, dtype, rule):
     assert torch.equal(_bits(got), _bits(official_block(family, 2**40 + 9, k, numel, 3, 8, 517, 1000)))
 
 
+@pytest.mark.parametrize("dtype, rule", DTYPE_RULES)
+def test_official_entries_past_2_32_flat_indices(host_basis, dtype, rule):
+    # The last matrices of a 2^40-entry basis: flat indices, stripes and counters past 32 bits.
+    family = OfficialFamily(270336, dtype, rule)
+    k, numel = 1 << 20, 1 << 20
+    status, got = _official_block(host_basis, 77, family, k, numel, k - 3, k, numel - 300, numel)
+    assert status == 0
+    assert torch.equal(_bits(got), _bits(official_block(family, 77, k, numel, k - 3, k, numel - 300, numel)))
+
+
 @pytest.mark.parametrize("position", list(KNOWN_ANSWERS))
 def test_official_entries_have_the_spec_known_answers(host_basis, position):
     # The last known answer's bfloat16 value rounds to 1: -1 under the current rule, 1 under the legacy one.

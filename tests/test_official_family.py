@@ -104,6 +104,7 @@ def test_other_names_are_not_official(name):
         "official:float32:current:0",
         "official:float32:current:0270336",
         "official:float32:current:+270336",
+        "official:float32:current:27033\u00b2",  # a digit to str.isdigit, not to int
         "official:float32:current:2147483648",
     ],
 )

@@ -385,6 +385,21 @@ def test_large_ranks_run_composed(monkeypatch):
         assert not triton_backend.prefers_fused(LowRankShape(64, 512, 512, rank, 8, 8, torch.float32)), rank
 
 
+@pytest.mark.parametrize(
+    "in_features, out_features, rank, distribution",
+    [(1000, 1024, 8, "rademacher"), (1024, 1024, 6, "rademacher"), (1024, 1024, 1, "rademacher_philox7"),
+     (1030, 1024, 8, "uniform")],
+)  # fmt: skip
+def test_tiles_that_are_not_whole_calls_run_composed(monkeypatch, in_features, out_features, rank, distribution):
+    # Their entry-wise path makes a Philox call per entry or few, which the model does not price.
+    triton_backend = get_backend("triton")
+    monkeypatch.setattr(triton_backend.perf_model, "fused_wins", lambda backend, shape: True)
+    shape = LowRankShape(256, in_features, out_features, rank, 512, 512, torch.bfloat16, distribution)
+    assert not triton_backend.prefers_fused(shape)
+    aligned = LowRankShape(256, 1024, 1024, 8, 512, 512, torch.bfloat16, distribution)
+    assert triton_backend.prefers_fused(aligned)
+
+
 @pytest.mark.skipif(not INTERPRETED, reason="Triton's interpreter is off")
 def test_auto_never_picks_the_interpreter():
     assert get_backend("triton").emulated("cpu") and get_backend("triton").emulated("cuda")

@@ -63,10 +63,15 @@ FUSED_MAX_RANK = 128
 
 def prefers_fused(shape):
     """Whether nola_matmul should run the fused kernels rather than mix + cuBLAS products at this
-    LowRankShape: by the performance model (nola_kernels/perf_model.py), within FUSED_MAX_RANK.
-    The fused grid has in/128 + out/64 programs, which leaves most of the SMs idle at GPT-2 and
-    LLaMA widths, while the composed mix and project kernels fill the GPU."""
-    return triton.next_power_of_2(shape.rank) <= FUSED_MAX_RANK and perf_model.fused_wins("triton", shape)
+    LowRankShape: by the performance model (nola_kernels/perf_model.py), within FUSED_MAX_RANK,
+    and only where both factors' tiles are whole Philox calls: the model prices those loops, and
+    the entry-wise path of other tiles makes a call per entry or few. The fused grid has in/128 +
+    out/64 programs, which leaves most of the SMs idle at GPT-2 and LLaMA widths, while the
+    composed mix and project kernels fill the GPU."""
+    if triton.next_power_of_2(shape.rank) > FUSED_MAX_RANK:
+        return False
+    tiles = _lowrank.FactorTiles.of(shape.in_features, shape.out_features, shape.rank, shape.distribution)
+    return tiles.a_aligned and tiles.b_aligned and perf_model.fused_wins("triton", shape)
 
 
 def _fused_forward(x, alpha, beta, a0, b0, spec):

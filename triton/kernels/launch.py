@@ -30,7 +30,7 @@ GRID_TARGET_WARPS = 4 * MIX_WARPS if INTERPRETED else 132 * 32
 MIN_SPLIT_INDICES = 1 if INTERPRETED else 16
 # Basis matrices generated together per loop step, many in the interpreter. On a GPU: one in the
 # flat kernels (each thread already makes several calls), four in the factor tiles of the fused
-# kernels, whose projections then store their per-row sums once per four basis indices.
+# kernels (more in rademacher tiles of whole calls: one call per thread, lowrank._factor_kwargs).
 BLOCK_I = 32 if INTERPRETED else 1
 FACTOR_BLOCK_I = 32 if INTERPRETED else 4
 # Interpreted flat blocks: whole rademacher Philox calls (128 entries), so every call is made once.

@@ -18,6 +18,7 @@ tensors' CUDA device.
 """
 
 import math
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -253,32 +254,53 @@ def _tf32_allowed():
     return precision == "tf32"
 
 
-class _Plan:
-    """Launch settings of one product: slice widths, the padded rank, Philox alignment of each
-    factor's tiles, the product precision, tokens per step and warps."""
+@dataclass(frozen=True)
+class FactorTiles:
+    """How the fused kernels tile one product's factors: the padded rank, each factor's slice
+    width and whether its tiles are whole Philox calls (aligned). A rademacher tile that is not
+    aligned takes the entry-wise path, one call per few entries."""
 
-    def __init__(self, x, rank, out_features, distribution):
-        in_features = x.shape[1]
-        rank_generated = triton.next_power_of_2(rank)  # factor rows (A) or columns (B) generated
-        self.rank_generated = rank_generated
-        self.rank_block = max(16, rank_generated)  # tl.dot needs >= 16
+    rank_generated: int  # factor rows (A) or columns (B) generated
+    rank_block: int  # tl.dot needs >= 16
+    a_slice: int
+    a_aligned: bool
+    b_slice: int
+    b_aligned: bool
+
+    @classmethod
+    def of(cls, in_features, out_features, rank, distribution):
+        rank_generated = triton.next_power_of_2(rank)
+        rank_block = max(16, rank_generated)
         call = 1 << COUNTER_SHIFT[distribution]
-        rademacher = call == 128
         # Tiles are whole Philox calls when a factor row and the tile width are whole calls, or,
         # for rademacher B tiles, when the rows are unpadded, a call holds whole rows and the
         # slice whole calls (a call's rows are then one run); every call then feeds a run of
         # adjacent entries.
-        widest = 128 if self.rank_block <= 32 else 64
-        self.a_slice = min(widest, max(16, triton.next_power_of_2(in_features)))
-        a_aligned = in_features % call == 0 and self.a_slice % call == 0
+        widest = 128 if rank_block <= 32 else 64
+        a_slice = min(widest, max(16, triton.next_power_of_2(in_features)))
+        a_aligned = in_features % call == 0 and a_slice % call == 0
         b_whole_rows = rank % call == 0 and rank_generated % call == 0
         # A's slice is a (rank_block, a_slice) tile in registers, B's a (b_slice, rank_block) one:
         # 64 rows, or up to A's width where uniform rows of whole calls need them for one Philox
         # call per thread of the fewest warps (uniform16 at rank 8).
         b_rows = max(64, min(widest, _MIN_WARPS * 32 * call // rank_generated)) if b_whole_rows else 64
-        self.b_slice = min(b_rows, max(16, triton.next_power_of_2(out_features)))
-        b_runs = rademacher and rank == rank_generated and call % rank == 0 and self.b_slice * rank % call == 0
-        b_aligned = b_whole_rows or b_runs
+        b_slice = min(b_rows, max(16, triton.next_power_of_2(out_features)))
+        b_runs = call == 128 and rank == rank_generated and call % rank == 0 and b_slice * rank % call == 0
+        return cls(rank_generated, rank_block, a_slice, a_aligned, b_slice, b_whole_rows or b_runs)
+
+
+class _Plan:
+    """Launch settings of one product: its FactorTiles, the product precision, tokens per step
+    and warps."""
+
+    def __init__(self, x, rank, out_features, distribution):
+        in_features = x.shape[1]
+        tiles = FactorTiles.of(in_features, out_features, rank, distribution)
+        rank_generated, a_aligned, b_aligned = tiles.rank_generated, tiles.a_aligned, tiles.b_aligned
+        self.rank_generated, self.rank_block = rank_generated, tiles.rank_block
+        self.a_slice, self.b_slice = tiles.a_slice, tiles.b_slice
+        call = 1 << COUNTER_SHIFT[distribution]
+        rademacher = call == 128
         self.a_parts = ceil_div(in_features, self.a_slice)
         self.b_parts = ceil_div(out_features, self.b_slice)
         # Rows (A) or columns (B) of the projection partials per program.

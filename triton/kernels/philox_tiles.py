@@ -157,16 +157,16 @@ def basis_block(
     row_start,
     WIDTH: tl.constexpr,
     DISTRIBUTION: tl.constexpr,
-    ALIGNED: tl.constexpr,
 ):
     """The same rows (row_start: (ROWS,)) of several basis matrices (indices: (BLOCK_I,)): a
-    (BLOCK_I, ROWS, WIDTH) float32 block, one basis_tile call for all of them."""
+    (BLOCK_I, ROWS, WIDTH) float32 block, one entry-wise basis_tile call for all of them (the
+    path of factor tiles that are not whole calls)."""
     BLOCK_I: tl.constexpr = indices.shape[0]
     ROWS: tl.constexpr = row_start.shape[0]
     grid = tl.zeros((BLOCK_I, ROWS), tl.int64)
     flat_index = tl.reshape(grid + indices[:, None], (BLOCK_I * ROWS,))
     flat_start = tl.reshape(grid + row_start[None, :], (BLOCK_I * ROWS,))
-    tile = basis_tile(seed, stream_lo, stream_hi, flat_index, flat_start, WIDTH, DISTRIBUTION, ALIGNED)
+    tile = basis_tile(seed, stream_lo, stream_hi, flat_index, flat_start, WIDTH, DISTRIBUTION, False)
     return tl.reshape(tile, (BLOCK_I, ROWS, WIDTH))
 
 
@@ -389,7 +389,7 @@ def mixed_tile(
         for first in range(i_start, i_stop, BLOCK_I):
             indices = first + tl.arange(0, BLOCK_I)
             live = indices < i_stop
-            u = basis_block(seed, stream_lo, stream_hi, indices, row_start, WIDTH, DISTRIBUTION, False)
+            u = basis_block(seed, stream_lo, stream_hi, indices, row_start, WIDTH, DISTRIBUTION)
             coeffs = tl.load(coeffs_ptr + indices, mask=live, other=0.0)
             acc += tl.sum(coeffs[:, None, None] * u, axis=0)
             if PROJECT:
