@@ -402,6 +402,7 @@ SANITIZED = textwrap.dedent(
     import torch
     from nola_kernels.backends import cuda_backend as c
     from nola_kernels.lowrank import LowRankSpec
+    from nola_kernels.official_rng import official_distribution
     x, alpha, beta = torch.randn(5, 37, device="cuda"), torch.randn(9, device="cuda"), torch.randn(6, device="cuda")
     a0 = torch.randn(3, 37, device="cuda")
     for distribution in ("uniform", "rademacher", "uniform16_philox7", "rademacher_philox7"):
@@ -412,6 +413,10 @@ SANITIZED = textwrap.dedent(
         spec = LowRankSpec(1, 2, 3, 11, 0.5, distribution)
         delta, h = c.lowrank_forward(x.half(), alpha, beta, a0, None, spec)
         c.lowrank_backward(torch.randn(5, 11, device="cuda").half(), x.half(), h, alpha, beta, a0, None, spec)
+    # An official family: slices cut, the basis indices split, tails masked.
+    official = official_distribution("H200", torch.bfloat16, "legacy")
+    c.mix(torch.randn(40, device="cuda"), 3, 0, 300, 70, 0.5, official)
+    c.project(torch.randn(300, 70, device="cuda"), 3, 0, 40, 0.5, official)
     torch.cuda.synchronize()
     """
 )
