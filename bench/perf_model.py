@@ -9,6 +9,7 @@ generation against LoRA and the per-layer paths. A model, not a measurement.
 """
 
 import argparse
+import dataclasses
 import sys
 
 from workloads import SHAPES
@@ -88,7 +89,8 @@ def rows_for(shape, gpu, counts):
 
 
 def after_default(backend, shape):
-    fused = model.fused_wins(backend, shape)
+    """The path the routing picks now for a NOLA layer (NOLALinear: nola_matmul with add_to)."""
+    fused = model.fused_wins(backend, dataclasses.replace(shape, adds=True))
     return f"{backend}-fused" if fused else f"{backend}-composed (add in GEMM)"
 
 
