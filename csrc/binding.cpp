@@ -203,21 +203,43 @@ at::Tensor project(const at::Tensor& grad_in, int64_t seed, int64_t stream, int6
   return out;
 }
 
+// The grouped launch of `problem` (a nola::GroupedProblem or nola::OfficialGroupedProblem) on like's
+// device and stream: into out (G, rows, cols) from coeffs (G, k).
+template <typename Problem>
+void run_mix_grouped(const Problem& problem, const at::Tensor& coeffs, at::Tensor& out) {
+  const int sms = sm_count(coeffs);
+  const at::Tensor space = workspace(nola::mix_grouped_workspace_bytes(problem, sms), coeffs);
+  check(nola::mix_grouped(problem, coeffs.data_ptr<float>(), out.data_ptr<float>(), space.data_ptr(), sms,
+                          current_stream()));
+}
+
+// Into out (G, k) from grads (G, rows, cols).
+template <typename Problem>
+void run_project_grouped(const Problem& problem, const at::Tensor& grads, at::Tensor& out) {
+  const int sms = sm_count(grads);
+  const at::Tensor space = workspace(nola::project_grouped_workspace_bytes(problem, sms), grads);
+  check(nola::project_grouped(problem, grads.data_ptr<float>(), out.data_ptr<float>(), space.data_ptr(), sms,
+                              current_stream()));
+}
+
 // coeffs (G, k) -> (G, rows, cols): every row mixed from the one family.
 at::Tensor mix_grouped(const at::Tensor& coeffs_in, int64_t seed, int64_t stream, int64_t rows, int64_t cols,
                        double scale, const std::string& distribution) {
   const c10::cuda::CUDAGuard guard(coeffs_in.device());
   TORCH_CHECK(coeffs_in.dim() == 2, "coeffs must be 2-D (G, k), got ", coeffs_in.sizes());
   const at::Tensor coeffs = coeffs_in.to(at::kFloat).contiguous();
-  const int64_t groups = coeffs.size(0);
-  const nola::GroupedProblem problem{family(seed, stream), parse_distribution(distribution), groups,
-                                     checked_numel(rows, cols), checked_basis_count(coeffs.size(1), "k"),
-                                     static_cast<float>(scale)};
+  const int64_t groups = coeffs.size(0), numel = checked_numel(rows, cols);
+  const auto official = parse_official(distribution, seed);
+  if (official) check_official_basis(distribution, stream, coeffs.size(1), numel);
+  const int64_t k = checked_basis_count(coeffs.size(1), "k");
   at::Tensor out = at::empty({groups, rows, cols}, coeffs.options());
-  const int sms = sm_count(coeffs);
-  const at::Tensor space = workspace(nola::mix_grouped_workspace_bytes(problem, sms), coeffs);
-  check(nola::mix_grouped(problem, coeffs.data_ptr<float>(), out.data_ptr<float>(), space.data_ptr(), sms,
-                          current_stream()));
+  if (official) {
+    run_mix_grouped(nola::OfficialGroupedProblem{*official, groups, numel, k, static_cast<float>(scale)}, coeffs, out);
+  } else {
+    run_mix_grouped(nola::GroupedProblem{family(seed, stream), parse_distribution(distribution), groups, numel, k,
+                                         static_cast<float>(scale)},
+                    coeffs, out);
+  }
   return out;
 }
 
@@ -227,15 +249,18 @@ at::Tensor project_grouped(const at::Tensor& grads_in, int64_t seed, int64_t str
   const c10::cuda::CUDAGuard guard(grads_in.device());
   TORCH_CHECK(grads_in.dim() == 3, "grads must be 3-D (G, rows, cols), got ", grads_in.sizes());
   const at::Tensor grads = grads_in.to(at::kFloat).contiguous();
-  const int64_t groups = grads.size(0);
-  const nola::GroupedProblem problem{family(seed, stream), parse_distribution(distribution), groups,
-                                     checked_numel(grads.size(1), grads.size(2)), checked_basis_count(k, "k"),
-                                     static_cast<float>(scale)};
-  at::Tensor out = at::empty({groups, k}, grads.options());
-  const int sms = sm_count(grads);
-  const at::Tensor space = workspace(nola::project_grouped_workspace_bytes(problem, sms), grads);
-  check(nola::project_grouped(problem, grads.data_ptr<float>(), out.data_ptr<float>(), space.data_ptr(), sms,
-                              current_stream()));
+  const int64_t groups = grads.size(0), numel = checked_numel(grads.size(1), grads.size(2));
+  const auto official = parse_official(distribution, seed);
+  if (official) check_official_basis(distribution, stream, k, numel);
+  at::Tensor out = at::empty({groups, checked_basis_count(k, "k")}, grads.options());
+  if (official) {
+    run_project_grouped(nola::OfficialGroupedProblem{*official, groups, numel, k, static_cast<float>(scale)}, grads,
+                        out);
+  } else {
+    run_project_grouped(nola::GroupedProblem{family(seed, stream), parse_distribution(distribution), groups, numel, k,
+                                             static_cast<float>(scale)},
+                        grads, out);
+  }
   return out;
 }
 

@@ -74,6 +74,23 @@ size_t project_grouped_workspace_bytes(const GroupedProblem& problem, int sm_cou
 cudaError_t project_grouped(const GroupedProblem& problem, const float* grads, float* projected, void* workspace,
                             int sm_count, cudaStream_t stream);
 
+// The same over an official CUDA layout family: entry n of basis matrix i is the family's entry at
+// flat index i * numel + n of a (k, numel) draw (as OfficialProblem), each its own Philox call.
+struct OfficialGroupedProblem {
+  OfficialFamily family;
+  int64_t groups;  // G
+  int64_t numel;
+  int64_t k;  // k * numel at most 2^40
+  float scale;
+};
+
+size_t mix_grouped_workspace_bytes(const OfficialGroupedProblem& problem, int sm_count);
+cudaError_t mix_grouped(const OfficialGroupedProblem& problem, const float* coeffs, float* mixed, void* workspace,
+                        int sm_count, cudaStream_t stream);
+size_t project_grouped_workspace_bytes(const OfficialGroupedProblem& problem, int sm_count);
+cudaError_t project_grouped(const OfficialGroupedProblem& problem, const float* grads, float* projected,
+                            void* workspace, int sm_count, cudaStream_t stream);
+
 // A matrix operand: element (row, col) lives at data[row * row_stride + col * col_stride].
 struct MatrixView {
   const void* data;

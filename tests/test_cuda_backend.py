@@ -1,5 +1,5 @@
 """The CUDA backend module on any machine: how it reports a missing or broken extension, its
-choice of the fused path, its refusal of the official families in the grouped ops, and (where
+choice of the fused path, the official families in every op, and (where
 the extension is built) its ops under torch.ops."""
 
 import warnings
@@ -71,14 +71,11 @@ def test_ops_are_registered_under_torch_ops():
     assert cuda_backend.unavailable_reason(torch.device("cpu")) == "the CUDA kernels run on CUDA tensors only"
 
 
-def test_the_official_families_are_refused_by_name_in_the_grouped_ops():
-    # The refusal comes before any kernel (here none may be built). nola_matmul runs them:
-    # composed of the mix and project kernels and torch's matmul.
-    name = official_distribution("H200", torch.bfloat16, "legacy")
-    assert implements("cuda", "nola_matmul", name)
-    only = "in mix, project, lowrank_forward, lowrank_backward only"
-    with pytest.raises(ValueError, match=f"{only}, not in mix_grouped"):
-        cuda_backend.mix_grouped(torch.randn(2, 4), 1, 0, 3, 3, 0.5, name)
-    with pytest.raises(ValueError, match=f"{only}, not in project_grouped"):
-        cuda_backend.project_grouped(torch.randn(1, 3, 3), 1, 0, 4, 0.5, name)
-
+def test_the_official_families_run_in_every_op():
+    # The grouped ops in csrc/grouped.cu, mix and project in csrc/official.cu; nola_matmul and the
+    # low-rank ops compose those and torch's matmul.
+    for dtype, rule in [(torch.float32, "current"), (torch.bfloat16, "legacy"), (torch.float16, "current")]:
+        name = official_distribution("H200", dtype, rule)
+        for op in ("mix", "project", "mix_grouped", "project_grouped", "lowrank_forward", "lowrank_backward",
+                   "nola_matmul"):  # fmt: skip
+            assert implements("cuda", op, name), (op, name)

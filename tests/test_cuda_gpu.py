@@ -1,6 +1,6 @@
 """The CUDA backend on a GPU: the basis bit for bit, mix and project (and their grouped forms) against
-the materialized basis, the official CUDA layout families' mix and project against their entries bit for bit and
-against float64, the fused low-rank kernels against float64 and against the naive path on the
+the materialized basis, the official CUDA layout families' mix and project (and their grouped forms) against their
+entries bit for bit and against float64, the fused low-rank kernels against float64 and against the naive path on the
 same GPU, determinism, and compute-sanitizer on a small case. Skipped without CUDA or without the built extension."""
 
 import math
@@ -11,7 +11,7 @@ import textwrap
 
 import pytest
 import torch
-from numerics import rel_err
+from numerics import rel_err, rounding_bound
 
 from nola_kernels import (
     available_backends,
@@ -285,6 +285,96 @@ def test_grouped_empty_shapes_and_bad_arguments():
         ops.project_grouped(torch.randn(1, 4, 6, device="cuda"), 1, 0, 2**32 + 1, 1.0, "uniform")
 
 
+
+# -- the official families in the grouped ops (csrc/grouped.cu) -------------------------------------
+
+# G rows: one, a partial chunk, past a chunk of 16.
+OFFICIAL_GROUPS = (1, 3, 37)
+
+
+@pytest.mark.parametrize("dtype, rule", OFFICIAL_DTYPE_RULES, ids=lambda v: str(v).removeprefix("torch."))
+@pytest.mark.parametrize("seed, layout, k, shape", OFFICIAL_CASES)
+def test_official_grouped_one_hot_rows_are_the_entries_bit_for_bit(seed, layout, k, shape, dtype, rule):
+    # Row g picks basis index picked[g] (mix) or position positions[g] (project); every other term
+    # is a signed zero, so each row reads the kernels' entries.
+    name, entries = _official(layout, dtype, rule, seed, k, shape)
+    numel = entries.shape[1]
+    picked = torch.randint(k, (37,), device="cuda")
+    _poison_allocator()
+    mixed = cuda_backend.mix_grouped(torch.eye(k, device="cuda")[picked], seed, 0, *shape, 1.0, name)
+    assert torch.equal(_bits(mixed.view(37, numel)), _bits(entries[picked]))
+    positions = torch.randint(numel, (37,), device="cuda")
+    grads = torch.zeros(37, numel, device="cuda")
+    grads[torch.arange(37, device="cuda"), positions] = 1.0
+    grads = grads.view(37, *shape)
+    _poison_allocator()
+    projected = cuda_backend.project_grouped(grads, seed, 0, k, 1.0, name)
+    assert torch.equal(_bits(projected), _bits(entries[:, positions].T.contiguous()))
+
+
+@pytest.mark.parametrize("groups", OFFICIAL_GROUPS)
+@pytest.mark.parametrize("dtype, rule", OFFICIAL_DTYPE_RULES, ids=lambda v: str(v).removeprefix("torch."))
+@pytest.mark.parametrize("seed, layout, k, shape", OFFICIAL_CASES)
+def test_official_grouped_rows_match_float64_and_the_single_calls(seed, layout, k, shape, dtype, rule, groups):
+    name, entries = _official(layout, dtype, rule, seed, k, shape)
+    basis = entries.double().view(k, *shape)
+    coeffs, grads = torch.randn(groups, k, device="cuda"), torch.randn(groups, *shape, device="cuda")
+    _poison_allocator()
+    mixed = cuda_backend.mix_grouped(coeffs, seed, 0, *shape, 0.25, name)
+    _poison_allocator()
+    projected = cuda_backend.project_grouped(grads, seed, 0, k, 0.25, name)
+    expected_mix = torch.einsum("gk,krc->grc", coeffs.double(), basis) * 0.25
+    expected_project = torch.einsum("krc,grc->gk", basis, grads.double()) * 0.25
+    for g in range(groups):
+        # docs/spec.md, "Grouped mixing and projection": twice the float32 per-row path's bound.
+        assert rel_err(mixed[g], expected_mix[g]) <= 2 * rounding_bound(torch.float32, k), g
+        assert rel_err(projected[g], expected_project[g]) <= 2 * rounding_bound(torch.float32, grads[g].numel()), g
+        # The single calls order their sums otherwise (csrc/official.cu): both errors apart.
+        single_mix = cuda_backend.mix(coeffs[g], seed, 0, *shape, 0.25, name)
+        single_project = cuda_backend.project(grads[g], seed, 0, k, 0.25, name)
+        assert rel_err(mixed[g], single_mix) <= 4 * rounding_bound(torch.float32, k), g
+        assert rel_err(projected[g], single_project) <= 4 * rounding_bound(torch.float32, grads[g].numel()), g
+    assert torch.equal(mixed, cuda_backend.mix_grouped(coeffs, seed, 0, *shape, 0.25, name))
+    assert torch.equal(projected, cuda_backend.project_grouped(grads, seed, 0, k, 0.25, name))
+
+
+def test_official_grouped_nan_stays_in_its_row_and_the_ops_differentiate():
+    name, k, shape = official_distribution(CudaLayout(1, 256), torch.float16, "legacy"), 7, (9, 31)
+    coeffs, grads = torch.randn(20, k, device="cuda"), torch.randn(20, *shape, device="cuda")
+    coeffs[17, 2] = float("nan")
+    grads[3, 4, 5] = float("nan")
+    mixed = cuda_backend.mix_grouped(coeffs, 3, 0, *shape, 0.5, name)
+    projected = cuda_backend.project_grouped(grads, 3, 0, k, 0.5, name)
+    others = [g for g in range(20) if g != 17]
+    assert torch.isnan(mixed[17]).all() and torch.isfinite(mixed[others]).all()
+    others = [g for g in range(20) if g != 3]
+    assert torch.isnan(projected[3]).all() and torch.isfinite(projected[others]).all()
+    coeffs = torch.randn(5, k, device="cuda", requires_grad=True)
+    mixed = nola_mix_grouped(coeffs, 3, shape, distribution=name, backend="cuda")
+    weights = torch.randn_like(mixed)
+    mixed.backward(weights)
+    assert torch.equal(coeffs.grad, cuda_backend.project_grouped(weights, 3, 0, k, 1 / math.sqrt(k), name))
+
+
+def test_official_grouped_empty_shapes_and_bad_arguments():
+    ops, name = torch.ops.nola_kernels_cuda, official_distribution("H200")
+    assert ops.mix_grouped(torch.randn(3, 5, device="cuda"), 1, 0, 0, 4, 1.0, name).shape == (3, 0, 4)
+    assert torch.equal(ops.mix_grouped(torch.empty(2, 0, device="cuda"), 1, 0, 3, 4, 1.0, name),
+                       torch.zeros(2, 3, 4, device="cuda"))  # fmt: skip
+    assert torch.equal(ops.project_grouped(torch.empty(2, 0, 5, device="cuda"), 1, 0, 3, 1.0, name),
+                       torch.zeros(2, 3, device="cuda"))  # fmt: skip
+    bad = "official:bfloat16:old:256"
+    with pytest.raises(RuntimeError, match=f"distribution '{bad}' is not an official family's name"):
+        ops.mix_grouped(torch.randn(2, 3, device="cuda"), 1, 0, 2, 2, 1.0, bad)
+    with pytest.raises(RuntimeError, match=f"distribution '{bad}' is not an official family's name"):
+        ops.project_grouped(torch.randn(2, 2, 2, device="cuda"), 1, 0, 3, 1.0, bad)
+    with pytest.raises(RuntimeError, match="stream must be 0 for an official family"):
+        ops.mix_grouped(torch.randn(2, 3, device="cuda"), 1, 1, 2, 2, 1.0, name)
+    with pytest.raises(RuntimeError, match="stream must be 0 for an official family"):
+        ops.project_grouped(torch.randn(2, 2, 2, device="cuda"), 1, 2, 3, 1.0, name)
+    with pytest.raises(RuntimeError, match="at most 2\\*\\*40 entries"):
+        ops.project_grouped(torch.randn(1, 1, 2**10, device="cuda"), 1, 0, 2**31, 1.0, name)
+
 def _factor64(coeffs, seed, shape, offset, distribution):
     basis = nola_basis(seed, coeffs.numel(), shape, distribution=distribution).double()
     mixed = torch.einsum("k,krc->rc", coeffs, basis) / math.sqrt(coeffs.numel())
@@ -417,6 +507,8 @@ SANITIZED = textwrap.dedent(
     official = official_distribution("H200", torch.bfloat16, "legacy")
     c.mix(torch.randn(40, device="cuda"), 3, 0, 300, 70, 0.5, official)
     c.project(torch.randn(300, 70, device="cuda"), 3, 0, 40, 0.5, official)
+    c.mix_grouped(torch.randn(19, 40, device="cuda"), 3, 0, 30, 7, 0.5, official)
+    c.project_grouped(torch.randn(19, 30, 7, device="cuda"), 3, 0, 40, 0.5, official)
     torch.cuda.synchronize()
     """
 )

@@ -17,9 +17,9 @@ from . import check_implemented
 EXTENSION = "nola_kernels._cuda"
 # The oldest GPU the extension is built for (sm_80; PTX covers the later ones, setup.py).
 MIN_CAPABILITY = (8, 0)
-# The official CUDA layout families run in the mix and project kernels (csrc/official.cu), and
-# the low-rank products compose them.
-OFFICIAL_OPS = ("mix", "project", "lowrank_forward", "lowrank_backward")
+# The official CUDA layout families run in the mix and project kernels (csrc/official.cu) and the
+# grouped ones (csrc/grouped.cu), and the low-rank products compose them.
+OFFICIAL_OPS = ("mix", "project", "mix_grouped", "project_grouped", "lowrank_forward", "lowrank_backward")
 
 def _load(module_name=EXTENSION):
     """(the ops namespace, None), or (None, why not). An extension that was built but fails to load
